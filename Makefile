@@ -1,0 +1,50 @@
+# Sounding — `make help` lists the targets. `make run` and `make test` create .venv when it is missing.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+MLFLOW_URI ?= sqlite:///mlflow.db
+UI_PORT ?= 5000
+export PATH := $(abspath $(BIN)):$(PATH)
+export MLFLOW_DISABLE_TELEMETRY := true
+export DO_NOT_TRACK := true
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+
+help: ## List the targets
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@echo "installing into $(VENV) (torch 2.13.0 CPU first; about 2 minutes on a fresh machine)"
+	@# Some pip configurations print one line per missing local index; keep the log readable.
+	@$(BIN)/pip install -q --disable-pip-version-check -e '.[dev]' 2>&1 | { grep -v 'is ignored: it is neither' || true; }
+	@touch $(STAMP)
+
+venv: $(STAMP) ## Create or update the virtual environment
+
+run: $(STAMP) ## Reproduce the whole pipeline from params.yaml (dvc repro)
+	dvc repro
+
+test: $(STAMP) ## Run the whole test suite: fast tier, then the slow end-to-end tier
+	$(BIN)/pytest -q
+	$(BIN)/pytest -q -m slow
+
+test-fast: $(STAMP) ## Run the fast tier only
+	$(BIN)/pytest -q
+
+lint: $(STAMP) ## Ruff lint and format check
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+
+ui: $(STAMP) ## MLflow UI on 127.0.0.1 (UI_PORT=5000) over the project's tracking store
+	$(BIN)/mlflow ui --backend-store-uri $(MLFLOW_URI) --host 127.0.0.1 --port $(UI_PORT) --workers 1
+
+clean: ## Remove caches and resume checkpoints (never DVC-tracked data, models or the MLflow store)
+	rm -rf checkpoints .pytest_cache .ruff_cache benchmarks/out
+	find . -name __pycache__ -type d -not -path './$(VENV)/*' -prune -exec rm -rf {} +
+
+.PHONY: help venv run test test-fast lint ui clean

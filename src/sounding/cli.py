@@ -1,0 +1,107 @@
+"""Command line: one command per pipeline stage. argv and params.yaml are read here and nowhere below.
+
+Heavy libraries (lightning, mlflow) are imported inside the commands that need them, so ``--help`` and
+bad-input errors answer at once. ``BadInput`` anywhere becomes a one-paragraph message and exit code 2.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from sounding.config import ARCHS, Params, load_params
+from sounding.errors import BadInput
+
+app = typer.Typer(help="Sounding: train, tune, compare and ship neural-network architectures reproducibly.",
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+
+ParamsOpt = Annotated[Path, typer.Option("--params", "-p", help="Parameters file.")]
+SetOpt = Annotated[list[str] | None, typer.Option("--set", "-S", help="Override a parameter: key.path=value.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
+
+
+def _params(path: Path, overrides: list[str] | None) -> Params:
+    return load_params(path, overrides or [])
+
+
+def _check_arch(arch: str, allowed: tuple[str, ...] = ARCHS) -> None:
+    if arch not in allowed:
+        raise BadInput(f"unknown architecture {arch!r}; allowed: {', '.join(allowed)}")
+
+
+@app.command()
+def prepare(
+    out: Annotated[Path, typer.Option(help="Folder for train/val/test.npz and manifest.json.")] = Path(
+        "data/prepared"),
+    params_path: ParamsOpt = Path("params.yaml"),
+    overrides: SetOpt = None,
+) -> None:
+    """Generate or load the data source, split it and write it with a sha256 manifest."""
+    from sounding import stages
+
+    manifest = stages.prepare(_params(params_path, overrides), out)
+    counts = {name: info["shape"]["x"] for name, info in manifest["files"].items()}
+    typer.echo(f"prepared {manifest['source']} in {out}: {counts}, sha256 {manifest['sha256'][:12]}")
+
+
+@app.command()
+def train(
+    arch: Annotated[str, typer.Argument(help=f"Architecture: {', '.join(ARCHS)}.")],
+    data: Annotated[Path, typer.Option(help="Prepared data folder.")] = Path("data/prepared"),
+    model_dir: Annotated[Path | None, typer.Option(help="Model output folder [models/ARCH].")] = None,
+    metrics: Annotated[Path | None, typer.Option(help="Metrics JSON [metrics/ARCH.json].")] = None,
+    plots: Annotated[Path | None, typer.Option(help="Plots folder [plots/ARCH].")] = None,
+    seeds: Annotated[int | None, typer.Option(help="Number of seeds (overrides train.n_seeds).")] = None,
+    params_path: ParamsOpt = Path("params.yaml"),
+    overrides: SetOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Train ARCH on every seed, evaluate on test, write model, metrics and plots, track in MLflow."""
+    _check_arch(arch)
+    extra = [f"train.n_seeds={seeds}"] if seeds is not None else []
+    params = _params(params_path, (overrides or []) + extra)
+    from sounding import stages
+
+    result = stages.train_architecture(
+        params, arch, data, model_dir or Path("models") / arch, metrics or Path("metrics") / f"{arch}.json",
+        plots or Path("plots") / arch, progress=not quiet)
+    typer.echo(f"{arch}: test accuracy {result['test_acc']:.4f} ± {result['test_acc_std']:.4f} "
+               f"over {len(result['seeds'])} seed(s)")
+
+
+@app.command()
+def report(
+    metrics: Annotated[Path, typer.Option(help="Folder of metrics/ARCH.json files.")] = Path("metrics"),
+    out: Annotated[Path, typer.Option(help="Report folder.")] = Path("reports"),
+    params_path: ParamsOpt = Path("params.yaml"),
+    overrides: SetOpt = None,
+) -> None:
+    """Write the leaderboard (markdown + PNG) comparing every trained architecture."""
+    params = _params(params_path, overrides)
+    from sounding.report import write_report
+
+    path = write_report(metrics, params.train.archs, params.data.source, out)
+    typer.echo(path.read_text())
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    # SIGTERM (scheduler, kill) ends like Ctrl-C, so open MLflow runs are closed as KILLED.
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def main() -> None:
+    """Console entry point: run the app, turning bad input into exit code 2."""
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        app()  # click's standalone mode: usage errors exit 2, Ctrl-C exits 1 ("Aborted!")
+    except BadInput as exc:
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,284 @@
+"""Typed parameters: the one reader of ``params.yaml``.
+
+``load_params(path, overrides)`` validates the YAML (plus ``-S key.path=value`` overrides) into a frozen
+``Params`` object. Unknown keys are rejected; every problem is reported with its key path, the bad value,
+what is allowed and, for a typo, the closest valid key. Nothing below the CLI reads the YAML itself.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from sounding.errors import BadInput
+
+ARCHS = ("linear", "mlp", "cnn", "rnn")
+"""Classifier architectures that ``sounding train`` accepts."""
+
+Arch = Literal["linear", "mlp", "cnn", "rnn"]
+Init = Literal["default", "xavier", "kaiming", "orthogonal"]
+Fraction = Annotated[float, Field(gt=0, lt=1)]
+Probability = Annotated[float, Field(ge=0, lt=1)]
+NonNegative = Annotated[float, Field(ge=0)]
+PositiveInt = Annotated[int, Field(gt=0)]
+
+
+class Section(BaseModel):
+    """Base of every params section: immutable, and unknown keys are errors."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Mnist1dArgs(Section):
+    """Arguments of ``mnist1d.data.make_dataset``. The defaults generate the published benchmark data."""
+
+    num_samples: PositiveInt = 5000
+    train_split: Fraction = 0.8
+    template_len: PositiveInt = 12
+    padding: tuple[int, int] = (36, 60)
+    scale_coeff: NonNegative = 0.4
+    max_translation: Annotated[int, Field(ge=0)] = 48
+    corr_noise_scale: NonNegative = 0.25
+    iid_noise_scale: NonNegative = 2e-2
+    shear_scale: NonNegative = 0.75
+    shuffle_seq: bool = False
+    final_seq_length: PositiveInt = 40
+    seed: int = 42
+
+
+class DataParams(Section):
+    """Where the data comes from and how it is split."""
+
+    source: Literal["mnist1d", "digits", "npz"] = "mnist1d"
+    val_fraction: Fraction = 0.1
+    """Share of the training part held out, stratified, for validation."""
+    test_fraction: Fraction = 0.2
+    """Share held out for testing when the source has no test split of its own (digits, npz without x_test)."""
+    npz_path: str = "data/raw/dataset.npz"
+    npz_layout: Literal["sequence", "image"] = "sequence"
+    """How a rank-3 ``x`` in a user .npz is read: [N, C, L] sequences or [N, H, W] images."""
+    mnist1d: Mnist1dArgs = Mnist1dArgs()
+
+
+class LinearParams(Section):
+    """Logistic regression on the flattened input: the baseline every network must beat."""
+
+
+class MLPParams(Section):
+    """Feed-forward network. The defaults are the reference 40→100→100→10 MLP with one residual layer."""
+
+    hidden: PositiveInt = 100
+    depth: Annotated[int, Field(ge=2)] = 3
+    """Number of linear layers, the output layer included."""
+    residual: bool = True
+    """Skip connections around every hidden→hidden layer."""
+    dropout: Probability = 0.0
+    init: Init = "default"
+
+
+class CNNParams(Section):
+    """Convolutional network: Conv1d for sequences, Conv2d for images. Defaults: the reference CNN."""
+
+    channels: PositiveInt = 25
+    kernels: Annotated[list[PositiveInt], Field(min_length=1)] = [5, 3, 3]
+    stride: PositiveInt = 2
+    dropout: Probability = 0.0
+    init: Init = "default"
+
+
+class RNNParams(Section):
+    """Recurrent network over the time axis. Defaults: the reference bidirectional GRU, hidden 6."""
+
+    cell: Literal["gru", "lstm"] = "gru"
+    hidden: PositiveInt = 6
+    layers: PositiveInt = 1
+    bidirectional: bool = True
+    dropout: Probability = 0.0
+    init: Init = "default"
+
+
+class ModelsParams(Section):
+    """One section per architecture."""
+
+    linear: LinearParams = LinearParams()
+    mlp: MLPParams = MLPParams()
+    cnn: CNNParams = CNNParams()
+    rnn: RNNParams = RNNParams()
+
+
+class TrainParams(Section):
+    """Optimisation, shared by every architecture."""
+
+    archs: Annotated[list[Arch], Field(min_length=1)] = list(ARCHS)
+    n_seeds: PositiveInt = 3
+    """Seeds trained per architecture: ``seed``, ``seed + 1``, …; metrics report mean ± std."""
+    epochs: PositiveInt = 150
+    batch_size: PositiveInt = 100
+    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    lr: Annotated[float, Field(gt=0)] = 1e-2
+    weight_decay: NonNegative = 0.0
+    """L2 strength. Coupled (added to the gradient) for adam and sgd; decoupled for adamw."""
+    l1: NonNegative = 0.0
+    """L1 penalty on the weights, added to the loss."""
+    gradient_clip_val: NonNegative = 0.0
+    """0 disables clipping."""
+    gradient_clip_algorithm: Literal["norm", "value"] = "norm"
+    select: Literal["best_val", "last"] = "best_val"
+    """Which epoch's weights are tested and shipped: the best validation accuracy, or the last."""
+
+    @field_validator("archs")
+    @classmethod
+    def _unique_archs(cls, archs: list[str]) -> list[str]:
+        if len(set(archs)) != len(archs):
+            raise ValueError("each architecture may appear once")
+        return archs
+
+
+class ComputeParams(Section):
+    """Where training runs. ``auto`` picks a GPU when there is one."""
+
+    accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps"] = "auto"
+    devices: PositiveInt | Literal["auto"] = 1
+    num_nodes: PositiveInt = 1
+    strategy: Literal["auto", "ddp", "fsdp"] = "auto"
+    precision: Literal["32", "bf16-mixed", "16-mixed"] = "32"
+    threads: PositiveInt = 1
+    """torch CPU threads. On small models 1 is usually faster than 2 (see docs/benchmarks.md)."""
+
+
+class TrackingParams(Section):
+    """MLflow. The default is a sqlite file at the repository root: no server needed."""
+
+    uri: str = "sqlite:///mlflow.db"
+    experiment: str = "sounding"
+
+
+class Params(Section):
+    """Everything that shapes a result. One ``seed`` seeds data splits, initialisation and shuffling."""
+
+    seed: int = 42
+    data: DataParams = DataParams()
+    models: ModelsParams = ModelsParams()
+    train: TrainParams = TrainParams()
+    compute: ComputeParams = ComputeParams()
+    tracking: TrackingParams = TrackingParams()
+
+    def seeds(self) -> list[int]:
+        """The training seeds: ``seed``, ``seed + 1``, … (``train.n_seeds`` of them)."""
+        return [self.seed + i for i in range(self.train.n_seeds)]
+
+    def section_hash(self, *paths: str) -> str:
+        """Short sha256 of the named sections (dotted paths), for fingerprints and cache keys."""
+        payload = {p: _get_path(self.model_dump(mode="json"), p) for p in paths}
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+    def with_overrides(self, overrides: dict[str, Any] | list[str]) -> Params:
+        """A validated copy with dotted-path overrides applied (``{"train.lr": 0.1}`` or ``["train.lr=0.1"]``)."""
+        raw = self.model_dump(mode="json")
+        items = parse_overrides(overrides) if isinstance(overrides, list) else overrides
+        for key, value in items.items():
+            _set_path(raw, key, value)
+        return validate_params(raw, source="overrides")
+
+
+def _get_path(tree: dict, path: str) -> Any:
+    node: Any = tree
+    for part in path.split("."):
+        node = node[part]
+    return node
+
+
+def _set_path(tree: dict, path: str, value: Any) -> None:
+    parts = path.split(".")
+    node = tree
+    for part in parts[:-1]:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            # Unknown or scalar parents are created so validation reports the bad key with a suggestion.
+            child = node[part] = {}
+        node = child
+    node[parts[-1]] = value
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """Parse ``key.path=value`` strings; values are YAML (``2``, ``true``, ``[1, 2]``, ``0.5``)."""
+    parsed: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise BadInput(f"override {item!r} must look like key.path=value, e.g. -S train.lr=0.001")
+        try:
+            parsed[key.strip()] = yaml.safe_load(value) if value.strip() else ""
+        except yaml.YAMLError as exc:
+            raise BadInput(f"override {item!r}: the value is not valid YAML ({exc})") from exc
+    return parsed
+
+
+def _model_at(loc: tuple) -> type[BaseModel] | None:
+    """The pydantic model that holds the field at ``loc``'s parent, for typo suggestions."""
+    model: Any = Params
+    for part in loc[:-1]:
+        field = getattr(model, "model_fields", {}).get(part)
+        if field is None:
+            return None
+        model = field.annotation
+    return model if isinstance(model, type) and issubclass(model, BaseModel) else None
+
+
+def _is_field(part: Any) -> bool:
+    """Pydantic adds union-member tags such as ``constrained-int`` to error locations; real keys are identifiers."""
+    return isinstance(part, int) or str(part).isidentifier()
+
+
+def _describe(loc: tuple, errors: list[dict]) -> str:
+    path = ".".join(str(p) for p in loc) or "(top level)"
+    if errors[0]["type"] == "extra_forbidden":
+        model = _model_at(loc)
+        allowed = sorted(model.model_fields) if model else []
+        close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
+        hint = f"; did you mean '{'.'.join(str(p) for p in loc[:-1] + (close[0],))}'?" if close else ""
+        return f"{path}: unknown key{hint} Allowed keys here: {', '.join(allowed)}"
+    allowed = " or ".join(dict.fromkeys(e["msg"].removeprefix("Value error, ") for e in errors))
+    return f"{path}: {allowed} (got {errors[0].get('input')!r})"
+
+
+def _format_errors(exc: ValidationError) -> str:
+    grouped: dict[tuple, list[dict]] = {}
+    for error in exc.errors():
+        loc = tuple(p for p in error["loc"] if _is_field(p))
+        grouped.setdefault(loc, []).append(error)
+    return "\n".join(f"  - {_describe(loc, errors)}" for loc, errors in grouped.items())
+
+
+def validate_params(raw: Any, source: str = "params") -> Params:
+    """Validate a raw mapping into ``Params``; raise ``BadInput`` listing every problem."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise BadInput(f"{source}: expected a mapping of sections at the top level, got {type(raw).__name__}")
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as exc:
+        raise BadInput(f"invalid parameters in {source}:\n{_format_errors(exc)}") from None
+
+
+def load_params(path: str | Path = "params.yaml", overrides: list[str] | None = None) -> Params:
+    """Read ``path``, apply ``key.path=value`` overrides, and validate."""
+    path = Path(path)
+    if not path.is_file():
+        raise BadInput(f"params file {path} not found (pass --params PATH)")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise BadInput(f"{path} is not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise BadInput(f"{path}: expected a mapping of sections at the top level")
+    for key, value in parse_overrides(overrides or []).items():
+        _set_path(raw, key, value)
+    return validate_params(raw, source=str(path))

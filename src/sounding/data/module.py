@@ -1,0 +1,87 @@
+"""In-memory mini-batches and the Lightning DataModule over prepared data.
+
+Small models on a CPU are dominated by framework overhead, so the data stays as tensors in memory and
+batches are index slices: no DataLoader workers, no per-sample collation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import lightning as L
+import torch
+
+from sounding.data.prepare import Prepared, Split
+
+
+class EpochPermutation:
+    """Sample order for one epoch, a pure function of (seed, epoch).
+
+    Lightning's fit loop calls ``set_epoch`` on a loader's ``sampler`` before each epoch, so a resumed
+    run sees exactly the order an uninterrupted run would have seen.
+    """
+
+    def __init__(self, n: int, shuffle: bool, seed: int, rank: int = 0, world_size: int = 1) -> None:
+        self.n, self.shuffle, self.seed = n, shuffle, seed
+        self.rank, self.world_size = rank, world_size
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def indices(self) -> torch.Tensor:
+        if self.shuffle:
+            gen = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+            order = torch.randperm(self.n, generator=gen)
+        else:
+            order = torch.arange(self.n)
+        return order[self.rank :: self.world_size]  # each rank its own shard
+
+
+class InMemoryBatches:
+    """Iterable of (x, y) batches sliced from tensors already on the target device.
+
+    It mirrors the two DataLoader attributes Lightning inspects: ``sampler`` (whose ``set_epoch`` the fit
+    loop calls) and ``batch_sampler`` (none).
+    """
+
+    batch_sampler = None
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, sampler: EpochPermutation) -> None:
+        self.x, self.y, self.batch_size, self.sampler = x, y, batch_size, sampler
+
+    def __len__(self) -> int:
+        shard = len(range(self.sampler.rank, self.sampler.n, self.sampler.world_size))
+        return -(-shard // self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        order = self.sampler.indices().to(self.x.device)
+        for start in range(0, len(order), self.batch_size):
+            idx = order[start : start + self.batch_size]
+            yield self.x[idx], self.y[idx]
+
+
+class TensorDataModule(L.LightningDataModule):
+    """Serves a ``Prepared`` dataset. Knows nothing of the model; ``spec`` tells the factory what it needs."""
+
+    def __init__(self, data: Prepared, batch_size: int, seed: int, eval_batch_size: int = 1000) -> None:
+        super().__init__()
+        self.data, self.batch_size, self.seed, self.eval_batch_size = data, batch_size, seed, eval_batch_size
+        self.spec = data.spec
+
+    def _batches(self, split: Split, batch_size: int, shuffle: bool) -> InMemoryBatches:
+        trainer = self.trainer
+        device = trainer.strategy.root_device if trainer else torch.device("cpu")
+        rank, world = (trainer.global_rank, trainer.world_size) if trainer else (0, 1)
+        x = torch.as_tensor(split.x, device=device)
+        y = torch.as_tensor(split.y, device=device)
+        return InMemoryBatches(x, y, batch_size, EpochPermutation(len(y), shuffle, self.seed, rank, world))
+
+    def train_dataloader(self) -> InMemoryBatches:
+        return self._batches(self.data.train, self.batch_size, shuffle=True)
+
+    def val_dataloader(self) -> InMemoryBatches:
+        return self._batches(self.data.val, self.eval_batch_size, shuffle=False)
+
+    def test_dataloader(self) -> InMemoryBatches:
+        return self._batches(self.data.test, self.eval_batch_size, shuffle=False)

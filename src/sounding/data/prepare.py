@@ -1,0 +1,174 @@
+"""``prepare``: split a source into train/val/test files with a sha256 manifest; ``load_prepared`` verifies it.
+
+Layout of a prepared folder::
+
+    train.npz  val.npz  test.npz    arrays x, y and idx (row index in the source's train or test part)
+    manifest.json                   sha256, shapes, dtypes and class counts of each file, the source and
+                                    its arguments, the layout, and ``sha256``: one hash of all three files
+
+The manifest is written last, so a prepare killed mid-way leaves files that fail verification rather
+than files that silently feed training.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from sounding.config import DataParams
+from sounding.data.sources import RawData, load_source
+from sounding.errors import BadInput, DataIntegrityError
+from sounding.files import atomic_write, sha256_file, write_json
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class Split:
+    x: np.ndarray
+    y: np.ndarray
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """What a model needs to know about the data, and nothing else."""
+
+    input_shape: tuple[int, ...]
+    """Shape of one sample: (L,) or (C, L) for sequences, (H, W) for images."""
+    layout: str
+    num_classes: int
+
+
+@dataclass(frozen=True)
+class Prepared:
+    train: Split
+    val: Split
+    test: Split
+    spec: DataSpec
+    sha256: str
+    """One hash over the three prepared files: the data version every run is tagged with."""
+
+
+def _stratified_split(y: np.ndarray, fraction: float, seed: int, what: str) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (kept, held out), each sorted so kept rows stay in source order."""
+    from sklearn.model_selection import train_test_split
+
+    counts = np.bincount(y)
+    if (counts < 2).any():
+        rare = [int(c) for c in np.flatnonzero(counts < 2)]
+        raise BadInput(
+            f"cannot carve a stratified {what} split: classes {rare} have fewer than 2 samples "
+            f"(labels must cover every class in [0, {len(counts)}) with at least 2 samples each)"
+        )
+    try:
+        kept, held = train_test_split(np.arange(len(y)), test_size=fraction, stratify=y, random_state=seed)
+    except ValueError as exc:
+        raise BadInput(f"cannot carve a stratified {what} split of {fraction}: {exc}") from exc
+    return np.sort(kept), np.sort(held)
+
+
+def split_source(raw: RawData, params: DataParams, seed: int) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """(x, y, idx) per split: val carved from train, test as published or carved when absent."""
+    if raw.x_test is None:
+        kept, held = _stratified_split(raw.y, params.test_fraction, seed, "test")
+        x, y, x_test, y_test = raw.x[kept], raw.y[kept], raw.x[held], raw.y[held]
+        test_idx = held
+        source_idx = kept
+    else:
+        x, y, x_test, y_test = raw.x, raw.y, raw.x_test, raw.y_test
+        test_idx = np.arange(len(y_test))
+        source_idx = np.arange(len(y))
+    train, val = _stratified_split(y, params.val_fraction, seed, "validation")
+    return {
+        "train": (x[train], y[train], source_idx[train]),
+        "val": (x[val], y[val], source_idx[val]),
+        "test": (x_test, y_test, test_idx),
+    }
+
+
+def prepare(params: DataParams, seed: int, out_dir: str | Path) -> dict:
+    """Load the source, split it, write the three files and the manifest; return the manifest."""
+    out_dir = Path(out_dir)
+    raw = load_source(params)
+    splits = split_source(raw, params, seed)
+    num_classes = int(raw.y.max()) + 1
+    files = {}
+    for name, (x, y, idx) in splits.items():
+        path = out_dir / f"{name}.npz"
+        atomic_write(path, lambda tmp, x=x, y=y, idx=idx: _save_npz(tmp, x=x, y=y, idx=idx))
+        files[path.name] = {
+            "sha256": sha256_file(path),
+            "shape": {"x": list(x.shape), "y": list(y.shape)},
+            "dtype": {"x": str(x.dtype), "y": str(y.dtype)},
+            "class_counts": np.bincount(y, minlength=num_classes).tolist(),
+        }
+    manifest = {
+        "source": params.source,
+        "args": raw.args,
+        "seed": seed,
+        "val_fraction": params.val_fraction,
+        "layout": raw.layout,
+        "num_classes": num_classes,
+        "files": files,
+        "sha256": _combined_hash(files),
+    }
+    write_json(out_dir / "manifest.json", manifest)
+    return manifest
+
+
+def _save_npz(path: Path, **arrays: np.ndarray) -> None:
+    with open(path, "wb") as fh:  # a file handle stops numpy from appending ".npz" to the temp name
+        np.savez(fh, **arrays)
+
+
+def _combined_hash(files: dict) -> str:
+    joined = "".join(files[f"{name}.npz"]["sha256"] for name in SPLITS)
+    return hashlib.sha256(joined.encode()).hexdigest()
+
+
+def read_manifest(data_dir: str | Path) -> dict:
+    path = Path(data_dir) / "manifest.json"
+    if not path.is_file():
+        raise BadInput(f"{path} not found: run `sounding prepare` first")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise DataIntegrityError(f"{path} is not valid JSON ({exc}); re-run `sounding prepare`") from exc
+
+
+def verify(data_dir: str | Path) -> dict:
+    """Check every prepared file against the manifest's sha256; return the manifest."""
+    data_dir = Path(data_dir)
+    manifest = read_manifest(data_dir)
+    for name in SPLITS:
+        path = data_dir / f"{name}.npz"
+        expected = manifest["files"][path.name]["sha256"]
+        if not path.is_file():
+            raise DataIntegrityError(f"{path} is missing; re-run `sounding prepare`")
+        actual = sha256_file(path)
+        if actual != expected:
+            raise DataIntegrityError(
+                f"{path} does not match its manifest: sha256 is {actual}, manifest.json records {expected}. "
+                "The file was changed or corrupted; re-run `sounding prepare` (or `dvc checkout`)."
+            )
+    return manifest
+
+
+def load_prepared(data_dir: str | Path) -> Prepared:
+    """Verify and load a prepared folder; the only reader of prepared data."""
+    data_dir = Path(data_dir)
+    manifest = verify(data_dir)
+    splits = {}
+    for name in SPLITS:
+        with np.load(data_dir / f"{name}.npz", allow_pickle=False) as npz:
+            splits[name] = Split(x=npz["x"].astype(np.float32), y=npz["y"].astype(np.int64))
+    spec = DataSpec(
+        input_shape=tuple(splits["train"].x.shape[1:]),
+        layout=manifest["layout"],
+        num_classes=int(manifest["num_classes"]),
+    )
+    return Prepared(**splits, spec=spec, sha256=manifest["sha256"])

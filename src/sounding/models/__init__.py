@@ -1,0 +1,1 @@
+"""Models: plain networks in ``nets``, LightningModules (systems) beside them, and the factory."""

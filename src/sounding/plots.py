@@ -1,0 +1,85 @@
+"""Matplotlib figures (Agg backend, PNG) shared by the stages: curves, confusion matrix, gradient norms."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.colors import LogNorm  # noqa: E402
+
+from sounding.files import atomic_write  # noqa: E402
+
+
+def save(fig: plt.Figure, path: str | Path) -> Path:
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    plt.close(fig)
+    return Path(path)
+
+
+def learning_curves(history: list[dict], title: str, path: str | Path) -> Path:
+    """Loss (train vs val) and validation accuracy against epoch."""
+    epochs = [h["epoch"] for h in history]
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for key, label in (("train/loss", "train"), ("val/loss", "validation")):
+        ax_loss.plot(epochs, [h.get(key, np.nan) for h in history], label=label)
+    ax_loss.set(xlabel="epoch", ylabel="cross-entropy loss", title=f"{title}: loss")
+    ax_loss.legend()
+    for key, label in (("train/acc", "train"), ("val/acc", "validation")):
+        ax_acc.plot(epochs, [h.get(key, np.nan) for h in history], label=label)
+    ax_acc.set(xlabel="epoch", ylabel="accuracy", title=f"{title}: accuracy", ylim=(0, 1))
+    ax_acc.legend()
+    return save(fig, path)
+
+
+def confusion_matrix(cm: np.ndarray, title: str, path: str | Path) -> Path:
+    """Counts of true class (rows) against predicted class (columns)."""
+    fig, ax = plt.subplots(figsize=(5.2, 4.6))
+    image = ax.imshow(cm, cmap="Blues")
+    k = cm.shape[0]
+    ax.set(xticks=range(k), yticks=range(k), xlabel="predicted class", ylabel="true class", title=title)
+    for i in range(k):
+        for j in range(k):
+            ax.text(j, i, int(cm[i, j]), ha="center", va="center", fontsize=7,
+                    color="white" if cm[i, j] > cm.max() / 2 else "black")
+    fig.colorbar(image, ax=ax, label="test samples")
+    return save(fig, path)
+
+
+def grad_norm_heatmap(history: list[dict], title: str, path: str | Path) -> Path | None:
+    """Mean gradient norm per layer (rows, input first) and epoch (columns), on a log colour scale."""
+    layers = [k for k in history[0] if k.startswith("grad_norm/")] if history else []
+    if not layers:
+        return None
+    grid = np.array([[h.get(k, np.nan) for h in history] for k in layers])
+    positive = grid[np.isfinite(grid) & (grid > 0)]
+    lo, hi = (positive.min(), positive.max()) if positive.size else (1e-8, 1.0)
+    fig, ax = plt.subplots(figsize=(8, 0.35 * len(layers) + 2))
+    image = ax.imshow(np.where(grid > 0, grid, np.nan), aspect="auto", cmap="viridis",
+                      norm=LogNorm(vmin=lo, vmax=max(hi, lo * 1.0001)), interpolation="nearest")
+    ax.set_yticks(range(len(layers)), [k.removeprefix("grad_norm/") for k in layers], fontsize=7)
+    ax.set(xlabel="epoch", ylabel="layer (input at top)", title=title)
+    fig.colorbar(image, ax=ax, label="mean gradient L2 norm (log scale)")
+    return save(fig, path)
+
+
+def bars(labels: Sequence[str], values: Sequence[float], errors: Sequence[float], ylabel: str, title: str,
+         path: str | Path, references: dict[str, float] | None = None) -> Path:
+    """Bar chart with error bars and optional reference markers (e.g. published accuracies)."""
+    fig, ax = plt.subplots(figsize=(1.4 * len(labels) + 3, 4))
+    x = np.arange(len(labels))
+    ax.bar(x, values, yerr=errors, capsize=4, color="tab:blue", label="this run (mean ± std)")
+    if references:
+        ref = [references.get(label, np.nan) for label in labels]
+        ax.scatter(x, ref, marker="_", s=900, color="tab:red", zorder=3, label="published")
+    for xi, v in zip(x, values, strict=True):
+        ax.text(xi, v + 0.01, f"{v:.3f}", ha="center", va="bottom", fontsize=8)
+    ax.set_xticks(x, labels)
+    ax.set(ylabel=ylabel, title=title, ylim=(0, 1.05))
+    ax.legend(loc="lower right", fontsize=8)
+    return save(fig, path)

@@ -1,0 +1,55 @@
+"""Leaderboard: every architecture side by side, against the published MNIST-1D accuracies."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from sounding.errors import BadInput
+from sounding.files import write_text
+
+PUBLISHED_MNIST1D = {"linear": 0.32, "mlp": 0.68, "cnn": 0.94, "rnn": 0.91}
+"""Test accuracy reported by Greydanus & Kobak for the reference models (rnn = bidirectional GRU)."""
+
+
+def load_metrics(metrics_dir: str | Path, archs: list[str]) -> list[dict]:
+    rows = []
+    for arch in archs:
+        path = Path(metrics_dir) / f"{arch}.json"
+        if not path.is_file():
+            raise BadInput(f"{path} not found: run `sounding train {arch}` first")
+        rows.append(json.loads(path.read_text()))
+    return rows
+
+
+def leaderboard(rows: list[dict], source: str) -> str:
+    """Markdown table, best test accuracy first."""
+    lines = [
+        "# Leaderboard",
+        "",
+        f"Data: `{source}`, test accuracy as mean ± std over seeds. Published: Greydanus & Kobak (MNIST-1D).",
+        "",
+        "| rank | architecture | params | test acc | macro-F1 | published | seeds | train time (s) | samples/s | device |",
+        "|---:|---|---:|---|---:|---:|---:|---:|---:|---|",
+    ]
+    for rank, r in enumerate(sorted(rows, key=lambda r: -r["test_acc"]), start=1):
+        published = PUBLISHED_MNIST1D.get(r["arch"]) if source == "mnist1d" else None
+        lines.append(
+            f"| {rank} | {r['arch']} | {r['n_params']:,} | {r['test_acc']:.3f} ± {r['test_acc_std']:.3f} "
+            f"| {r['test_f1_macro']:.3f} | {f'{published:.2f}' if published else '–'} | {len(r['seeds'])} "
+            f"| {r['train_time_s']:.1f} | {r['samples_per_s']:,.0f} | {r['device']} |"
+        )
+    lines += ["", "![test accuracy by architecture](leaderboard.png)", ""]
+    return "\n".join(lines)
+
+
+def write_report(metrics_dir: str | Path, archs: list[str], source: str, out_dir: str | Path) -> Path:
+    """Stage ``report``: ``out_dir/leaderboard.md`` and ``leaderboard.png``."""
+    from sounding import plots
+
+    rows = load_metrics(metrics_dir, archs)
+    out_dir = Path(out_dir)
+    plots.bars([r["arch"] for r in rows], [r["test_acc"] for r in rows], [r["test_acc_std"] for r in rows],
+               "test accuracy", "Test accuracy by architecture (mean ± std over seeds)",
+               out_dir / "leaderboard.png", PUBLISHED_MNIST1D if source == "mnist1d" else None)
+    return write_text(out_dir / "leaderboard.md", leaderboard(rows, source))

@@ -1,0 +1,128 @@
+"""One library function per pipeline stage. The CLI (and so ``dvc.yaml``) and the Prefect flows call these.
+
+Each stage reads its inputs, verifies them, does its work and writes its outputs atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import statistics
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sounding.config import Params
+from sounding.files import write_json, write_text
+
+
+def prepare(params: Params, out_dir: str | Path) -> dict:
+    """Stage ``prepare``: write ``out_dir/{train,val,test}.npz`` and ``manifest.json``."""
+    from sounding.data.prepare import prepare as prepare_data
+
+    return prepare_data(params.data, params.seed, out_dir)
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def train_architecture(
+    params: Params,
+    arch: str,
+    data_dir: str | Path,
+    model_dir: str | Path,
+    metrics_path: str | Path,
+    plots_dir: str | Path,
+    checkpoints: str | Path = "checkpoints",
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Stage ``train@ARCH``: train every seed, evaluate on test, write model, metrics and plots.
+
+    ``model_dir`` gets the first seed's model (``model.ckpt``, ``model.safetensors``, ``config.json``);
+    ``metrics_path`` the test metrics as mean ± std over seeds; ``plots_dir`` learning-curve and
+    confusion-matrix CSVs for ``dvc plots`` plus PNGs. Each seed is one MLflow run ``ARCH-seedN``.
+    """
+    import torch
+
+    from sounding import plots, tracking
+    from sounding.data.prepare import load_prepared
+    from sounding.models.classifier import LitClassifier
+    from sounding.models.factory import save_net
+    from sounding.serving import log_pyfunc
+    from sounding.training import build_system, fingerprint, fit
+
+    model_dir, plots_dir = Path(model_dir), Path(plots_dir)
+    data = load_prepared(data_dir)
+    build_system(params, arch, data)  # a shape the architecture cannot take fails here, before any training
+    uri = params.tracking.uri
+    per_seed = []
+    for i, seed in enumerate(params.seeds()):
+        run_dir = Path(checkpoints) / arch / fingerprint(params, arch, seed, data.sha256)
+        state = run_dir / "run.json"
+        run_id = json.loads(state.read_text())["run_id"] if state.is_file() else None
+        tags = {"stage": "train", "arch": arch, "seed": str(seed), "data_sha256": data.sha256}
+        with tracking.tracked_run(params, f"{arch}-seed{seed}", tags, run_id=run_id) as run_id:
+            write_json(state, {"run_id": run_id})
+            result = fit(params, arch, seed, data, run_dir, run_id=run_id, progress=progress)
+            system = LitClassifier.load_from_checkpoint(result.checkpoint, weights_only=True, map_location="cpu")
+            with torch.no_grad():
+                predicted = system.net.eval()(torch.as_tensor(data.test.x)).argmax(1).numpy()
+            cm = np.zeros((data.spec.num_classes,) * 2, dtype=np.int64)
+            np.add.at(cm, (data.test.y, predicted), 1)
+            seed_dir = plots_dir / f"seed-{seed}"
+            pngs = [
+                plots.learning_curves(result.history, f"{arch} seed {seed}", seed_dir / "learning_curves.png"),
+                plots.confusion_matrix(cm, f"{arch} seed {seed}: test confusion", seed_dir / "confusion.png"),
+                plots.grad_norm_heatmap(result.history, f"{arch} seed {seed}: gradient norm per layer",
+                                        seed_dir / "grad_norms.png"),
+            ]
+            final = {k: v for k, v in result.metrics.items() if k.startswith("test/")}
+            final.update(n_params=result.n_params, train_time_s=result.train_time_s,
+                         samples_per_s=result.samples_per_s)
+            tracking.log_metrics(uri, run_id, final, step=len(result.history), synchronous=True)
+            tracking.log_artifacts(uri, run_id, [p for p in pngs if p], "plots")
+            tracking.log_artifacts(uri, run_id, [Path(result.checkpoint)], "checkpoint")
+            if i == 0:
+                _write_model(system, data, result.checkpoint, model_dir, save_net)
+                log_pyfunc(run_id, uri, model_dir, data.test.x[:2])
+                _write_plot_data(result.history, data.test.y, predicted, plots_dir)
+        per_seed.append({"seed": seed, "run_id": run_id, **final, "epochs": len(result.history),
+                         "selected_epoch": int(result.metrics["selected_epoch"]), "device": result.device})
+    acc_mean, acc_std = _mean_std([s["test/acc"] for s in per_seed])
+    f1_mean, f1_std = _mean_std([s["test/f1_macro"] for s in per_seed])
+    metrics = {
+        "arch": arch,
+        "test_acc": acc_mean,
+        "test_acc_std": acc_std,
+        "test_f1_macro": f1_mean,
+        "test_f1_macro_std": f1_std,
+        "n_params": per_seed[0]["n_params"],
+        "train_time_s": statistics.fmean(s["train_time_s"] for s in per_seed),
+        "samples_per_s": statistics.fmean(s["samples_per_s"] for s in per_seed),
+        "device": per_seed[0]["device"],
+        "epochs": params.train.epochs,
+        "data_sha256": data.sha256,
+        "seeds": per_seed,
+    }
+    write_json(metrics_path, metrics)
+    return metrics
+
+
+def _write_model(system: Any, data: Any, checkpoint: str, model_dir: Path, save_net: Any) -> None:
+    hp = system.hparams
+    config = {"arch": hp.arch, "input_shape": list(data.spec.input_shape), "num_classes": data.spec.num_classes,
+              "layout": data.spec.layout, "net": dict(hp.net or {})}
+    model_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(checkpoint, model_dir / "model.ckpt")
+    save_net(system.net, config, model_dir)
+
+
+def _write_plot_data(history: list[dict], y_true: np.ndarray, y_pred: np.ndarray, plots_dir: Path) -> None:
+    keys = ["epoch", "train/loss", "val/loss", "train/acc", "val/acc"]
+    rows = [",".join(k.replace("/", "_") for k in keys)]
+    rows += [",".join(f"{h.get(k, float('nan')):.6g}" for k in keys) for h in history]
+    write_text(plots_dir / "learning_curve.csv", "\n".join(rows) + "\n")
+    pairs = "\n".join(f"{int(a)},{int(p)}" for a, p in zip(y_true, y_pred, strict=True))
+    write_text(plots_dir / "confusion.csv", "actual,predicted\n" + pairs + "\n")

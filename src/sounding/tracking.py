@@ -1,0 +1,124 @@
+"""MLflow tracking: one run context that always ends FINISHED, FAILED or KILLED, tags, flat params, artifacts.
+
+Metrics are logged with ``log_batch(..., synchronous=False)`` so tracking never waits on the store inside
+the training loop; ``tracked_run`` flushes the queue before it closes the run.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from sounding.config import Params
+
+STATUS_ON_INTERRUPT = "KILLED"
+
+
+@cache
+def git_sha() -> str:
+    """The commit the code runs from, with ``-dirty`` when the work tree has changes; ``unknown`` outside git."""
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
+                             timeout=5).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                               text=True, timeout=5).stdout.strip()
+        return sha + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    """``{"train": {"lr": 0.01}}`` → ``{"train.lr": "0.01"}``; lists are JSON."""
+    flat: dict[str, str] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = json.dumps(value) if isinstance(value, (list, tuple, dict)) else str(value)
+    return flat
+
+
+def client(uri: str):
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def experiment_id(uri: str, name: str) -> str:
+    c = client(uri)
+    exp = c.get_experiment_by_name(name)
+    return exp.experiment_id if exp else c.create_experiment(name)
+
+
+@contextmanager
+def tracked_run(
+    params: Params,
+    run_name: str,
+    tags: dict[str, str],
+    run_id: str | None = None,
+    experiment: str | None = None,
+    parent_run_id: str | None = None,
+) -> Iterator[str]:
+    """Create (or re-attach to ``run_id``) an MLflow run and yield its id.
+
+    The run ends FINISHED on success, KILLED on Ctrl-C or SIGTERM (raised as KeyboardInterrupt by the
+    CLI), FAILED on any other exception. Params are the flattened ``Params``.
+    """
+    import mlflow
+    from mlflow.entities import Param, RunTag
+
+    uri = params.tracking.uri
+    c = client(uri)
+    if run_id is None:
+        all_tags = {"git_sha": git_sha(), "mlflow.runName": run_name, **tags}
+        if parent_run_id:
+            all_tags["mlflow.parentRunId"] = parent_run_id
+        run = c.create_run(experiment_id(uri, experiment or params.tracking.experiment), run_name=run_name,
+                           tags=all_tags)
+        run_id = run.info.run_id
+        flat = flatten(params.model_dump(mode="json"))
+        c.log_batch(run_id, params=[Param(k, v[:6000]) for k, v in flat.items()])
+    else:
+        c.update_run(run_id, status="RUNNING")
+        c.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+    status = "FAILED"
+    try:
+        yield run_id
+        status = "FINISHED"
+    except KeyboardInterrupt:
+        status = STATUS_ON_INTERRUPT
+        raise
+    finally:
+        try:
+            mlflow.flush_async_logging()
+        finally:
+            c.set_terminated(run_id, status)
+
+
+def log_metrics(uri: str, run_id: str, metrics: dict[str, float], step: int, synchronous: bool = False) -> None:
+    """Log one step's metrics in one batch call (asynchronous by default)."""
+    import time
+
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    batch = [Metric(k, float(v), now, step) for k, v in metrics.items()]
+    client(uri).log_batch(run_id, metrics=batch, synchronous=synchronous)
+
+
+def logged_steps(uri: str, run_id: str, key: str) -> list[int]:
+    """Steps at which ``key`` was logged in a run, sorted (used to resume without repeating epochs)."""
+    return sorted(m.step for m in client(uri).get_metric_history(run_id, key))
+
+
+def log_artifacts(uri: str, run_id: str, paths: list[Path], artifact_path: str | None = None) -> None:
+    c = client(uri)
+    for path in paths:
+        if path.is_file():
+            c.log_artifact(run_id, str(path), artifact_path)

@@ -1,0 +1,219 @@
+"""``fit()``: train one network for one seed with Lightning, resumably, and evaluate it on the test set.
+
+Resume: every epoch ends with ``last.ckpt`` in the run folder (written atomically by Lightning). Rerunning
+the same fit finds it and continues, re-attached to the same MLflow run. Lightning does not restore RNG
+state, so the shuffling order and the dropout RNG are re-derived from (seed, epoch) at the start of every
+epoch: a resumed run sees the same randomness as an uninterrupted one. Epoch metrics are logged to MLflow
+just before the checkpoint is written, and an epoch already logged is never logged twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback, Checkpoint
+
+from sounding import tracking
+from sounding.config import Params
+from sounding.data.module import TensorDataModule
+from sounding.data.prepare import Prepared
+from sounding.models.classifier import LitClassifier
+from sounding.models.factory import net_kwargs
+
+# Lightning sets its loggers to INFO on import; its hardware banner and tips would drown our output.
+for _name in ("lightning.pytorch", "lightning.fabric"):
+    logging.getLogger(_name).setLevel(logging.WARNING)
+warnings.filterwarnings("ignore", message=r".*LeafSpec.*is deprecated")
+
+
+@dataclass
+class FitResult:
+    """What one fit produced: final metrics, the per-epoch history and where the weights are."""
+
+    arch: str
+    seed: int
+    metrics: dict[str, float]
+    history: list[dict[str, float]]
+    checkpoint: str
+    run_id: str | None
+    n_params: int
+    train_time_s: float
+    samples_per_s: float
+    device: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class EpochSeed(Callback):
+    """Re-seed torch's RNG (dropout, noise) from (seed, epoch) at each epoch start, for exact resumes."""
+
+    def __init__(self, seed: int) -> None:
+        self.seed = seed
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        torch.manual_seed(self.seed * 100_003 + trainer.current_epoch)
+
+
+class EpochCheckpoint(Checkpoint):
+    """Records each epoch's metrics, logs them to MLflow, keeps the best-``val/acc`` weights, then writes
+    ``last.ckpt``.
+
+    Being a ``Checkpoint``, Lightning calls it after the LightningModule's own epoch-end hook, so the
+    epoch's train metrics are complete. Its history and best weights travel inside the checkpoint.
+    """
+
+    def __init__(self, path: Path, uri: str | None = None, run_id: str | None = None) -> None:
+        self.path, self.uri, self.run_id = path, uri, run_id
+        self.history: list[dict[str, float]] = []
+        self.train_time_s = 0.0
+        self.best: dict[str, Any] = {"epoch": -1, "val/acc": -1.0, "state": None}
+        self._epoch_start = 0.0
+        self._logged_epochs: set[int] = set()
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.run_id and trainer.is_global_zero:
+            self._logged_epochs = set(tracking.logged_steps(self.uri, self.run_id, "epoch"))
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._epoch_start = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.train_time_s += time.perf_counter() - self._epoch_start
+        epoch = trainer.current_epoch
+        row = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+        row.update(epoch=epoch, time_s=self.train_time_s)
+        self.history.append(row)
+        if row.get("val/acc", -1.0) > self.best["val/acc"]:
+            state = {k: v.detach().cpu().clone() for k, v in pl_module.state_dict().items()}
+            self.best = {"epoch": epoch, "val/acc": row["val/acc"], "state": state}
+        if self.run_id and trainer.is_global_zero and epoch not in self._logged_epochs:
+            tracking.log_metrics(self.uri, self.run_id, row, step=epoch)
+        trainer.save_checkpoint(self.path, weights_only=False)  # full state: optimizer, loops, callbacks
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"history": self.history, "train_time_s": self.train_time_s, "best": self.best}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.history = list(state_dict["history"])
+        self.train_time_s = float(state_dict["train_time_s"])
+        self.best = dict(state_dict["best"])
+
+
+class EpochProgress(Callback):
+    """One progress bar over epochs (cheaper and more readable than a per-step bar for small models)."""
+
+    def __init__(self, desc: str) -> None:
+        self.desc, self.bar = desc, None
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        from tqdm.auto import tqdm
+
+        if trainer.is_global_zero:
+            self.bar = tqdm(total=trainer.max_epochs, initial=trainer.current_epoch, desc=self.desc,
+                            unit="epoch", leave=False, dynamic_ncols=True, disable=None)  # no bar off a TTY
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.bar is not None:
+            acc = trainer.callback_metrics.get("val/acc")
+            self.bar.set_postfix({"val/acc": f"{float(acc):.3f}"} if acc is not None else {})
+            self.bar.update(1)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def build_system(params: Params, arch: str, data: Prepared) -> LitClassifier:
+    """The LightningModule for ``arch`` on this data, every hyperparameter taken from params."""
+    t = params.train
+    return LitClassifier(arch=arch, input_shape=data.spec.input_shape, num_classes=data.spec.num_classes,
+                         layout=data.spec.layout, net=net_kwargs(params, arch), optimizer=t.optimizer, lr=t.lr,
+                         weight_decay=t.weight_decay, l1=t.l1)
+
+
+def make_trainer(params: Params, callbacks: list[Callback], max_epochs: int | None = None) -> L.Trainer:
+    """A Trainer configured from ``params.compute`` and ``params.train``; no Lightning logger or bar."""
+    c, t = params.compute, params.train
+    return L.Trainer(
+        max_epochs=max_epochs or t.epochs,
+        accelerator=c.accelerator,
+        devices=c.devices,
+        num_nodes=c.num_nodes,
+        strategy=c.strategy,
+        precision=c.precision,
+        gradient_clip_val=t.gradient_clip_val or None,
+        gradient_clip_algorithm=t.gradient_clip_algorithm,
+        callbacks=callbacks,
+        logger=False,
+        enable_checkpointing=True,  # our EpochCheckpoint is the checkpoint callback (no default one added)
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
+
+
+def fit(
+    params: Params,
+    arch: str,
+    seed: int,
+    data: Prepared,
+    run_dir: str | Path,
+    run_id: str | None = None,
+    callbacks: list[Callback] | None = None,
+    progress: bool = True,
+) -> FitResult:
+    """Train ``arch`` with ``seed`` on ``data``, resuming from ``run_dir/last.ckpt`` when present.
+
+    With ``train.select: best_val`` the weights of the epoch with the best ``val/acc`` are evaluated on
+    test and kept (early-stopping model selection); with ``last``, the final epoch's. They are saved as
+    ``run_dir/model.ckpt``. With ``run_id``, epoch metrics go to that MLflow run.
+    """
+    run_dir = Path(run_dir)
+    torch.set_num_threads(params.compute.threads)
+    L.seed_everything(seed, verbose=False)
+    system = build_system(params, arch, data)
+    datamodule = TensorDataModule(data, params.train.batch_size, seed)
+    recorder = EpochCheckpoint(run_dir / "last.ckpt", params.tracking.uri if run_id else None, run_id)
+    extra = [EpochProgress(f"{arch} seed {seed}")] if progress else []
+    trainer = make_trainer(params, [EpochSeed(seed), recorder, *extra, *(callbacks or [])])
+    resume = run_dir / "last.ckpt"
+    # weights_only=True: resuming never unpickles arbitrary objects, even from a tampered checkpoint.
+    trainer.fit(system, datamodule=datamodule, ckpt_path=str(resume) if resume.is_file() else None,
+                weights_only=True)
+    selected = len(recorder.history) - 1
+    if params.train.select == "best_val" and recorder.best["state"] is not None:
+        system.load_state_dict(recorder.best["state"])
+        selected = recorder.best["epoch"]
+    model_ckpt = run_dir / "model.ckpt"
+    trainer.save_checkpoint(model_ckpt, weights_only=True)
+    test = trainer.test(system, datamodule=datamodule, verbose=False)[0]
+    metrics = {k: float(v) for k, v in test.items()}
+    if recorder.history:
+        metrics.update({k: v for k, v in recorder.history[selected].items() if k.startswith(("val/", "train/"))})
+    metrics["selected_epoch"] = float(selected)
+    samples = len(data.train.y) * trainer.current_epoch
+    return FitResult(
+        arch=arch,
+        seed=seed,
+        metrics=metrics,
+        history=recorder.history,
+        checkpoint=str(model_ckpt),
+        run_id=run_id,
+        n_params=sum(p.numel() for p in system.net.parameters()),
+        train_time_s=recorder.train_time_s,
+        samples_per_s=samples / recorder.train_time_s if recorder.train_time_s else 0.0,
+        device=str(trainer.strategy.root_device),
+    )
+
+
+def fingerprint(params: Params, arch: str, seed: int, data_sha256: str) -> str:
+    """Identifies a fit: a checkpoint is only resumed by a fit with the same fingerprint."""
+    return params.section_hash(f"models.{arch}", "train.epochs", "train.batch_size", "train.optimizer",
+                               "train.lr", "train.weight_decay", "train.l1", "train.gradient_clip_val",
+                               "train.gradient_clip_algorithm", "train.select", "compute") + f"-{data_sha256[:8]}-s{seed}"

@@ -1,0 +1,90 @@
+"""Shared fixtures: tiny params and data, each test in its own working folder with its own MLflow store.
+
+Like lightning-hydra-template's conftest, the real config is shrunk (few epochs, one seed) rather than
+replaced, so tests exercise the same code paths as `make run`.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sounding.config import Params
+
+REPO = Path(__file__).resolve().parents[1]
+SOUNDING = str(Path(sys.executable).parent / "sounding")
+
+
+@pytest.fixture(autouse=True)
+def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test runs in its own folder; nothing reaches beyond 127.0.0.1."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+
+
+def tiny_params(**overrides: object) -> Params:
+    """Defaults shrunk to seconds: a 600-sample MNIST-1D, 3 epochs, one seed, a local sqlite store."""
+    base = {
+        "data.mnist1d.num_samples": 600,
+        "train.epochs": 3,
+        "train.n_seeds": 1,
+        "tracking.uri": "sqlite:///mlflow.db",
+    }
+    base.update(overrides)
+    return Params().with_overrides(base)
+
+
+@pytest.fixture
+def params() -> Params:
+    return tiny_params()
+
+
+@pytest.fixture
+def prepared(params: Params, tmp_path: Path) -> Path:
+    from sounding.data.prepare import prepare
+
+    out = tmp_path / "data" / "prepared"
+    prepare(params.data, params.seed, out)
+    return out
+
+
+def write_params(path: Path, params: Params) -> Path:
+    import yaml
+
+    path.write_text(yaml.safe_dump(params.model_dump(mode="json"), sort_keys=False))
+    return path
+
+
+def run_cli(*args: str, cwd: Path | None = None, check: bool = False) -> subprocess.CompletedProcess:
+    """Run the real `sounding` console script in a subprocess."""
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    return subprocess.run([SOUNDING, *args], capture_output=True, text=True, cwd=cwd, env=env, check=check,
+                          timeout=600)
+
+
+def make_npz(path: Path, n: int = 60, shape: tuple[int, ...] = (20,), k: int = 3, **extra: np.ndarray) -> Path:
+    """A small valid user dataset (then overridden by ``extra`` arrays to break it)."""
+    rng = np.random.default_rng(0)
+    arrays = {"x": rng.normal(size=(n, *shape)).astype(np.float32), "y": np.arange(n) % k}
+    arrays.update(extra)
+    np.savez(path, **arrays)
+    return path
+
+
+def copy_repo(dest: Path) -> Path:
+    """A git repository holding this project's pipeline files, for end-to-end DVC runs."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in ("dvc.yaml", "params.yaml", ".dvc", ".dvcignore", ".gitignore", "src"):
+        src = REPO / name
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, dest / name)
+    subprocess.run(["git", "init", "-q"], cwd=dest, check=True)
+    subprocess.run(["git", "add", "-A"], cwd=dest, check=True)
+    subprocess.run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "init"], cwd=dest,
+                   check=True)
+    return dest

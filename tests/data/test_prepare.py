@@ -1,0 +1,132 @@
+"""Data preparation: each source, the manifest, exactness of the MNIST-1D benchmark, and error contracts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sounding.config import Params
+from sounding.data.prepare import load_prepared, prepare, verify
+from sounding.errors import BadInput, DataIntegrityError
+from tests.conftest import make_npz
+
+
+def test_default_is_exactly_the_published_mnist1d(tmp_path: Path) -> None:
+    from mnist1d.data import get_dataset_args, make_dataset
+
+    params = Params()
+    manifest = prepare(params.data, params.seed, tmp_path)
+    published = make_dataset(get_dataset_args())
+    parts = {n: np.load(tmp_path / f"{n}.npz") for n in ("train", "val", "test")}
+    assert published["x"].shape == (4000, 40) and published["x_test"].shape == (1000, 40)
+    assert len(parts["train"]["y"]) + len(parts["val"]["y"]) == 4000
+    assert manifest["files"]["val.npz"]["shape"]["x"] == [400, 40]
+    idx = np.concatenate([parts["train"]["idx"], parts["val"]["idx"]])
+    assert sorted(idx.tolist()) == list(range(4000))  # train and val partition the published train set
+    for name, x_key, y_key in (("train", "x", "y"), ("val", "x", "y"), ("test", "x_test", "y_test")):
+        part = parts[name]
+        np.testing.assert_array_equal(part["x"], published[x_key][part["idx"]])
+        np.testing.assert_array_equal(part["y"], published[y_key][part["idx"]])
+    assert manifest["num_classes"] == 10 and manifest["layout"] == "sequence"
+
+
+def test_validation_split_is_stratified_and_deterministic(params: Params, tmp_path: Path) -> None:
+    a = prepare(params.data, params.seed, tmp_path / "a")
+    b = prepare(params.data, params.seed, tmp_path / "b")
+    c = prepare(params.data, params.seed + 1, tmp_path / "c")
+    assert a["sha256"] == b["sha256"] != c["sha256"]
+    val = np.array(a["files"]["val.npz"]["class_counts"])
+    train = np.array(a["files"]["train.npz"]["class_counts"])
+    assert np.allclose(val / val.sum(), (val + train) / (val + train).sum(), atol=0.02)
+
+
+def test_manifest_records_hashes_shapes_and_source(prepared: Path) -> None:
+    manifest = json.loads((prepared / "manifest.json").read_text())
+    assert manifest["source"] == "mnist1d" and manifest["args"]["num_samples"] == 600
+    for name in ("train.npz", "val.npz", "test.npz"):
+        info = manifest["files"][name]
+        assert len(info["sha256"]) == 64 and info["dtype"]["y"] == "int64"
+        assert sum(info["class_counts"]) == info["shape"]["y"][0]
+    assert load_prepared(prepared).sha256 == manifest["sha256"]
+
+
+def test_a_flipped_byte_is_refused_naming_file_and_both_hashes(prepared: Path) -> None:
+    path = prepared / "train.npz"
+    expected = json.loads((prepared / "manifest.json").read_text())["files"]["train.npz"]["sha256"]
+    blob = bytearray(path.read_bytes())
+    blob[len(blob) // 2] ^= 0xFF
+    path.write_bytes(bytes(blob))
+    with pytest.raises(DataIntegrityError) as info:
+        load_prepared(prepared)
+    message = str(info.value)
+    assert str(path) in message and expected in message and "sha256 is " in message
+
+
+def test_missing_manifest_says_to_prepare(tmp_path: Path) -> None:
+    with pytest.raises(BadInput, match="run `sounding prepare` first"):
+        verify(tmp_path)
+
+
+def test_digits_source_is_an_image_dataset(tmp_path: Path) -> None:
+    params = Params().with_overrides({"data.source": "digits"})
+    manifest = prepare(params.data, params.seed, tmp_path)
+    data = load_prepared(tmp_path)
+    assert manifest["layout"] == "image" and data.spec.input_shape == (8, 8) and data.spec.num_classes == 10
+    assert len(data.train.y) + len(data.val.y) + len(data.test.y) == 1797
+    assert data.train.x.max() <= 1.0
+
+
+def test_npz_source_with_and_without_a_test_split(tmp_path: Path) -> None:
+    path = make_npz(tmp_path / "own.npz", n=90, shape=(2, 16), k=3)
+    params = Params().with_overrides({"data.source": "npz", "data.npz_path": str(path)})
+    prepare(params.data, params.seed, tmp_path / "a")
+    a = load_prepared(tmp_path / "a")
+    assert a.spec.input_shape == (2, 16) and len(a.test.y) == 18  # 20% carved for test
+    make_npz(path, n=90, shape=(2, 16), k=3, x_test=np.zeros((9, 2, 16)), y_test=np.arange(9) % 3)
+    prepare(params.data, params.seed, tmp_path / "b")
+    assert len(load_prepared(tmp_path / "b").test.y) == 9
+
+
+def _npz_params(path: Path) -> Params:
+    return Params().with_overrides({"data.source": "npz", "data.npz_path": str(path)})
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ({"x": np.zeros((60, 2, 3, 4))}, r"x has shape \(60, 2, 3, 4\) \(rank 4\); allowed: \[N, L\], \[N, C, L\]"),
+        ({"x": np.zeros(60)}, r"rank 1"),
+        ({"y": np.arange(60) * 0.5}, r"y has dtype float64; allowed: integer class labels in \[0, K\)"),
+        ({"y": np.arange(60) % 3 - 1}, r"y holds label -1; labels must be in \[0, K\)"),
+        ({"y": np.arange(59) % 3}, r"x has 60 samples but y has 59"),
+        ({"x": np.full((60, 20), np.nan)}, r"x holds 1200 NaN or infinite values"),
+        ({"x": np.where(np.eye(60, 20) > 0, np.inf, 0.0)}, r"NaN or infinite"),
+        ({"y": np.where(np.arange(60) == 0, 7, np.arange(60) % 3)}, r"classes \[3, 4, 5, 6, 7\] have fewer than 2 samples"),
+        ({"x_test": np.zeros((5, 20))}, r"x_test and y_test must be given together"),
+        ({"x_test": np.zeros((5, 21)), "y_test": np.zeros(5, dtype=int)}, r"x_test has sample shape \(21,\)"),
+    ],
+)
+def test_bad_npz_is_refused_clearly(tmp_path: Path, extra: dict, message: str) -> None:
+    path = make_npz(tmp_path / "bad.npz", **extra)
+    with pytest.raises(BadInput, match=message):
+        prepare(_npz_params(path).data, 0, tmp_path / "out")
+    assert not (tmp_path / "out" / "manifest.json").exists()
+
+
+def test_corrupted_and_missing_npz(tmp_path: Path) -> None:
+    path = make_npz(tmp_path / "cut.npz")
+    path.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(BadInput, match=r"cut.npz: not a readable .npz file"):
+        prepare(_npz_params(path).data, 0, tmp_path / "out")
+    with pytest.raises(BadInput, match=r"absent.npz: data file not found"):
+        prepare(_npz_params(tmp_path / "absent.npz").data, 0, tmp_path / "out")
+
+
+def test_pickled_object_arrays_are_never_loaded(tmp_path: Path) -> None:
+    path = tmp_path / "obj.npz"
+    np.savez(path, x=np.array([object()] * 4, dtype=object), y=np.arange(4))
+    with pytest.raises(BadInput, match="not a readable .npz"):
+        prepare(_npz_params(path).data, 0, tmp_path / "out")

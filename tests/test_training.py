@@ -1,0 +1,82 @@
+"""Training: the Lightning system trains, resumes exactly, stops on NaN, and tracks to MLflow."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from sounding.config import Params
+from sounding.data.prepare import load_prepared
+from sounding.errors import TrainingDiverged
+from sounding.models.classifier import LitClassifier
+from sounding.training import fit, fingerprint
+
+
+def test_fit_reports_test_metrics_history_and_throughput(params: Params, prepared: Path, tmp_path: Path) -> None:
+    data = load_prepared(prepared)
+    result = fit(params, "cnn", 0, data, tmp_path / "run", progress=False)
+    assert [h["epoch"] for h in result.history] == [0, 1, 2]
+    assert {"train/loss", "train/acc", "val/loss", "val/acc", "grad_norm/head"} <= set(result.history[-1])
+    assert {"test/acc", "test/f1_macro", "test/loss"} <= set(result.metrics)
+    assert 0.0 <= result.metrics["test/acc"] <= 1.0 and result.samples_per_s > 0
+    assert result.n_params == 5_210 and Path(result.checkpoint).is_file()
+
+
+def test_checkpoint_loads_with_no_extra_arguments(params: Params, prepared: Path, tmp_path: Path) -> None:
+    data = load_prepared(prepared)
+    result = fit(params, "mlp", 0, data, tmp_path / "run", progress=False)
+    system = LitClassifier.load_from_checkpoint(result.checkpoint, weights_only=True)
+    assert system.hparams.arch == "mlp" and tuple(system.hparams.input_shape) == (40,)
+
+
+def test_same_seed_same_metrics_and_resume_continues_exactly(params: Params, prepared: Path, tmp_path: Path) -> None:
+    data = load_prepared(prepared)
+    params = params.with_overrides({"models.mlp.dropout": 0.2})  # dropout exercises the RNG re-seeding
+    straight = fit(params.with_overrides({"train.epochs": 4}), "mlp", 1, data, tmp_path / "a", progress=False)
+    again = fit(params.with_overrides({"train.epochs": 4}), "mlp", 1, data, tmp_path / "b", progress=False)
+    assert straight.metrics == again.metrics
+    fit(params.with_overrides({"train.epochs": 2}), "mlp", 1, data, tmp_path / "c", progress=False)
+    resumed = fit(params.with_overrides({"train.epochs": 4}), "mlp", 1, data, tmp_path / "c", progress=False)
+    assert [h["epoch"] for h in resumed.history] == [0, 1, 2, 3]
+    assert resumed.metrics["test/acc"] == pytest.approx(straight.metrics["test/acc"], abs=1e-6)
+    assert resumed.metrics["test/loss"] == pytest.approx(straight.metrics["test/loss"], rel=1e-5)
+
+
+def test_nan_loss_stops_training_with_a_clear_error(params: Params, prepared: Path, tmp_path: Path) -> None:
+    data = load_prepared(prepared)
+    with pytest.raises(TrainingDiverged, match=r"mlp: training loss became (nan|inf) at epoch 0"):
+        fit(params.with_overrides({"train.lr": 1e30, "train.optimizer": "sgd"}), "mlp", 0, data, tmp_path / "r",
+            progress=False)
+
+
+def test_gradient_clipping_bounds_the_update(params: Params, prepared: Path, tmp_path: Path) -> None:
+    data = load_prepared(prepared)
+    clipped = params.with_overrides({"train.gradient_clip_val": 1e-3, "train.optimizer": "sgd", "train.lr": 0.1,
+                                     "train.epochs": 1})
+    torch.manual_seed(0)
+    start = LitClassifier("linear", (40,), 10).net.head.weight.detach().clone()
+    result = fit(clipped, "linear", 0, data, tmp_path / "r", progress=False)
+    end = LitClassifier.load_from_checkpoint(result.checkpoint, weights_only=True).net.head.weight.detach()
+    # 12 SGD steps with momentum 0.9, each gradient clipped to norm 1e-3, cannot move weights by more than this
+    assert (end - start).norm() < 12 * 10 * 0.1 * 1e-3 + 1e-2
+
+
+def test_l1_penalty_shrinks_weights(params: Params, prepared: Path, tmp_path: Path) -> None:
+    data = load_prepared(prepared)
+    plain = fit(params, "linear", 0, data, tmp_path / "a", progress=False)
+    sparse = fit(params.with_overrides({"train.l1": 0.05}), "linear", 0, data, tmp_path / "b", progress=False)
+
+    def weight_l1(result) -> float:
+        return LitClassifier.load_from_checkpoint(result.checkpoint, weights_only=True).net.head.weight.abs().sum()
+
+    assert weight_l1(sparse) < 0.7 * weight_l1(plain)
+
+
+def test_fingerprint_changes_with_what_shapes_the_result(params: Params) -> None:
+    base = fingerprint(params, "cnn", 0, "abc")
+    assert fingerprint(params.with_overrides({"models.cnn.channels": 8}), "cnn", 0, "abc") != base
+    assert fingerprint(params.with_overrides({"train.lr": 0.1}), "cnn", 0, "abc") != base
+    assert fingerprint(params, "cnn", 1, "abc") != base and fingerprint(params, "cnn", 0, "abd") != base
+    assert fingerprint(params.with_overrides({"models.mlp.hidden": 8}), "cnn", 0, "abc") == base
