@@ -80,7 +80,7 @@ def make_npz(path: Path, n: int = 60, shape: tuple[int, ...] = (20,), k: int = 3
 def copy_repo(dest: Path) -> Path:
     """A git repository holding this project's pipeline files, for end-to-end DVC runs."""
     dest.mkdir(parents=True, exist_ok=True)
-    for name in ("dvc.yaml", "params.yaml", ".dvc", ".dvcignore", ".gitignore", "src"):
+    for name in ("dvc.yaml", "params.yaml", ".dvc", ".dvcignore", ".gitignore", "src", "data/raw"):
         src = REPO / name
         (shutil.copytree if src.is_dir() else shutil.copy)(src, dest / name)
     subprocess.run(["git", "init", "-q"], cwd=dest, check=True)

@@ -122,8 +122,11 @@ class TrainParams(Section):
     batch_size: PositiveInt = 100
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"
     lr: Annotated[float, Field(gt=0)] = 1e-2
-    weight_decay: NonNegative = 0.0
-    """L2 strength. Coupled (added to the gradient) for adam and sgd; decoupled for adamw."""
+    lr_schedule: Literal["constant", "cosine"] = "constant"
+    """``cosine`` decays the learning rate to zero over ``epochs``."""
+    weight_decay: NonNegative = 5e-4
+    """L2 strength. Coupled (added to the gradient) for adam and sgd; decoupled for adamw. The published
+    reference uses 0; without it every architecture overfits within a few dozen epochs (docs in README)."""
     l1: NonNegative = 0.0
     """L1 penalty on the weights, added to the loss."""
     gradient_clip_val: NonNegative = 0.0

@@ -134,7 +134,7 @@ def build_system(params: Params, arch: str, data: Prepared) -> LitClassifier:
     t = params.train
     return LitClassifier(arch=arch, input_shape=data.spec.input_shape, num_classes=data.spec.num_classes,
                          layout=data.spec.layout, net=net_kwargs(params, arch), optimizer=t.optimizer, lr=t.lr,
-                         weight_decay=t.weight_decay, l1=t.l1)
+                         weight_decay=t.weight_decay, l1=t.l1, lr_schedule=t.lr_schedule)
 
 
 def make_trainer(params: Params, callbacks: list[Callback], max_epochs: int | None = None) -> L.Trainer:
@@ -216,4 +216,4 @@ def fingerprint(params: Params, arch: str, seed: int, data_sha256: str) -> str:
     """Identifies a fit: a checkpoint is only resumed by a fit with the same fingerprint."""
     return params.section_hash(f"models.{arch}", "train.epochs", "train.batch_size", "train.optimizer",
                                "train.lr", "train.weight_decay", "train.l1", "train.gradient_clip_val",
-                               "train.gradient_clip_algorithm", "train.select", "compute") + f"-{data_sha256[:8]}-s{seed}"
+                               "train.gradient_clip_algorithm", "train.select", "train.lr_schedule", "compute") + f"-{data_sha256[:8]}-s{seed}"

@@ -37,6 +37,7 @@ class LitClassifier(L.LightningModule):
         lr: float = 1e-2,
         weight_decay: float = 0.0,
         l1: float = 0.0,
+        lr_schedule: str = "constant",
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -112,9 +113,15 @@ class LitClassifier(L.LightningModule):
         x = batch[0] if isinstance(batch, (tuple, list)) else batch
         return self.net(x).softmax(-1)
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
+    def configure_optimizers(self) -> Any:
         hp = self.hparams
         if hp.optimizer == "sgd":
-            return torch.optim.SGD(self.parameters(), lr=hp.lr, momentum=0.9, weight_decay=hp.weight_decay)
-        cls = torch.optim.AdamW if hp.optimizer == "adamw" else torch.optim.Adam
-        return cls(self.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
+            optimizer = torch.optim.SGD(self.parameters(), lr=hp.lr, momentum=0.9, weight_decay=hp.weight_decay)
+        else:
+            cls = torch.optim.AdamW if hp.optimizer == "adamw" else torch.optim.Adam
+            optimizer = cls(self.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
+        if hp.lr_schedule == "constant":
+            return optimizer
+        # Cosine decay to zero over the whole run, stepped per epoch.
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(self.trainer.max_epochs, 1))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "epoch"}}

@@ -1,0 +1,54 @@
+"""CLI: fast help, exit code 2 with clear messages for bad input, and nothing touched before failing."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.conftest import REPO, run_cli
+
+
+def test_help_does_not_import_heavy_libraries() -> None:
+    code = ("import sys; from typer.testing import CliRunner; from sounding.cli import app; "
+            "r = CliRunner().invoke(app, ['--help']); assert r.exit_code == 0, r.output; "
+            "heavy = [m for m in ('lightning', 'mlflow', 'torch', 'sklearn') if m in sys.modules]; "
+            "assert not heavy, heavy")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_help_lists_the_stage_commands() -> None:
+    result = run_cli("--help")
+    assert result.returncode == 0
+    for command in ("prepare", "train", "report"):
+        assert command in result.stdout
+
+
+def test_out_of_range_param_exits_2_naming_key_value_and_allowed(tmp_path: Path) -> None:
+    result = run_cli("prepare", "--params", str(REPO / "params.yaml"), "-S", "data.val_fraction=2", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "data.val_fraction: Input should be less than 1 (got 2)" in result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "data").exists()
+
+
+def test_misspelled_key_exits_2_with_a_suggestion(tmp_path: Path) -> None:
+    result = run_cli("prepare", "--params", str(REPO / "params.yaml"), "-S", "data.val_fractoin=0.2",
+                     cwd=tmp_path)
+    assert result.returncode == 2
+    assert "did you mean 'data.val_fraction'?" in result.stderr
+
+
+def test_unknown_architecture_exits_2_listing_the_allowed(tmp_path: Path) -> None:
+    result = run_cli("train", "transformer", "--params", str(REPO / "params.yaml"), cwd=tmp_path)
+    assert result.returncode == 2
+    assert "unknown architecture 'transformer'; allowed: linear, mlp, cnn, rnn" in result.stderr
+
+
+def test_missing_prepared_data_exits_2(tmp_path: Path) -> None:
+    result = run_cli("train", "cnn", "--params", str(REPO / "params.yaml"), cwd=tmp_path)
+    assert result.returncode == 2 and "run `sounding prepare` first" in result.stderr
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_bad_option_is_a_usage_error() -> None:
+    assert run_cli("train", "cnn", "--no-such-flag").returncode == 2

@@ -1,0 +1,145 @@
+"""End to end, as a user runs it: `dvc repro` on tiny params, DVC remotes, and kill -9 resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from sounding import tracking
+from sounding.config import load_params
+from tests.conftest import copy_repo, run_cli, tiny_params, write_params
+
+pytestmark = pytest.mark.slow
+BIN = str(Path(sys.executable).parent)
+
+
+def _dvc(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PATH=f"{BIN}:{os.environ['PATH']}")
+    return subprocess.run([f"{BIN}/dvc", *args], cwd=cwd, capture_output=True, text=True, env=env, timeout=900)
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The project's pipeline reproduced once on tiny params (2 epochs, 2 seeds, 600 samples)."""
+    root = copy_repo(tmp_path_factory.mktemp("repo"))
+    write_params(root / "params.yaml", tiny_params(**{"train.epochs": 2, "train.n_seeds": 2}))
+    result = _dvc("repro", cwd=root)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return root
+
+
+def test_repro_writes_every_output(repo: Path) -> None:
+    for arch in ("linear", "mlp", "cnn", "rnn"):
+        metrics = json.loads((repo / "metrics" / f"{arch}.json").read_text())
+        assert len(metrics["seeds"]) == 2 and 0 <= metrics["test_acc"] <= 1
+        for name in ("model.ckpt", "model.safetensors", "config.json"):
+            assert (repo / "models" / arch / name).is_file()
+        assert (repo / "plots" / arch / "learning_curve.csv").read_text().startswith("epoch,train_loss")
+        assert (repo / "plots" / arch / "seed-42" / "confusion.png").is_file()
+    board = (repo / "reports" / "leaderboard.md").read_text()
+    assert all(f"| {arch} |" in board for arch in ("linear", "mlp", "cnn", "rnn")) and "±" in board
+
+
+def test_second_repro_is_a_noop(repo: Path) -> None:
+    result = _dvc("repro", cwd=repo)
+    assert result.returncode == 0 and "Running stage" not in result.stdout
+    assert _dvc("status", cwd=repo).stdout.strip().startswith("Data and pipelines are up to date")
+
+
+def test_every_architecture_run_has_the_same_metric_keys_and_tags(repo: Path) -> None:
+    params = load_params(repo / "params.yaml")
+    client = tracking.client(f"sqlite:///{repo / 'mlflow.db'}")
+    exp = client.get_experiment_by_name(params.tracking.experiment)
+    runs = client.search_runs([exp.experiment_id])
+    assert len(runs) == 8 and all(r.info.status == "FINISHED" for r in runs)
+    names = {r.info.run_name for r in runs}
+    assert names == {f"{a}-seed{s}" for a in ("linear", "mlp", "cnn", "rnn") for s in (42, 43)}
+
+    def common(keys: set[str]) -> set[str]:
+        return {k for k in keys if not k.startswith("grad_norm/")}  # layers differ by architecture
+
+    metric_keys = [common(set(r.data.metrics)) for r in runs]
+    assert all(keys == metric_keys[0] for keys in metric_keys)
+    assert {"train/loss", "val/loss", "val/acc", "test/acc", "test/f1_macro"} <= metric_keys[0]
+    tag_keys = [{k for k in r.data.tags if not k.startswith("mlflow.")} for r in runs]
+    assert all(keys == tag_keys[0] for keys in tag_keys)
+    assert {"git_sha", "data_sha256", "stage", "arch", "seed"} <= tag_keys[0]
+    sha = json.loads((repo / "data" / "prepared" / "manifest.json").read_text())["sha256"]
+    assert {r.data.tags["data_sha256"] for r in runs} == {sha}
+    artifacts = {a.path for a in client.list_artifacts(runs[0].info.run_id, "plots")}
+    assert {"plots/learning_curves.png", "plots/confusion.png", "plots/grad_norms.png"} <= artifacts
+
+
+def test_registered_pyfunc_loads_without_pickle_and_predicts(repo: Path) -> None:
+    import mlflow
+    import numpy as np
+
+    client = tracking.client(f"sqlite:///{repo / 'mlflow.db'}")
+    run_id = json.loads((repo / "metrics" / "cnn.json").read_text())["seeds"][0]["run_id"]
+    models = client.search_logged_models(experiment_ids=[client.get_run(run_id).info.experiment_id])
+    model = next(m for m in models if m.source_run_id == run_id)
+    mlflow.set_tracking_uri(f"sqlite:///{repo / 'mlflow.db'}")
+    loaded = mlflow.pyfunc.load_model(model.model_uri)
+    x = np.load(repo / "data" / "prepared" / "test.npz")["x"][:5].astype("float32")
+    probs = loaded.predict(x)
+    assert probs.shape == (5, 10) and np.allclose(probs.sum(1), 1, atol=1e-5)
+    assert not list(Path(model.artifact_location.removeprefix("file://")).rglob("*.pkl"))
+
+
+def test_dvc_push_pull_round_trip(repo: Path, tmp_path: Path) -> None:
+    remote = tmp_path / "remote"
+    assert _dvc("remote", "add", "--local", "-d", "scratch", str(remote), cwd=repo).returncode == 0
+    assert _dvc("push", cwd=repo).returncode == 0
+    manifest = (repo / "data" / "prepared" / "manifest.json").read_text()
+    subprocess.run(["rm", "-rf", "data/prepared", ".dvc/cache"], cwd=repo, check=True)
+    pulled = _dvc("pull", "prepare", cwd=repo)
+    assert pulled.returncode == 0, pulled.stderr
+    assert (repo / "data" / "prepared" / "manifest.json").read_text() == manifest
+    from sounding.data.prepare import verify
+
+    verify(repo / "data" / "prepared")
+
+
+def test_kill_9_mid_training_resumes_the_same_run_without_losing_an_epoch(tmp_path: Path) -> None:
+    epochs = 8
+    params = write_params(tmp_path / "params.yaml", tiny_params(**{
+        "data.mnist1d.num_samples": 5000, "train.epochs": epochs, "train.archs": ["rnn"]}))
+    straight_dir, killed_dir = tmp_path / "straight", tmp_path / "killed"
+    for folder in (straight_dir, killed_dir):
+        folder.mkdir()
+        run_cli("prepare", "--params", str(params), cwd=folder, check=True)
+    run_cli("train", "rnn", "--params", str(params), "-q", cwd=straight_dir, check=True)
+
+    proc = subprocess.Popen([f"{BIN}/sounding", "train", "rnn", "--params", str(params), "-q"], cwd=killed_dir,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not list(killed_dir.glob("checkpoints/rnn/*/last.ckpt")) and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.8)  # into a later epoch
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    (ckpt,) = killed_dir.glob("checkpoints/rnn/*/last.ckpt")
+    import torch
+
+    killed_at = torch.load(ckpt, weights_only=True, map_location="cpu")["epoch"]
+    assert killed_at < epochs - 1, "the kill came too late to test a resume"
+    run_id = json.loads((ckpt.parent / "run.json").read_text())["run_id"]
+
+    run_cli("train", "rnn", "--params", str(params), "-q", cwd=killed_dir, check=True)
+    resumed = json.loads((killed_dir / "metrics" / "rnn.json").read_text())["seeds"][0]
+    straight = json.loads((straight_dir / "metrics" / "rnn.json").read_text())["seeds"][0]
+    assert resumed["run_id"] == run_id
+    uri = f"sqlite:///{killed_dir / 'mlflow.db'}"
+    assert tracking.logged_steps(uri, run_id, "epoch") == list(range(epochs))  # contiguous, none repeated
+    assert tracking.client(uri).get_run(run_id).info.status == "FINISHED"
+    assert resumed["test/acc"] == pytest.approx(straight["test/acc"], abs=1e-6)
+    assert resumed["test/loss"] == pytest.approx(straight["test/loss"], rel=1e-5)
+    assert yaml.safe_load(params.read_text())["train"]["epochs"] == epochs

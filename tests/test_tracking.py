@@ -1,0 +1,46 @@
+"""Tracking: runs always end in a final state, params are flat, tags are set."""
+
+from __future__ import annotations
+
+import pytest
+
+from sounding import tracking
+from sounding.config import Params
+
+
+def _run(params: Params, run_id: str):
+    return tracking.client(params.tracking.uri).get_run(run_id)
+
+
+def test_run_finishes_with_flat_params_and_tags(params: Params) -> None:
+    with tracking.tracked_run(params, "cnn-seed0", {"arch": "cnn", "stage": "train"}) as run_id:
+        tracking.log_metrics(params.tracking.uri, run_id, {"val/acc": 0.5}, step=0)
+    run = _run(params, run_id)
+    assert run.info.status == "FINISHED" and run.info.run_name == "cnn-seed0"
+    assert run.data.params["train.lr"] == "0.01" and run.data.params["models.cnn.kernels"] == "[5, 3, 3]"
+    assert run.data.tags["arch"] == "cnn" and "git_sha" in run.data.tags
+    assert run.data.metrics["val/acc"] == 0.5  # the asynchronous queue was flushed before closing
+
+
+@pytest.mark.parametrize(("error", "status"), [(RuntimeError, "FAILED"), (KeyboardInterrupt, "KILLED")])
+def test_run_is_closed_on_every_exit_path(params: Params, error: type, status: str) -> None:
+    seen = {}
+    with pytest.raises(error):
+        with tracking.tracked_run(params, "x", {}) as run_id:
+            seen["id"] = run_id
+            raise error("boom")
+    assert _run(params, seen["id"]).info.status == status
+
+
+def test_reattaching_continues_the_same_run(params: Params) -> None:
+    with tracking.tracked_run(params, "x", {}) as run_id:
+        tracking.log_metrics(params.tracking.uri, run_id, {"epoch": 0}, step=0, synchronous=True)
+    with tracking.tracked_run(params, "x", {"resumed": "1"}, run_id=run_id) as again:
+        tracking.log_metrics(params.tracking.uri, again, {"epoch": 1}, step=1, synchronous=True)
+    assert again == run_id
+    assert tracking.logged_steps(params.tracking.uri, run_id, "epoch") == [0, 1]
+    assert _run(params, run_id).data.tags["resumed"] == "1"
+
+
+def test_flatten() -> None:
+    assert tracking.flatten({"a": {"b": 1, "c": [1, 2]}, "d": {}}) == {"a.b": "1", "a.c": "[1, 2]", "d": "{}"}
