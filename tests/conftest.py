@@ -64,11 +64,14 @@ def write_params(path: Path, params: Params) -> Path:
 def run_cli(*args: str, cwd: Path | None = None, check: bool = False) -> subprocess.CompletedProcess:
     """Run the real `sounding` console script in a subprocess."""
     env = dict(os.environ, PYTHONWARNINGS="ignore")
-    return subprocess.run([SOUNDING, *args], capture_output=True, text=True, cwd=cwd, env=env, check=check,
-                          timeout=600)
+    return subprocess.run(
+        [SOUNDING, *args], capture_output=True, text=True, cwd=cwd, env=env, check=check, timeout=600
+    )
 
 
-def make_npz(path: Path, n: int = 60, shape: tuple[int, ...] = (20,), k: int = 3, **extra: np.ndarray) -> Path:
+def make_npz(
+    path: Path, n: int = 60, shape: tuple[int, ...] = (20,), k: int = 3, **extra: np.ndarray
+) -> Path:
     """A small valid user dataset (then overridden by ``extra`` arrays to break it)."""
     rng = np.random.default_rng(0)
     arrays = {"x": rng.normal(size=(n, *shape)).astype(np.float32), "y": np.arange(n) % k}
@@ -85,6 +88,7 @@ def copy_repo(dest: Path) -> Path:
         (shutil.copytree if src.is_dir() else shutil.copy)(src, dest / name)
     subprocess.run(["git", "init", "-q"], cwd=dest, check=True)
     subprocess.run(["git", "add", "-A"], cwd=dest, check=True)
-    subprocess.run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "init"], cwd=dest,
-                   check=True)
+    subprocess.run(
+        ["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "init"], cwd=dest, check=True
+    )
     return dest

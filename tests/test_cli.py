@@ -10,10 +10,12 @@ from tests.conftest import REPO, run_cli
 
 
 def test_help_does_not_import_heavy_libraries() -> None:
-    code = ("import sys; from typer.testing import CliRunner; from sounding.cli import app; "
-            "r = CliRunner().invoke(app, ['--help']); assert r.exit_code == 0, r.output; "
-            "heavy = [m for m in ('lightning', 'mlflow', 'torch', 'sklearn') if m in sys.modules]; "
-            "assert not heavy, heavy")
+    code = (
+        "import sys; from typer.testing import CliRunner; from sounding.cli import app; "
+        "r = CliRunner().invoke(app, ['--help']); assert r.exit_code == 0, r.output; "
+        "heavy = [m for m in ('lightning', 'mlflow', 'torch', 'sklearn') if m in sys.modules]; "
+        "assert not heavy, heavy"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
@@ -25,15 +27,18 @@ def test_help_lists_the_stage_commands() -> None:
 
 
 def test_out_of_range_param_exits_2_naming_key_value_and_allowed(tmp_path: Path) -> None:
-    result = run_cli("prepare", "--params", str(REPO / "params.yaml"), "-S", "data.val_fraction=2", cwd=tmp_path)
+    result = run_cli(
+        "prepare", "--params", str(REPO / "params.yaml"), "-S", "data.val_fraction=2", cwd=tmp_path
+    )
     assert result.returncode == 2
     assert "data.val_fraction: Input should be less than 1 (got 2)" in result.stderr
     assert "Traceback" not in result.stderr and not (tmp_path / "data").exists()
 
 
 def test_misspelled_key_exits_2_with_a_suggestion(tmp_path: Path) -> None:
-    result = run_cli("prepare", "--params", str(REPO / "params.yaml"), "-S", "data.val_fractoin=0.2",
-                     cwd=tmp_path)
+    result = run_cli(
+        "prepare", "--params", str(REPO / "params.yaml"), "-S", "data.val_fractoin=0.2", cwd=tmp_path
+    )
     assert result.returncode == 2
     assert "did you mean 'data.val_fraction'?" in result.stderr
 

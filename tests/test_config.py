@@ -23,7 +23,10 @@ def test_params_are_frozen() -> None:
 
 def test_overrides_parse_yaml_values() -> None:
     assert parse_overrides(["train.lr=0.1", "train.archs=[cnn, mlp]", "data.mnist1d.shuffle_seq=true"]) == {
-        "train.lr": 0.1, "train.archs": ["cnn", "mlp"], "data.mnist1d.shuffle_seq": True}
+        "train.lr": 0.1,
+        "train.archs": ["cnn", "mlp"],
+        "data.mnist1d.shuffle_seq": True,
+    }
     params = Params().with_overrides(["train.lr=0.1", "train.archs=[cnn]"])
     assert params.train.lr == 0.1 and params.train.archs == ["cnn"]
 
@@ -34,8 +37,11 @@ def test_overrides_parse_yaml_values() -> None:
         ("data.val_fraction=2", r"data\.val_fraction: Input should be less than 1 \(got 2\)"),
         ("data.val_fractoin=0.2", r"data\.val_fractoin: unknown key; did you mean 'data\.val_fraction'\?"),
         ("trian.lr=0.1", r"trian: unknown key; did you mean 'train'\?"),
-        ("models.mlp.init=zeros", r"models\.mlp\.init: Input should be 'default', 'xavier', 'kaiming' or "
-                                  r"'orthogonal' \(got 'zeros'\)"),
+        (
+            "models.mlp.init=zeros",
+            r"models\.mlp\.init: Input should be 'default', 'xavier', 'kaiming' or "
+            r"'orthogonal' \(got 'zeros'\)",
+        ),
         ("train.epochs=ten", r"train\.epochs: Input should be a valid integer.*\(got 'ten'\)"),
         ("compute.devices=0", r"compute\.devices: Input should be greater than 0 or Input should be 'auto'"),
         ("train.archs=[cnn, cnn]", r"train\.archs: each architecture may appear once"),

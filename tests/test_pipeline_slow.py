@@ -23,7 +23,9 @@ BIN = str(Path(sys.executable).parent)
 
 def _dvc(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = dict(os.environ, PATH=f"{BIN}:{os.environ['PATH']}")
-    return subprocess.run([f"{BIN}/dvc", *args], cwd=cwd, capture_output=True, text=True, env=env, timeout=900)
+    return subprocess.run(
+        [f"{BIN}/dvc", *args], cwd=cwd, capture_output=True, text=True, env=env, timeout=900
+    )
 
 
 @pytest.fixture(scope="module")
@@ -110,16 +112,22 @@ def test_dvc_push_pull_round_trip(repo: Path, tmp_path: Path) -> None:
 
 def test_kill_9_mid_training_resumes_the_same_run_without_losing_an_epoch(tmp_path: Path) -> None:
     epochs = 8
-    params = write_params(tmp_path / "params.yaml", tiny_params(**{
-        "data.mnist1d.num_samples": 5000, "train.epochs": epochs, "train.archs": ["rnn"]}))
+    params = write_params(
+        tmp_path / "params.yaml",
+        tiny_params(**{"data.mnist1d.num_samples": 5000, "train.epochs": epochs, "train.archs": ["rnn"]}),
+    )
     straight_dir, killed_dir = tmp_path / "straight", tmp_path / "killed"
     for folder in (straight_dir, killed_dir):
         folder.mkdir()
         run_cli("prepare", "--params", str(params), cwd=folder, check=True)
     run_cli("train", "rnn", "--params", str(params), "-q", cwd=straight_dir, check=True)
 
-    proc = subprocess.Popen([f"{BIN}/sounding", "train", "rnn", "--params", str(params), "-q"], cwd=killed_dir,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [f"{BIN}/sounding", "train", "rnn", "--params", str(params), "-q"],
+        cwd=killed_dir,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 300
     while not list(killed_dir.glob("checkpoints/rnn/*/last.ckpt")) and time.time() < deadline:
         time.sleep(0.05)

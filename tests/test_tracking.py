@@ -19,7 +19,7 @@ def test_run_finishes_with_flat_params_and_tags(params: Params) -> None:
     assert run.info.status == "FINISHED" and run.info.run_name == "cnn-seed0"
     assert run.data.params["train.lr"] == "0.01" and run.data.params["models.cnn.kernels"] == "[5, 3, 3]"
     assert run.data.tags["arch"] == "cnn" and "git_sha" in run.data.tags
-    assert run.data.metrics["val/acc"] == 0.5  # the asynchronous queue was flushed before closing
+    assert run.data.metrics["val/acc"] == 0.5
 
 
 @pytest.mark.parametrize(("error", "status"), [(RuntimeError, "FAILED"), (KeyboardInterrupt, "KILLED")])
@@ -34,9 +34,9 @@ def test_run_is_closed_on_every_exit_path(params: Params, error: type, status: s
 
 def test_reattaching_continues_the_same_run(params: Params) -> None:
     with tracking.tracked_run(params, "x", {}) as run_id:
-        tracking.log_metrics(params.tracking.uri, run_id, {"epoch": 0}, step=0, synchronous=True)
+        tracking.log_metrics(params.tracking.uri, run_id, {"epoch": 0}, step=0)
     with tracking.tracked_run(params, "x", {"resumed": "1"}, run_id=run_id) as again:
-        tracking.log_metrics(params.tracking.uri, again, {"epoch": 1}, step=1, synchronous=True)
+        tracking.log_metrics(params.tracking.uri, again, {"epoch": 1}, step=1)
     assert again == run_id
     assert tracking.logged_steps(params.tracking.uri, run_id, "epoch") == [0, 1]
     assert _run(params, run_id).data.tags["resumed"] == "1"

@@ -11,10 +11,12 @@ from sounding.config import Params
 from sounding.data.prepare import load_prepared
 from sounding.errors import TrainingDiverged
 from sounding.models.classifier import LitClassifier
-from sounding.training import fit, fingerprint
+from sounding.training import fingerprint, fit
 
 
-def test_fit_reports_test_metrics_history_and_throughput(params: Params, prepared: Path, tmp_path: Path) -> None:
+def test_fit_reports_test_metrics_history_and_throughput(
+    params: Params, prepared: Path, tmp_path: Path
+) -> None:
     data = load_prepared(prepared)
     result = fit(params, "cnn", 0, data, tmp_path / "run", progress=False)
     assert [h["epoch"] for h in result.history] == [0, 1, 2]
@@ -31,7 +33,9 @@ def test_checkpoint_loads_with_no_extra_arguments(params: Params, prepared: Path
     assert system.hparams.arch == "mlp" and tuple(system.hparams.input_shape) == (40,)
 
 
-def test_same_seed_same_metrics_and_resume_continues_exactly(params: Params, prepared: Path, tmp_path: Path) -> None:
+def test_same_seed_same_metrics_and_resume_continues_exactly(
+    params: Params, prepared: Path, tmp_path: Path
+) -> None:
     data = load_prepared(prepared)
     params = params.with_overrides({"models.mlp.dropout": 0.2})  # dropout exercises the RNG re-seeding
     straight = fit(params.with_overrides({"train.epochs": 4}), "mlp", 1, data, tmp_path / "a", progress=False)
@@ -47,14 +51,21 @@ def test_same_seed_same_metrics_and_resume_continues_exactly(params: Params, pre
 def test_nan_loss_stops_training_with_a_clear_error(params: Params, prepared: Path, tmp_path: Path) -> None:
     data = load_prepared(prepared)
     with pytest.raises(TrainingDiverged, match=r"mlp: training loss became (nan|inf) at epoch 0"):
-        fit(params.with_overrides({"train.lr": 1e30, "train.optimizer": "sgd"}), "mlp", 0, data, tmp_path / "r",
-            progress=False)
+        fit(
+            params.with_overrides({"train.lr": 1e30, "train.optimizer": "sgd"}),
+            "mlp",
+            0,
+            data,
+            tmp_path / "r",
+            progress=False,
+        )
 
 
 def test_gradient_clipping_bounds_the_update(params: Params, prepared: Path, tmp_path: Path) -> None:
     data = load_prepared(prepared)
-    clipped = params.with_overrides({"train.gradient_clip_val": 1e-3, "train.optimizer": "sgd", "train.lr": 0.1,
-                                     "train.epochs": 1})
+    clipped = params.with_overrides(
+        {"train.gradient_clip_val": 1e-3, "train.optimizer": "sgd", "train.lr": 0.1, "train.epochs": 1}
+    )
     torch.manual_seed(0)
     start = LitClassifier("linear", (40,), 10).net.head.weight.detach().clone()
     result = fit(clipped, "linear", 0, data, tmp_path / "r", progress=False)
@@ -69,7 +80,11 @@ def test_l1_penalty_shrinks_weights(params: Params, prepared: Path, tmp_path: Pa
     sparse = fit(params.with_overrides({"train.l1": 0.05}), "linear", 0, data, tmp_path / "b", progress=False)
 
     def weight_l1(result) -> float:
-        return LitClassifier.load_from_checkpoint(result.checkpoint, weights_only=True).net.head.weight.abs().sum()
+        return (
+            LitClassifier.load_from_checkpoint(result.checkpoint, weights_only=True)
+            .net.head.weight.abs()
+            .sum()
+        )
 
     assert weight_l1(sparse) < 0.7 * weight_l1(plain)
 

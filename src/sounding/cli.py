@@ -16,11 +16,17 @@ import typer
 from sounding.config import ARCHS, Params, load_params
 from sounding.errors import BadInput
 
-app = typer.Typer(help="Sounding: train, tune, compare and ship neural-network architectures reproducibly.",
-                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+app = typer.Typer(
+    help="Sounding: train, tune, compare and ship neural-network architectures reproducibly.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
 
 ParamsOpt = Annotated[Path, typer.Option("--params", "-p", help="Parameters file.")]
-SetOpt = Annotated[list[str] | None, typer.Option("--set", "-S", help="Override a parameter: key.path=value.")]
+SetOpt = Annotated[
+    list[str] | None, typer.Option("--set", "-S", help="Override a parameter: key.path=value.")
+]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
 
 
@@ -36,7 +42,8 @@ def _check_arch(arch: str, allowed: tuple[str, ...] = ARCHS) -> None:
 @app.command()
 def prepare(
     out: Annotated[Path, typer.Option(help="Folder for train/val/test.npz and manifest.json.")] = Path(
-        "data/prepared"),
+        "data/prepared"
+    ),
     params_path: ParamsOpt = Path("params.yaml"),
     overrides: SetOpt = None,
 ) -> None:
@@ -67,10 +74,18 @@ def train(
     from sounding import stages
 
     result = stages.train_architecture(
-        params, arch, data, model_dir or Path("models") / arch, metrics or Path("metrics") / f"{arch}.json",
-        plots or Path("plots") / arch, progress=not quiet)
-    typer.echo(f"{arch}: test accuracy {result['test_acc']:.4f} ± {result['test_acc_std']:.4f} "
-               f"over {len(result['seeds'])} seed(s)")
+        params,
+        arch,
+        data,
+        model_dir or Path("models") / arch,
+        metrics or Path("metrics") / f"{arch}.json",
+        plots or Path("plots") / arch,
+        progress=not quiet,
+    )
+    typer.echo(
+        f"{arch}: test accuracy {result['test_acc']:.4f} ± {result['test_acc_std']:.4f} "
+        f"over {len(result['seeds'])} seed(s)"
+    )
 
 
 @app.command()

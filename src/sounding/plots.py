@@ -45,8 +45,15 @@ def confusion_matrix(cm: np.ndarray, title: str, path: str | Path) -> Path:
     ax.set(xticks=range(k), yticks=range(k), xlabel="predicted class", ylabel="true class", title=title)
     for i in range(k):
         for j in range(k):
-            ax.text(j, i, int(cm[i, j]), ha="center", va="center", fontsize=7,
-                    color="white" if cm[i, j] > cm.max() / 2 else "black")
+            ax.text(
+                j,
+                i,
+                int(cm[i, j]),
+                ha="center",
+                va="center",
+                fontsize=7,
+                color="white" if cm[i, j] > cm.max() / 2 else "black",
+            )
     fig.colorbar(image, ax=ax, label="test samples")
     return save(fig, path)
 
@@ -60,16 +67,28 @@ def grad_norm_heatmap(history: list[dict], title: str, path: str | Path) -> Path
     positive = grid[np.isfinite(grid) & (grid > 0)]
     lo, hi = (positive.min(), positive.max()) if positive.size else (1e-8, 1.0)
     fig, ax = plt.subplots(figsize=(8, 0.35 * len(layers) + 2))
-    image = ax.imshow(np.where(grid > 0, grid, np.nan), aspect="auto", cmap="viridis",
-                      norm=LogNorm(vmin=lo, vmax=max(hi, lo * 1.0001)), interpolation="nearest")
+    image = ax.imshow(
+        np.where(grid > 0, grid, np.nan),
+        aspect="auto",
+        cmap="viridis",
+        norm=LogNorm(vmin=lo, vmax=max(hi, lo * 1.0001)),
+        interpolation="nearest",
+    )
     ax.set_yticks(range(len(layers)), [k.removeprefix("grad_norm/") for k in layers], fontsize=7)
     ax.set(xlabel="epoch", ylabel="layer (input at top)", title=title)
     fig.colorbar(image, ax=ax, label="mean gradient L2 norm (log scale)")
     return save(fig, path)
 
 
-def bars(labels: Sequence[str], values: Sequence[float], errors: Sequence[float], ylabel: str, title: str,
-         path: str | Path, references: dict[str, float] | None = None) -> Path:
+def bars(
+    labels: Sequence[str],
+    values: Sequence[float],
+    errors: Sequence[float],
+    ylabel: str,
+    title: str,
+    path: str | Path,
+    references: dict[str, float] | None = None,
+) -> Path:
     """Bar chart with error bars and optional reference markers (e.g. published accuracies)."""
     fig, ax = plt.subplots(figsize=(1.4 * len(labels) + 3, 4))
     x = np.arange(len(labels))

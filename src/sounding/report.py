@@ -49,7 +49,13 @@ def write_report(metrics_dir: str | Path, archs: list[str], source: str, out_dir
 
     rows = load_metrics(metrics_dir, archs)
     out_dir = Path(out_dir)
-    plots.bars([r["arch"] for r in rows], [r["test_acc"] for r in rows], [r["test_acc_std"] for r in rows],
-               "test accuracy", "Test accuracy by architecture (mean ± std over seeds)",
-               out_dir / "leaderboard.png", PUBLISHED_MNIST1D if source == "mnist1d" else None)
+    plots.bars(
+        [r["arch"] for r in rows],
+        [r["test_acc"] for r in rows],
+        [r["test_acc_std"] for r in rows],
+        "test accuracy",
+        "Test accuracy by architecture (mean ± std over seeds)",
+        out_dir / "leaderboard.png",
+        PUBLISHED_MNIST1D if source == "mnist1d" else None,
+    )
     return write_text(out_dir / "leaderboard.md", leaderboard(rows, source))

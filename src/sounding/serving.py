@@ -7,6 +7,7 @@ The model is logged as "models from code": MLflow stores ``models/pyfunc_entry.p
 from __future__ import annotations
 
 from pathlib import Path
+
 import mlflow.pyfunc
 import numpy as np
 
@@ -48,7 +49,10 @@ def log_pyfunc(run_id: str, uri: str, model_dir: Path, example: np.ndarray) -> s
         info = mlflow.pyfunc.log_model(
             name="model",
             python_model=str(entry),
-            artifacts={"weights": str(model_dir / "model.safetensors"), "config": str(model_dir / "config.json")},
+            artifacts={
+                "weights": str(model_dir / "model.safetensors"),
+                "config": str(model_dir / "config.json"),
+            },
             signature=infer_signature(example, output),
             input_example=example,
             pip_requirements=PIP_REQUIREMENTS,

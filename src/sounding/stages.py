@@ -66,30 +66,46 @@ def train_architecture(
         with tracking.tracked_run(params, f"{arch}-seed{seed}", tags, run_id=run_id) as run_id:
             write_json(state, {"run_id": run_id})
             result = fit(params, arch, seed, data, run_dir, run_id=run_id, progress=progress)
-            system = LitClassifier.load_from_checkpoint(result.checkpoint, weights_only=True, map_location="cpu")
+            system = LitClassifier.load_from_checkpoint(
+                result.checkpoint, weights_only=True, map_location="cpu"
+            )
             with torch.no_grad():
                 predicted = system.net.eval()(torch.as_tensor(data.test.x)).argmax(1).numpy()
             cm = np.zeros((data.spec.num_classes,) * 2, dtype=np.int64)
             np.add.at(cm, (data.test.y, predicted), 1)
             seed_dir = plots_dir / f"seed-{seed}"
             pngs = [
-                plots.learning_curves(result.history, f"{arch} seed {seed}", seed_dir / "learning_curves.png"),
+                plots.learning_curves(
+                    result.history, f"{arch} seed {seed}", seed_dir / "learning_curves.png"
+                ),
                 plots.confusion_matrix(cm, f"{arch} seed {seed}: test confusion", seed_dir / "confusion.png"),
-                plots.grad_norm_heatmap(result.history, f"{arch} seed {seed}: gradient norm per layer",
-                                        seed_dir / "grad_norms.png"),
+                plots.grad_norm_heatmap(
+                    result.history,
+                    f"{arch} seed {seed}: gradient norm per layer",
+                    seed_dir / "grad_norms.png",
+                ),
             ]
             final = {k: v for k, v in result.metrics.items() if k.startswith("test/")}
-            final.update(n_params=result.n_params, train_time_s=result.train_time_s,
-                         samples_per_s=result.samples_per_s)
-            tracking.log_metrics(uri, run_id, final, step=len(result.history), synchronous=True)
+            final.update(
+                n_params=result.n_params, train_time_s=result.train_time_s, samples_per_s=result.samples_per_s
+            )
+            tracking.log_metrics(uri, run_id, final, step=len(result.history))
             tracking.log_artifacts(uri, run_id, [p for p in pngs if p], "plots")
             tracking.log_artifacts(uri, run_id, [Path(result.checkpoint)], "checkpoint")
             if i == 0:
                 _write_model(system, data, result.checkpoint, model_dir, save_net)
                 log_pyfunc(run_id, uri, model_dir, data.test.x[:2])
                 _write_plot_data(result.history, data.test.y, predicted, plots_dir)
-        per_seed.append({"seed": seed, "run_id": run_id, **final, "epochs": len(result.history),
-                         "selected_epoch": int(result.metrics["selected_epoch"]), "device": result.device})
+        per_seed.append(
+            {
+                "seed": seed,
+                "run_id": run_id,
+                **final,
+                "epochs": len(result.history),
+                "selected_epoch": int(result.metrics["selected_epoch"]),
+                "device": result.device,
+            }
+        )
     acc_mean, acc_std = _mean_std([s["test/acc"] for s in per_seed])
     f1_mean, f1_std = _mean_std([s["test/f1_macro"] for s in per_seed])
     metrics = {
@@ -112,8 +128,13 @@ def train_architecture(
 
 def _write_model(system: Any, data: Any, checkpoint: str, model_dir: Path, save_net: Any) -> None:
     hp = system.hparams
-    config = {"arch": hp.arch, "input_shape": list(data.spec.input_shape), "num_classes": data.spec.num_classes,
-              "layout": data.spec.layout, "net": dict(hp.net or {})}
+    config = {
+        "arch": hp.arch,
+        "input_shape": list(data.spec.input_shape),
+        "num_classes": data.spec.num_classes,
+        "layout": data.spec.layout,
+        "net": dict(hp.net or {}),
+    }
     model_dir.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(checkpoint, model_dir / "model.ckpt")
     save_net(system.net, config, model_dir)

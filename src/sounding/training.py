@@ -61,24 +61,40 @@ class EpochSeed(Callback):
 
 
 class EpochCheckpoint(Checkpoint):
-    """Records each epoch's metrics, logs them to MLflow, keeps the best-``val/acc`` weights, then writes
-    ``last.ckpt``.
+    """Records each epoch's metrics, keeps the best-``val/acc`` weights, writes ``last.ckpt``, and sends
+    the metrics to MLflow in batches (every ``flush_s`` seconds and at the end).
 
     Being a ``Checkpoint``, Lightning calls it after the LightningModule's own epoch-end hook, so the
-    epoch's train metrics are complete. Its history and best weights travel inside the checkpoint.
+    epoch's train metrics are complete. History and best weights travel inside the checkpoint, which makes
+    MLflow catch up after a crash: on resume, epochs in the history but not in the run are logged, and an
+    epoch already in the run is never logged again (a re-run epoch yields the same values).
     """
 
-    def __init__(self, path: Path, uri: str | None = None, run_id: str | None = None) -> None:
-        self.path, self.uri, self.run_id = path, uri, run_id
+    def __init__(self, path: Path, uri: str | None = None, run_id: str | None = None, flush_s: float = 5.0):
+        self.path, self.uri, self.run_id, self.flush_s = path, uri, run_id, flush_s
         self.history: list[dict[str, float]] = []
         self.train_time_s = 0.0
         self.best: dict[str, Any] = {"epoch": -1, "val/acc": -1.0, "state": None}
         self._epoch_start = 0.0
-        self._logged_epochs: set[int] = set()
+        self._logged: set[int] = set()
+        self._pending: list[dict[str, float]] = []
+        self._last_flush = 0.0
+
+    def _tracking(self, trainer: L.Trainer) -> bool:
+        return bool(self.run_id) and trainer.is_global_zero
+
+    def _flush(self) -> None:
+        if self._pending:
+            tracking.log_steps(self.uri, self.run_id, [(int(r["epoch"]), r) for r in self._pending])
+            self._logged.update(int(r["epoch"]) for r in self._pending)
+            self._pending = []
+        self._last_flush = time.monotonic()
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.run_id and trainer.is_global_zero:
-            self._logged_epochs = set(tracking.logged_steps(self.uri, self.run_id, "epoch"))
+        if self._tracking(trainer):
+            self._logged = set(tracking.logged_steps(self.uri, self.run_id, "epoch"))
+            self._pending = [row for row in self.history if int(row["epoch"]) not in self._logged]
+            self._flush()
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._epoch_start = time.perf_counter()
@@ -92,9 +108,22 @@ class EpochCheckpoint(Checkpoint):
         if row.get("val/acc", -1.0) > self.best["val/acc"]:
             state = {k: v.detach().cpu().clone() for k, v in pl_module.state_dict().items()}
             self.best = {"epoch": epoch, "val/acc": row["val/acc"], "state": state}
-        if self.run_id and trainer.is_global_zero and epoch not in self._logged_epochs:
-            tracking.log_metrics(self.uri, self.run_id, row, step=epoch)
+        if self._tracking(trainer):
+            if epoch not in self._logged:
+                self._pending.append(row)
+            if time.monotonic() - self._last_flush >= self.flush_s:
+                self._flush()
         trainer.save_checkpoint(self.path, weights_only=False)  # full state: optimizer, loops, callbacks
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._tracking(trainer):
+            self._flush()
+
+    def on_exception(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
+    ) -> None:
+        if self._tracking(trainer):
+            self._flush()
 
     def state_dict(self) -> dict[str, Any]:
         return {"history": self.history, "train_time_s": self.train_time_s, "best": self.best}
@@ -115,8 +144,15 @@ class EpochProgress(Callback):
         from tqdm.auto import tqdm
 
         if trainer.is_global_zero:
-            self.bar = tqdm(total=trainer.max_epochs, initial=trainer.current_epoch, desc=self.desc,
-                            unit="epoch", leave=False, dynamic_ncols=True, disable=None)  # no bar off a TTY
+            self.bar = tqdm(
+                total=trainer.max_epochs,
+                initial=trainer.current_epoch,
+                desc=self.desc,
+                unit="epoch",
+                leave=False,
+                dynamic_ncols=True,
+                disable=None,
+            )  # no bar off a TTY
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.bar is not None:
@@ -132,9 +168,18 @@ class EpochProgress(Callback):
 def build_system(params: Params, arch: str, data: Prepared) -> LitClassifier:
     """The LightningModule for ``arch`` on this data, every hyperparameter taken from params."""
     t = params.train
-    return LitClassifier(arch=arch, input_shape=data.spec.input_shape, num_classes=data.spec.num_classes,
-                         layout=data.spec.layout, net=net_kwargs(params, arch), optimizer=t.optimizer, lr=t.lr,
-                         weight_decay=t.weight_decay, l1=t.l1, lr_schedule=t.lr_schedule)
+    return LitClassifier(
+        arch=arch,
+        input_shape=data.spec.input_shape,
+        num_classes=data.spec.num_classes,
+        layout=data.spec.layout,
+        net=net_kwargs(params, arch),
+        optimizer=t.optimizer,
+        lr=t.lr,
+        weight_decay=t.weight_decay,
+        l1=t.l1,
+        lr_schedule=t.lr_schedule,
+    )
 
 
 def make_trainer(params: Params, callbacks: list[Callback], max_epochs: int | None = None) -> L.Trainer:
@@ -184,8 +229,9 @@ def fit(
     trainer = make_trainer(params, [EpochSeed(seed), recorder, *extra, *(callbacks or [])])
     resume = run_dir / "last.ckpt"
     # weights_only=True: resuming never unpickles arbitrary objects, even from a tampered checkpoint.
-    trainer.fit(system, datamodule=datamodule, ckpt_path=str(resume) if resume.is_file() else None,
-                weights_only=True)
+    trainer.fit(
+        system, datamodule=datamodule, ckpt_path=str(resume) if resume.is_file() else None, weights_only=True
+    )
     selected = len(recorder.history) - 1
     if params.train.select == "best_val" and recorder.best["state"] is not None:
         system.load_state_dict(recorder.best["state"])
@@ -195,7 +241,9 @@ def fit(
     test = trainer.test(system, datamodule=datamodule, verbose=False)[0]
     metrics = {k: float(v) for k, v in test.items()}
     if recorder.history:
-        metrics.update({k: v for k, v in recorder.history[selected].items() if k.startswith(("val/", "train/"))})
+        metrics.update(
+            {k: v for k, v in recorder.history[selected].items() if k.startswith(("val/", "train/"))}
+        )
     metrics["selected_epoch"] = float(selected)
     samples = len(data.train.y) * trainer.current_epoch
     return FitResult(
@@ -214,6 +262,20 @@ def fit(
 
 def fingerprint(params: Params, arch: str, seed: int, data_sha256: str) -> str:
     """Identifies a fit: a checkpoint is only resumed by a fit with the same fingerprint."""
-    return params.section_hash(f"models.{arch}", "train.epochs", "train.batch_size", "train.optimizer",
-                               "train.lr", "train.weight_decay", "train.l1", "train.gradient_clip_val",
-                               "train.gradient_clip_algorithm", "train.select", "train.lr_schedule", "compute") + f"-{data_sha256[:8]}-s{seed}"
+    return (
+        params.section_hash(
+            f"models.{arch}",
+            "train.epochs",
+            "train.batch_size",
+            "train.optimizer",
+            "train.lr",
+            "train.weight_decay",
+            "train.l1",
+            "train.gradient_clip_val",
+            "train.gradient_clip_algorithm",
+            "train.select",
+            "train.lr_schedule",
+            "compute",
+        )
+        + f"-{data_sha256[:8]}-s{seed}"
+    )

@@ -97,14 +97,20 @@ def _npz_params(path: Path) -> Params:
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        ({"x": np.zeros((60, 2, 3, 4))}, r"x has shape \(60, 2, 3, 4\) \(rank 4\); allowed: \[N, L\], \[N, C, L\]"),
+        (
+            {"x": np.zeros((60, 2, 3, 4))},
+            r"x has shape \(60, 2, 3, 4\) \(rank 4\); allowed: \[N, L\], \[N, C, L\]",
+        ),
         ({"x": np.zeros(60)}, r"rank 1"),
         ({"y": np.arange(60) * 0.5}, r"y has dtype float64; allowed: integer class labels in \[0, K\)"),
         ({"y": np.arange(60) % 3 - 1}, r"y holds label -1; labels must be in \[0, K\)"),
         ({"y": np.arange(59) % 3}, r"x has 60 samples but y has 59"),
         ({"x": np.full((60, 20), np.nan)}, r"x holds 1200 NaN or infinite values"),
         ({"x": np.where(np.eye(60, 20) > 0, np.inf, 0.0)}, r"NaN or infinite"),
-        ({"y": np.where(np.arange(60) == 0, 7, np.arange(60) % 3)}, r"classes \[3, 4, 5, 6, 7\] have fewer than 2 samples"),
+        (
+            {"y": np.where(np.arange(60) == 0, 7, np.arange(60) % 3)},
+            r"classes \[3, 4, 5, 6, 7\] have fewer than 2 samples",
+        ),
         ({"x_test": np.zeros((5, 20))}, r"x_test and y_test must be given together"),
         ({"x_test": np.zeros((5, 21)), "y_test": np.zeros(5, dtype=int)}, r"x_test has sample shape \(21,\)"),
     ],

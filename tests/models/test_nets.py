@@ -17,7 +17,9 @@ def _count(net: torch.nn.Module) -> int:
     return sum(p.numel() for p in net.parameters())
 
 
-@pytest.mark.parametrize(("arch", "expected"), [("linear", 410), ("mlp", 15_210), ("cnn", 5_210), ("rnn", 5_134)])
+@pytest.mark.parametrize(
+    ("arch", "expected"), [("linear", 410), ("mlp", 15_210), ("cnn", 5_210), ("rnn", 5_134)]
+)
 def test_defaults_are_the_published_reference_models(arch: str, expected: int) -> None:
     net = build_net(arch, (40,), 10, "sequence", **net_kwargs(Params(), arch))
     assert _count(net) == expected
@@ -45,7 +47,9 @@ def test_cnn_picks_conv2d_for_images() -> None:
 
 
 def test_a_shape_the_cnn_cannot_take_is_a_clear_error() -> None:
-    with pytest.raises(BadInput, match=r"cnn: kernels \[5, 5, 5\] with stride 2 do not fit inputs of shape \(6,\)"):
+    with pytest.raises(
+        BadInput, match=r"cnn: kernels \[5, 5, 5\] with stride 2 do not fit inputs of shape \(6,\)"
+    ):
         nets.CNN((6,), 10, kernels=(5, 5, 5))
 
 
@@ -84,7 +88,9 @@ def test_safetensors_round_trip_and_mismatch_names_tensors(tmp_path) -> None:
     with pytest.raises(BadInput, match=r"does not fit a MLP: .*missing backbone\.input\.weight"):
         check_state_compatible(mlp, net.state_dict(), "cnn.safetensors")
     wider = build_net("cnn", (40,), 10, "sequence", channels=8)
-    with pytest.raises(BadInput, match=r"backbone\.convs\.0\.weight: file has \(25, 1, 5\), model expects \(8, 1, 5\)"):
+    with pytest.raises(
+        BadInput, match=r"backbone\.convs\.0\.weight: file has \(25, 1, 5\), model expects \(8, 1, 5\)"
+    ):
         check_state_compatible(wider, net.state_dict(), "cnn.safetensors")
 
 

@@ -71,7 +71,9 @@ def _stratified_split(y: np.ndarray, fraction: float, seed: int, what: str) -> t
     return np.sort(kept), np.sort(held)
 
 
-def split_source(raw: RawData, params: DataParams, seed: int) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+def split_source(
+    raw: RawData, params: DataParams, seed: int
+) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """(x, y, idx) per split: val carved from train, test as published or carved when absent."""
     if raw.x_test is None:
         kept, held = _stratified_split(raw.y, params.test_fraction, seed, "test")

@@ -77,12 +77,16 @@ def load_npz(path: Path, layout: str = "sequence") -> RawData:
         if x_test.shape[1:] != x.shape[1:]:
             raise BadInput(f"{path}: x_test has sample shape {x_test.shape[1:]}, x has {x.shape[1:]}")
         if y_test.max() > y.max():
-            raise BadInput(f"{path}: y_test holds class {int(y_test.max())}, but y only has 0..{int(y.max())}")
+            raise BadInput(
+                f"{path}: y_test holds class {int(y_test.max())}, but y only has 0..{int(y.max())}"
+            )
     rank_layout = "sequence" if x.ndim == 2 else layout
     return RawData(x=x, y=y, x_test=x_test, y_test=y_test, layout=rank_layout, args={"path": str(path)})
 
 
-def _checked_pair(path: Path, x: np.ndarray, y: np.ndarray, xn: str, yn: str) -> tuple[np.ndarray, np.ndarray]:
+def _checked_pair(
+    path: Path, x: np.ndarray, y: np.ndarray, xn: str, yn: str
+) -> tuple[np.ndarray, np.ndarray]:
     if x.ndim not in (2, 3):
         raise BadInput(
             f"{path}: {xn} has shape {x.shape} (rank {x.ndim}); allowed: [N, L], [N, C, L] or [N, H, W]"

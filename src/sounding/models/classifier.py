@@ -45,8 +45,11 @@ class LitClassifier(L.LightningModule):
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_f1 = MulticlassF1Score(num_classes, average="macro")
-        self._weights = [(n.removeprefix("net.").removesuffix(".weight"), p)
-                         for n, p in self.named_parameters() if p.ndim >= 2]
+        self._weights = [
+            (n.removeprefix("net.").removesuffix(".weight"), p)
+            for n, p in self.named_parameters()
+            if p.ndim >= 2
+        ]
         self._reset_epoch_sums()
 
     def _reset_epoch_sums(self) -> None:
@@ -90,8 +93,9 @@ class LitClassifier(L.LightningModule):
         self.log("train/acc", self._correct / seen, sync_dist=True)
         if self._grad_steps:
             norms = self._grad_sq / self._grad_steps
-            self.log_dict({f"grad_norm/{name}": norms[i] for i, (name, _) in enumerate(self._weights)},
-                          sync_dist=True)
+            self.log_dict(
+                {f"grad_norm/{name}": norms[i] for i, (name, _) in enumerate(self._weights)}, sync_dist=True
+            )
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         x, y = batch
@@ -116,12 +120,16 @@ class LitClassifier(L.LightningModule):
     def configure_optimizers(self) -> Any:
         hp = self.hparams
         if hp.optimizer == "sgd":
-            optimizer = torch.optim.SGD(self.parameters(), lr=hp.lr, momentum=0.9, weight_decay=hp.weight_decay)
+            optimizer = torch.optim.SGD(
+                self.parameters(), lr=hp.lr, momentum=0.9, weight_decay=hp.weight_decay
+            )
         else:
             cls = torch.optim.AdamW if hp.optimizer == "adamw" else torch.optim.Adam
             optimizer = cls(self.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
         if hp.lr_schedule == "constant":
             return optimizer
         # Cosine decay to zero over the whole run, stepped per epoch.
-        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(self.trainer.max_epochs, 1))
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(
+            optimizer, T_max=max(self.trainer.max_epochs, 1)
+        )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "epoch"}}

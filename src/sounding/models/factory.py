@@ -20,7 +20,9 @@ def net_kwargs(params: Params, arch: str) -> dict[str, Any]:
     return getattr(params.models, arch).model_dump(mode="json")
 
 
-def build_net(arch: str, input_shape: tuple[int, ...], num_classes: int, layout: str, **kwargs: Any) -> nn.Module:
+def build_net(
+    arch: str, input_shape: tuple[int, ...], num_classes: int, layout: str, **kwargs: Any
+) -> nn.Module:
     """Instantiate the network ``arch`` for inputs of ``input_shape`` (one sample) and ``layout``."""
     from sounding.models import nets
 
@@ -62,13 +64,22 @@ def load_net(weights: str | Path, config: str | Path | dict[str, Any]) -> tuple[
     try:
         state = load_file(str(weights))
     except (OSError, SafetensorError, ValueError) as exc:
-        raise BadInput(f"{weights}: not a readable safetensors file ({exc}); pickled files are refused") from exc
+        raise BadInput(
+            f"{weights}: not a readable safetensors file ({exc}); pickled files are refused"
+        ) from exc
     try:
-        net = build_net(config["arch"], tuple(config["input_shape"]), int(config["num_classes"]),
-                        config["layout"], **config.get("net", {}))
+        net = build_net(
+            config["arch"],
+            tuple(config["input_shape"]),
+            int(config["num_classes"]),
+            config["layout"],
+            **config.get("net", {}),
+        )
     except (KeyError, TypeError) as exc:
-        raise BadInput(f"model config is incomplete or invalid ({exc}); expected arch, input_shape, "
-                       "num_classes, layout and net") from exc
+        raise BadInput(
+            f"model config is incomplete or invalid ({exc}); expected arch, input_shape, "
+            "num_classes, layout and net"
+        ) from exc
     check_state_compatible(net, state, str(weights))
     net.load_state_dict(state)
     return net.eval(), config
@@ -80,8 +91,11 @@ def check_state_compatible(net: nn.Module, state: dict, source: str) -> None:
     given = {k: tuple(v.shape) for k, v in state.items()}
     problems = [f"missing {k} {expected[k]}" for k in expected.keys() - given.keys()]
     problems += [f"unexpected {k} {given[k]}" for k in given.keys() - expected.keys()]
-    problems += [f"{k}: file has {given[k]}, model expects {expected[k]}"
-                 for k in expected.keys() & given.keys() if expected[k] != given[k]]
+    problems += [
+        f"{k}: file has {given[k]}, model expects {expected[k]}"
+        for k in expected.keys() & given.keys()
+        if expected[k] != given[k]
+    ]
     if problems:
         listed = "; ".join(sorted(problems)[:12])
         raise BadInput(f"{source} does not fit a {type(net).__name__}: {listed}")

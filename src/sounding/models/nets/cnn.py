@@ -12,13 +12,18 @@ from sounding.models.nets.base import Classifier, flat_size, init_weights
 class ConvBackbone(nn.Module):
     """Conv → ReLU per kernel (stride ``stride``, padding 1 as in the reference), then flatten."""
 
-    def __init__(self, dims: int, in_channels: int, channels: int, kernels: list[int], stride: int, dropout: float):
+    def __init__(
+        self, dims: int, in_channels: int, channels: int, kernels: list[int], stride: int, dropout: float
+    ):
         super().__init__()
         self.dims = dims
         conv = nn.Conv1d if dims == 1 else nn.Conv2d
         layers: list[nn.Module] = []
         for i, k in enumerate(kernels):
-            layers += [conv(in_channels if i == 0 else channels, channels, k, stride=stride, padding=1), nn.ReLU()]
+            layers += [
+                conv(in_channels if i == 0 else channels, channels, k, stride=stride, padding=1),
+                nn.ReLU(),
+            ]
         self.convs = nn.Sequential(*layers, nn.Flatten(), nn.Dropout(dropout))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -21,13 +21,27 @@ def time_major(input_shape: tuple[int, ...], layout: str) -> tuple[int, int]:
 
 
 class RecurrentBackbone(nn.Module):
-    def __init__(self, layout: str, cell: str, features: int, hidden: int, layers: int, bidirectional: bool,
-                 dropout: float) -> None:
+    def __init__(
+        self,
+        layout: str,
+        cell: str,
+        features: int,
+        hidden: int,
+        layers: int,
+        bidirectional: bool,
+        dropout: float,
+    ) -> None:
         super().__init__()
         self.layout = layout
         rnn = nn.GRU if cell == "gru" else nn.LSTM
-        self.rnn = rnn(features, hidden, num_layers=layers, batch_first=True, bidirectional=bidirectional,
-                       dropout=dropout if layers > 1 else 0.0)
+        self.rnn = rnn(
+            features,
+            hidden,
+            num_layers=layers,
+            batch_first=True,
+            bidirectional=bidirectional,
+            dropout=dropout if layers > 1 else 0.0,
+        )
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

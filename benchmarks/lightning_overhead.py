@@ -1,0 +1,108 @@
+"""Lightning fit ÷ a plain PyTorch loop doing the same work, per architecture (target ≤ 1.10).
+
+Both sides train the same network from the same initial weights on the same in-memory MNIST-1D tensors,
+same batch size, epochs, thread count, shuffling and optimiser, validate once per epoch, accumulate the
+same per-step statistics (loss, accuracy, per-layer gradient norms) and write a resumable checkpoint per
+epoch. The Lightning side is exactly `sounding.training.fit`'s Trainer and callbacks, minus the test pass.
+
+    python benchmarks/lightning_overhead.py [--epochs 10] [--pairs 5] [--archs mlp,cnn,rnn]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import tempfile
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from benchmarks.common import interleaved, machine, ratio
+from sounding.config import Params
+from sounding.data.module import EpochPermutation, TensorDataModule
+from sounding.data.prepare import load_prepared, prepare
+from sounding.training import EpochCheckpoint, EpochSeed, build_system, make_trainer
+
+logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+
+
+def lightning_fit(params: Params, arch: str, data, state: dict, workdir: Path) -> None:
+    system = build_system(params, arch, data)
+    system.load_state_dict(state)
+    trainer = make_trainer(params, [EpochSeed(params.seed), EpochCheckpoint(workdir / "last.ckpt")])
+    trainer.fit(system, datamodule=TensorDataModule(data, params.train.batch_size, params.seed))
+
+
+def plain_fit(params: Params, arch: str, data, state: dict, workdir: Path) -> None:
+    system = build_system(params, arch, data)
+    system.load_state_dict(state)
+    net = system.net
+    optimizer = system.configure_optimizers()
+    weights = [p for p in net.parameters() if p.ndim >= 2]
+    x, y = torch.as_tensor(data.train.x), torch.as_tensor(data.train.y)
+    xv, yv = torch.as_tensor(data.val.x), torch.as_tensor(data.val.y)
+    order = EpochPermutation(len(y), True, params.seed)
+    for epoch in range(params.train.epochs):
+        torch.manual_seed(params.seed * 100_003 + epoch)
+        order.set_epoch(epoch)
+        net.train()
+        loss_sum, correct, grad_sq = torch.zeros(()), torch.zeros(()), torch.zeros(len(weights))
+        idx = order.indices()
+        for start in range(0, len(idx), params.train.batch_size):
+            b = idx[start : start + params.train.batch_size]
+            logits = net(x[b])
+            loss = F.cross_entropy(logits, y[b])
+            if not torch.isfinite(loss):
+                raise RuntimeError("diverged")
+            loss_sum += loss.detach() * len(b)
+            correct += (logits.argmax(1) == y[b]).sum()
+            optimizer.zero_grad()
+            loss.backward()
+            grad_sq += torch.stack(torch._foreach_norm([p.grad for p in weights]))
+            optimizer.step()
+        net.eval()
+        with torch.no_grad():
+            val_logits = net(xv)
+            _ = (F.cross_entropy(val_logits, yv).item(), (val_logits.argmax(1) == yv).float().mean().item())
+        torch.save(
+            {"state_dict": net.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch},
+            workdir / "plain.ckpt",
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--pairs", type=int, default=5)
+    parser.add_argument("--archs", default="linear,mlp,cnn,rnn")
+    args = parser.parse_args()
+    params = Params().with_overrides({"train.epochs": args.epochs, "compute.accelerator": "cpu"})
+    torch.set_num_threads(params.compute.threads)
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        prepare(params.data, params.seed, workdir / "data")
+        data = load_prepared(workdir / "data")
+        print(f"machine: {machine()}")
+        print(
+            f"batch {params.train.batch_size}, {args.epochs} epochs, {args.pairs} interleaved pairs, median"
+        )
+        print(f"{'arch':8} {'lightning s':>12} {'plain s':>10} {'ratio':>7}  target ≤ 1.10")
+        results = {}
+        for arch in args.archs.split(","):
+            state = build_system(params, arch, data).state_dict()
+            ta, tb = interleaved(
+                lambda a=arch, s=state: lightning_fit(params, a, data, s, workdir),
+                lambda a=arch, s=state: plain_fit(params, a, data, s, workdir),
+                args.pairs,
+            )
+            results[arch] = ratio(ta, tb)
+            print(
+                f"{arch:8} {sorted(ta)[len(ta) // 2]:12.3f} {sorted(tb)[len(tb) // 2]:10.3f} "
+                f"{results[arch]:7.3f}  {'pass' if results[arch] <= 1.10 else 'FALLS SHORT'}",
+                flush=True,
+            )
+
+
+if __name__ == "__main__":
+    main()
