@@ -32,7 +32,18 @@ def _dvc(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The project's pipeline reproduced once on tiny params (2 epochs, 2 seeds, 600 samples)."""
     root = copy_repo(tmp_path_factory.mktemp("repo"))
-    write_params(root / "params.yaml", tiny_params(**{"train.epochs": 2, "train.n_seeds": 2}))
+    write_params(
+        root / "params.yaml",
+        tiny_params(
+            **{
+                "train.epochs": 2,
+                "train.n_seeds": 2,
+                "depth.depths": [2, 4],
+                "depth.inits": ["default", "kaiming"],
+                "depth.epochs": 1,
+            }
+        ),
+    )
     result = _dvc("repro", cwd=root)
     assert result.returncode == 0, result.stdout + result.stderr
     return root
@@ -48,6 +59,8 @@ def test_repro_writes_every_output(repo: Path) -> None:
         assert (repo / "plots" / arch / "seed-42" / "confusion.png").is_file()
     board = (repo / "reports" / "leaderboard.md").read_text()
     assert all(f"| {arch} |" in board for arch in ("linear", "mlp", "cnn", "rnn")) and "±" in board
+    assert "## Depth study" in board and board.count("| 4 | ") == 8  # depth 4: 2 residual × 2 init × 2 clip
+    assert (repo / "plots" / "depth" / "accuracy_vs_depth.png").is_file()
 
 
 def test_second_repro_is_a_noop(repo: Path) -> None:

@@ -89,6 +89,26 @@ def train(
 
 
 @app.command()
+def depth(
+    data: Annotated[Path, typer.Option(help="Prepared data folder.")] = Path("data/prepared"),
+    metrics: Annotated[Path, typer.Option(help="Metrics JSON.")] = Path("metrics/depth.json"),
+    plots: Annotated[Path, typer.Option(help="Plots folder.")] = Path("plots/depth"),
+    params_path: ParamsOpt = Path("params.yaml"),
+    overrides: SetOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Depth study: MLPs over depth × residual × init × clipping; gradient heatmaps and accuracy vs depth."""
+    params = _params(params_path, overrides)
+    from sounding.depth import run_depth_study
+
+    summary = run_depth_study(params, data, metrics, plots, progress=not quiet)
+    typer.echo(
+        f"depth study: {len(summary['configs'])} configurations, {summary['n_diverged']} diverged; "
+        f"see {plots}/accuracy_vs_depth.png"
+    )
+
+
+@app.command()
 def report(
     metrics: Annotated[Path, typer.Option(help="Folder of metrics/ARCH.json files.")] = Path("metrics"),
     out: Annotated[Path, typer.Option(help="Report folder.")] = Path("reports"),

@@ -155,6 +155,19 @@ class ComputeParams(Section):
     """torch CPU threads. On small models 1 is usually faster than 2 (see docs/benchmarks.md)."""
 
 
+class DepthParams(Section):
+    """The depth study: short MLP trainings over depth × residual × init × clipping (``sounding depth``)."""
+
+    depths: Annotated[list[Annotated[int, Field(ge=2)]], Field(min_length=1)] = [2, 8, 32]
+    residual: Annotated[list[bool], Field(min_length=1)] = [False, True]
+    inits: Annotated[list[Init], Field(min_length=1)] = ["default", "xavier", "kaiming", "orthogonal"]
+    clip: Annotated[list[NonNegative], Field(min_length=1)] = [0.0, 1.0]
+    """Gradient-norm clipping values; 0 means no clipping."""
+    epochs: PositiveInt = 4
+    hidden: PositiveInt = 100
+    lr: Annotated[float, Field(gt=0)] = 1e-2
+
+
 class TrackingParams(Section):
     """MLflow. The default is a sqlite file at the repository root: no server needed."""
 
@@ -169,6 +182,7 @@ class Params(Section):
     data: DataParams = DataParams()
     models: ModelsParams = ModelsParams()
     train: TrainParams = TrainParams()
+    depth: DepthParams = DepthParams()
     compute: ComputeParams = ComputeParams()
     tracking: TrackingParams = TrackingParams()
 

@@ -102,3 +102,87 @@ def bars(
     ax.set(ylabel=ylabel, title=title, ylim=(0, 1.05))
     ax.legend(loc="lower right", fontsize=8)
     return save(fig, path)
+
+
+def depth_heatmap(at_init: dict[str, float], history: list[dict], title: str, path: str | Path) -> Path:
+    """Gradient norm by layer (rows, input at top) at initialisation and per epoch, log colour scale."""
+    layers = list(at_init)
+    columns = [[at_init[k] for k in layers]]
+    columns += [[h.get(f"grad_norm/{k}", np.nan) for k in layers] for h in history]
+    grid = np.array(columns).T
+    finite = grid[np.isfinite(grid) & (grid > 0)]
+    lo, hi = (finite.min(), finite.max()) if finite.size else (1e-8, 1.0)
+    fig, ax = plt.subplots(figsize=(2.2 + 0.5 * grid.shape[1], 1.6 + 0.16 * len(layers)))
+    image = ax.imshow(
+        np.where(grid > 0, grid, np.nan),
+        aspect="auto",
+        cmap="viridis",
+        interpolation="nearest",
+        norm=LogNorm(vmin=lo, vmax=max(hi, lo * 1.0001)),
+    )
+    ax.set_xticks(range(grid.shape[1]), ["init"] + [str(int(h["epoch"])) for h in history])
+    step = max(1, len(layers) // 12)
+    ax.set_yticks(range(0, len(layers), step), [layers[i] for i in range(0, len(layers), step)], fontsize=7)
+    ax.set(xlabel="epoch (init = one batch before training)", ylabel="layer (input at top)", title=title)
+    fig.colorbar(image, ax=ax, label="gradient L2 norm (log)")
+    return save(fig, path)
+
+
+def depth_summary(rows: list[dict], path: str | Path) -> Path:
+    """Test accuracy against depth, one panel per initialisation, one line per residual × clipping."""
+    inits = list(dict.fromkeys(r["init"] for r in rows))
+    fig, axes = plt.subplots(1, len(inits), figsize=(4 * len(inits), 3.8), sharey=True, squeeze=False)
+    for ax, init in zip(axes[0], inits, strict=True):
+        for (residual, clip), style in zip(
+            sorted({(r["residual"], r["clip"]) for r in rows}),
+            ("-o", "--s", "-^", "--d", "-v", "--x"),
+            strict=False,
+        ):
+            pts = sorted(
+                (r["depth"], r)
+                for r in rows
+                if r["init"] == init and r["residual"] == residual and r["clip"] == clip
+            )
+            depths = [d for d, _ in pts]
+            accs = [np.nan if r["diverged"] else r["test_acc"] for _, r in pts]
+            label = (
+                f"{'residual' if residual else 'plain'}, {'clip ' + format(clip, 'g') if clip else 'no clip'}"
+            )
+            line = ax.plot(depths, accs, style, label=label)[0]
+            diverged = [d for d, r in pts if r["diverged"]]
+            ax.plot(diverged, [0.02] * len(diverged), "x", color=line.get_color(), markersize=10)
+        ax.set_xscale("log", base=2)
+        ax.set(xlabel="depth (linear layers)", title=f"init: {init}", ylim=(0, 1))
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("test accuracy (× at bottom = diverged)")
+    axes[0][-1].legend(fontsize=7, loc="upper right")
+    return save(fig, path)
+
+
+def depth_ratio_summary(rows: list[dict], path: str | Path) -> Path:
+    """First-layer ÷ last-layer gradient norm at initialisation against depth (log scale)."""
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for residual, init in sorted({(r["residual"], r["init"]) for r in rows}):
+        pts = sorted(
+            {
+                r["depth"]: r["init_first_last_ratio"] or np.nan
+                for r in rows
+                if r["residual"] == residual and r["init"] == init
+            }.items()
+        )
+        ax.plot(
+            [d for d, _ in pts],
+            [v for _, v in pts],
+            "-o" if residual else "--s",
+            label=f"{init}, {'residual' if residual else 'plain'}",
+        )
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.axhline(1.0, color="grey", lw=0.8)
+    ax.set(
+        xlabel="depth (linear layers)",
+        ylabel="‖∇ first layer‖ / ‖∇ last layer‖ at init",
+        title="Vanishing (< 1) and exploding (> 1) gradients at initialisation",
+    )
+    ax.legend(fontsize=7, ncol=2)
+    return save(fig, path)

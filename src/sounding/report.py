@@ -43,6 +43,34 @@ def leaderboard(rows: list[dict], source: str) -> str:
     return "\n".join(lines)
 
 
+def depth_section(study: dict) -> str:
+    """Markdown: the depth study's accuracy grid and gradient ratios at initialisation."""
+    rows = study["configs"]
+    lines = [
+        "## Depth study: vanishing and exploding gradients",
+        "",
+        "MLPs trained briefly per configuration (`sounding depth`). *ratio* = ‖∇ first layer‖ / ‖∇ last layer‖ "
+        "at initialisation: far below 1 means vanishing gradients. Heatmaps: `plots/depth/heatmaps/`.",
+        "",
+        "| depth | residual | init | clip | test acc | ratio at init |",
+        "|---:|---|---|---:|---:|---:|",
+    ]
+    for r in sorted(rows, key=lambda r: (r["depth"], r["residual"], r["init"], r["clip"])):
+        acc = "diverged" if r["diverged"] else f"{r['test_acc']:.3f}"
+        ratio = "–" if r["init_first_last_ratio"] is None else f"{r['init_first_last_ratio']:.2g}"
+        lines.append(
+            f"| {r['depth']} | {'yes' if r['residual'] else 'no'} | {r['init']} | "
+            f"{r['clip'] or '–'} | {acc} | {ratio} |"
+        )
+    lines += [
+        "",
+        "![accuracy against depth](../plots/depth/accuracy_vs_depth.png)",
+        "![gradient ratio at init](../plots/depth/init_gradient_ratio.png)",
+        "",
+    ]
+    return "\n".join(lines)
+
+
 def write_report(metrics_dir: str | Path, archs: list[str], source: str, out_dir: str | Path) -> Path:
     """Stage ``report``: ``out_dir/leaderboard.md`` and ``leaderboard.png``."""
     from sounding import plots
@@ -58,4 +86,8 @@ def write_report(metrics_dir: str | Path, archs: list[str], source: str, out_dir
         out_dir / "leaderboard.png",
         PUBLISHED_MNIST1D if source == "mnist1d" else None,
     )
-    return write_text(out_dir / "leaderboard.md", leaderboard(rows, source))
+    text = leaderboard(rows, source)
+    depth_path = Path(metrics_dir) / "depth.json"
+    if depth_path.is_file():
+        text += "\n" + depth_section(json.loads(depth_path.read_text()))
+    return write_text(out_dir / "leaderboard.md", text)

@@ -1,0 +1,148 @@
+"""Depth study: how vanishing and exploding gradients appear with depth, and what each cure does.
+
+For every combination of depth × residual connections × initialisation × gradient clipping, an MLP is
+trained briefly with the same ``fit()`` as ``sounding train``. Recorded per configuration: the per-layer
+gradient norms at initialisation (one batch) and per epoch, the test accuracy, and whether training
+diverged (a NaN or infinite loss).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sounding.config import Params
+
+
+@dataclass(frozen=True)
+class DepthConfig:
+    depth: int
+    residual: bool
+    init: str
+    clip: float
+
+    @property
+    def name(self) -> str:
+        clip = f"clip{self.clip:g}" if self.clip else "noclip"
+        return f"d{self.depth}-{'res' if self.residual else 'plain'}-{self.init}-{clip}"
+
+    def overrides(self, params: Params) -> dict[str, Any]:
+        d = params.depth
+        return {
+            "models.mlp.depth": self.depth,
+            "models.mlp.residual": self.residual,
+            "models.mlp.init": self.init,
+            "models.mlp.hidden": d.hidden,
+            "models.mlp.dropout": 0.0,
+            "train.gradient_clip_val": self.clip,
+            "train.epochs": d.epochs,
+            "train.lr": d.lr,
+        }
+
+
+def grid(params: Params) -> list[DepthConfig]:
+    d = params.depth
+    return [DepthConfig(*c) for c in itertools.product(d.depths, d.residual, d.inits, d.clip)]
+
+
+def layer_grad_norms(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+    """L2 norm of each weight matrix's gradient for one batch, input layer first."""
+    net.zero_grad()
+    F.cross_entropy(net(x), y).backward()
+    return {
+        name.removesuffix(".weight"): float(p.grad.norm())
+        for name, p in net.named_parameters()
+        if p.ndim >= 2
+    }
+
+
+def first_last_ratio(norms: dict[str, float]) -> float | None:
+    """Gradient norm of the first layer ÷ that of the last: ≪ 1 means vanishing, ≫ 1 exploding.
+
+    None when it is undefined (a zero or non-finite norm).
+    """
+    values = list(norms.values())
+    ratio = values[0] / values[-1] if values[-1] > 0 else math.inf
+    return ratio if math.isfinite(ratio) else None
+
+
+def run_depth_study(
+    params: Params,
+    data_dir: str | Path,
+    metrics_path: str | Path,
+    plots_dir: str | Path,
+    checkpoints: str | Path = "checkpoints",
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Stage ``depth``: train every configuration of the grid, write ``metrics_path`` and ``plots_dir``."""
+    from tqdm.auto import tqdm
+
+    from sounding import plots, tracking
+    from sounding.data.prepare import load_prepared
+    from sounding.errors import TrainingDiverged
+    from sounding.files import write_json
+    from sounding.models.factory import build_net, net_kwargs
+    from sounding.training import fingerprint, fit
+
+    data = load_prepared(data_dir)
+    plots_dir = Path(plots_dir)
+    x = torch.as_tensor(data.train.x[:500])
+    y = torch.as_tensor(data.train.y[:500])
+    rows = []
+    for config in tqdm(grid(params), desc="depth study", unit="config", disable=None if progress else True):
+        p = params.with_overrides(config.overrides(params))
+        torch.manual_seed(params.seed)
+        net = build_net(
+            "mlp", data.spec.input_shape, data.spec.num_classes, data.spec.layout, **net_kwargs(p, "mlp")
+        )
+        at_init = layer_grad_norms(net, x, y)
+        run_dir = Path(checkpoints) / "depth" / fingerprint(p, "mlp", params.seed, data.sha256)
+        tags = {
+            "stage": "depth",
+            "arch": "mlp",
+            "seed": str(params.seed),
+            "data_sha256": data.sha256,
+            "config": config.name,
+        }
+        with tracking.tracked_run(p, config.name, tags, experiment="depth") as run_id:
+            try:
+                result = fit(p, "mlp", params.seed, data, run_dir, run_id=run_id, progress=False)
+                history, acc, diverged = result.history, result.metrics["test/acc"], False
+            except TrainingDiverged:
+                history, acc, diverged = [], float("nan"), True
+            final = {"diverged": float(diverged)}
+            if first_last_ratio(at_init) is not None:
+                final["init/first_last_ratio"] = first_last_ratio(at_init)
+            if not diverged:
+                final["test/acc"] = acc
+            tracking.log_metrics(p.tracking.uri, run_id, final, step=p.train.epochs)
+            png = plots.depth_heatmap(
+                at_init, history, config.name, plots_dir / "heatmaps" / f"{config.name}.png"
+            )
+            tracking.log_artifacts(p.tracking.uri, run_id, [png], "plots")
+        rows.append(
+            {
+                "config": config.name,
+                "depth": config.depth,
+                "residual": config.residual,
+                "init": config.init,
+                "clip": config.clip,
+                "diverged": diverged,
+                "test_acc": None if diverged else acc,
+                "init_grad_norms": at_init,
+                "init_first_last_ratio": first_last_ratio(at_init),
+                "run_id": run_id,
+            }
+        )
+    plots.depth_summary(rows, plots_dir / "accuracy_vs_depth.png")
+    plots.depth_ratio_summary(rows, plots_dir / "init_gradient_ratio.png")
+    summary = {"configs": rows, "n_diverged": sum(r["diverged"] for r in rows)}
+    write_json(metrics_path, summary)
+    return summary
