@@ -41,7 +41,8 @@ lint: $(STAMP) ## Ruff lint and format check
 	$(BIN)/ruff format --check src tests benchmarks
 
 ui: $(STAMP) ## MLflow UI on 127.0.0.1 (UI_PORT=5000) over the project's tracking store
-	$(BIN)/mlflow ui --backend-store-uri $(MLFLOW_URI) --host 127.0.0.1 --port $(UI_PORT) --workers 1
+	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(BIN)/mlflow ui --backend-store-uri $(MLFLOW_URI) \
+		--host 127.0.0.1 --port $(UI_PORT) --workers 1
 
 clean: ## Remove caches and resume checkpoints (never DVC-tracked data, models or the MLflow store)
 	rm -rf checkpoints .pytest_cache .ruff_cache benchmarks/out

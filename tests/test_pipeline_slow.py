@@ -164,3 +164,27 @@ def test_kill_9_mid_training_resumes_the_same_run_without_losing_an_epoch(tmp_pa
     assert resumed["test/acc"] == pytest.approx(straight["test/acc"], abs=1e-6)
     assert resumed["test/loss"] == pytest.approx(straight["test/loss"], rel=1e-5)
     assert yaml.safe_load(params.read_text())["train"]["epochs"] == epochs
+
+
+def test_sigterm_mid_training_closes_the_run_as_killed(tmp_path: Path) -> None:
+    params = write_params(
+        tmp_path / "params.yaml",
+        tiny_params(**{"data.mnist1d.num_samples": 5000, "train.epochs": 50, "train.archs": ["rnn"]}),
+    )
+    run_cli("prepare", "--params", str(params), cwd=tmp_path, check=True)
+    proc = subprocess.Popen(
+        [f"{BIN}/sounding", "train", "rnn", "--params", str(params), "-q"],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.time() + 300
+    while not list(tmp_path.glob("checkpoints/rnn/*/last.ckpt")) and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode != 0 and "Traceback" not in stderr
+    (state,) = tmp_path.glob("checkpoints/rnn/*/run.json")
+    run_id = json.loads(state.read_text())["run_id"]
+    assert tracking.client(f"sqlite:///{tmp_path / 'mlflow.db'}").get_run(run_id).info.status == "KILLED"
