@@ -111,7 +111,7 @@ def run_depth_study(
             "data_sha256": data.sha256,
             "config": config.name,
         }
-        with tracking.tracked_run(p, config.name, tags, experiment="depth") as run_id:
+        with tracking.resumable_run(p, run_dir, config.name, tags, experiment="depth") as run_id:
             try:
                 result = fit(p, "mlp", params.seed, data, run_dir, run_id=run_id, progress=False)
                 history, acc, diverged = result.history, result.metrics["test/acc"], False

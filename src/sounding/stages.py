@@ -5,7 +5,6 @@ Each stage reads its inputs, verifies them, does its work and writes its outputs
 
 from __future__ import annotations
 
-import json
 import shutil
 import statistics
 from pathlib import Path
@@ -60,11 +59,8 @@ def train_architecture(
     per_seed = []
     for i, seed in enumerate(params.seeds()):
         run_dir = Path(checkpoints) / arch / fingerprint(params, arch, seed, data.sha256)
-        state = run_dir / "run.json"
-        run_id = json.loads(state.read_text())["run_id"] if state.is_file() else None
         tags = {"stage": "train", "arch": arch, "seed": str(seed), "data_sha256": data.sha256}
-        with tracking.tracked_run(params, f"{arch}-seed{seed}", tags, run_id=run_id) as run_id:
-            write_json(state, {"run_id": run_id})
+        with tracking.resumable_run(params, run_dir, f"{arch}-seed{seed}", tags) as run_id:
             result = fit(params, arch, seed, data, run_dir, run_id=run_id, progress=progress)
             system = LitClassifier.load_from_checkpoint(
                 result.checkpoint, weights_only=True, map_location="cpu"

@@ -106,6 +106,21 @@ def tracked_run(
         c.set_terminated(run_id, status)
 
 
+@contextmanager
+def resumable_run(
+    params: Params, run_dir: Path, run_name: str, tags: dict[str, str], experiment: str | None = None
+) -> Iterator[str]:
+    """``tracked_run`` tied to a checkpoint folder: its id is kept in ``run_dir/run.json``, so a rerun
+    after a crash re-attaches to the same MLflow run that the resumed checkpoint belongs to."""
+    from sounding.files import write_json
+
+    state = Path(run_dir) / "run.json"
+    run_id = json.loads(state.read_text())["run_id"] if state.is_file() else None
+    with tracked_run(params, run_name, tags, run_id=run_id, experiment=experiment) as run_id:
+        write_json(state, {"run_id": run_id})
+        yield run_id
+
+
 def log_steps(uri: str, run_id: str, rows: list[tuple[int, dict[str, float]]]) -> None:
     """Log several steps' metrics synchronously, in as few ``log_batch`` calls as MLflow allows."""
     import time
