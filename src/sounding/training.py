@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +47,6 @@ class FitResult:
     train_time_s: float
     samples_per_s: float
     device: str
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class EpochSeed(Callback):
