@@ -11,7 +11,7 @@ from sounding.config import Params
 from sounding.data.prepare import load_prepared
 from sounding.errors import TrainingDiverged
 from sounding.models.classifier import LitClassifier
-from sounding.training import fingerprint, fit
+from sounding.training import code_version, fingerprint, fit
 
 
 def test_fit_reports_test_metrics_history_and_throughput(
@@ -95,3 +95,8 @@ def test_fingerprint_changes_with_what_shapes_the_result(params: Params) -> None
     assert fingerprint(params.with_overrides({"train.lr": 0.1}), "cnn", 0, "abc") != base
     assert fingerprint(params, "cnn", 1, "abc") != base and fingerprint(params, "cnn", 0, "abd") != base
     assert fingerprint(params.with_overrides({"models.mlp.hidden": 8}), "cnn", 0, "abc") == base
+
+
+def test_fingerprint_includes_the_code_version(params: Params) -> None:
+    # A code change must never resume a checkpoint written by the old code.
+    assert len(code_version()) == 8 and code_version() in fingerprint(params, "cnn", 0, "abc")

@@ -9,6 +9,8 @@ just before the checkpoint is written, and an epoch already logged is never logg
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import logging
 import time
 import warnings
@@ -267,8 +269,17 @@ def fit(
     )
 
 
+@functools.cache
+def code_version() -> str:
+    """Short sha256 of the package's source: a checkpoint written by other code is never resumed."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(__file__).parent.rglob("*.py")):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:8]
+
+
 def fingerprint(params: Params, arch: str, seed: int, data_sha256: str) -> str:
-    """Identifies a fit: a checkpoint is only resumed by a fit with the same fingerprint."""
+    """Identifies a fit (params that shape it, data, seed and code): only the same fit resumes a checkpoint."""
     return (
         params.section_hash(
             f"models.{arch}",
@@ -284,5 +295,5 @@ def fingerprint(params: Params, arch: str, seed: int, data_sha256: str) -> str:
             "train.lr_schedule",
             "compute",
         )
-        + f"-{data_sha256[:8]}-s{seed}"
+        + f"-{data_sha256[:8]}-{code_version()}-s{seed}"
     )
