@@ -22,6 +22,7 @@ from benchmarks.common import interleaved, machine, ratio
 from sounding.config import Params
 from sounding.data.module import EpochPermutation, TensorDataModule
 from sounding.data.prepare import load_prepared, prepare
+from sounding.models.nets.base import weight_matrices
 from sounding.training import EpochCheckpoint, EpochSeed, build_system, make_trainer
 
 logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
@@ -39,7 +40,7 @@ def plain_fit(params: Params, arch: str, data, state: dict, workdir: Path) -> No
     system.load_state_dict(state)
     net = system.net
     optimizer = system.configure_optimizers()
-    weights = [p for p in net.parameters() if p.ndim >= 2]
+    weights = [p for _, p in weight_matrices(net)]
     x, y = torch.as_tensor(data.train.x), torch.as_tensor(data.train.y)
     xv, yv = torch.as_tensor(data.val.x), torch.as_tensor(data.val.y)
     order = EpochPermutation(len(y), True, params.seed)

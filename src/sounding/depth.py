@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sounding.config import Params
+from sounding.models.nets.base import weight_matrices
 
 
 @dataclass(frozen=True)
@@ -56,11 +57,7 @@ def layer_grad_norms(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[s
     """L2 norm of each weight matrix's gradient for one batch, input layer first."""
     net.zero_grad()
     F.cross_entropy(net(x), y).backward()
-    return {
-        name.removesuffix(".weight"): float(p.grad.norm())
-        for name, p in net.named_parameters()
-        if p.ndim >= 2
-    }
+    return {name: float(p.grad.norm()) for name, p in weight_matrices(net)}
 
 
 def first_last_ratio(norms: dict[str, float]) -> float | None:
@@ -103,6 +100,7 @@ def run_depth_study(
             "mlp", data.spec.input_shape, data.spec.num_classes, data.spec.layout, **net_kwargs(p, "mlp")
         )
         at_init = layer_grad_norms(net, x, y)
+        ratio = first_last_ratio(at_init)
         run_dir = Path(checkpoints) / "depth" / fingerprint(p, "mlp", params.seed, data.sha256)
         tags = {
             "stage": "depth",
@@ -118,8 +116,8 @@ def run_depth_study(
             except TrainingDiverged:
                 history, acc, diverged = [], float("nan"), True
             final = {"diverged": float(diverged)}
-            if first_last_ratio(at_init) is not None:
-                final["init/first_last_ratio"] = first_last_ratio(at_init)
+            if ratio is not None:
+                final["init/first_last_ratio"] = ratio
             if not diverged:
                 final["test/acc"] = acc
             tracking.log_metrics(p.tracking.uri, run_id, final, step=p.train.epochs)
@@ -137,7 +135,7 @@ def run_depth_study(
                 "diverged": diverged,
                 "test_acc": None if diverged else acc,
                 "init_grad_norms": at_init,
-                "init_first_last_ratio": first_last_ratio(at_init),
+                "init_first_last_ratio": ratio,
                 "run_id": run_id,
             }
         )

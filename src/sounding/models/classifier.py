@@ -11,6 +11,7 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
 from sounding.errors import TrainingDiverged
 from sounding.models.factory import build_net
+from sounding.models.nets.base import weight_matrices
 
 
 class LitClassifier(L.LightningModule):
@@ -45,11 +46,7 @@ class LitClassifier(L.LightningModule):
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_f1 = MulticlassF1Score(num_classes, average="macro")
-        self._weights = [
-            (n.removeprefix("net.").removesuffix(".weight"), p)
-            for n, p in self.named_parameters()
-            if p.ndim >= 2
-        ]
+        self._weights = weight_matrices(self.net)
         self._reset_epoch_sums()
 
     def _reset_epoch_sums(self) -> None:

@@ -23,6 +23,12 @@ class Classifier(nn.Module):
         return self.head(self.backbone(x))
 
 
+def weight_matrices(net: nn.Module) -> list[tuple[str, nn.Parameter]]:
+    """The layers whose gradient norms Sounding reports: every parameter of rank ≥ 2, input first, named
+    without the ``.weight`` suffix (``backbone.input``, …, ``head``)."""
+    return [(name.removesuffix(".weight"), p) for name, p in net.named_parameters() if p.ndim >= 2]
+
+
 def flat_size(module: nn.Module, input_shape: tuple[int, ...]) -> int:
     """Number of features ``module`` produces for one sample of ``input_shape``."""
     with torch.no_grad():
