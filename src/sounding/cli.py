@@ -109,6 +109,61 @@ def depth(
 
 
 @app.command()
+def register(
+    metrics: Annotated[Path, typer.Option(help="Folder of metrics/ARCH.json files.")] = Path("metrics"),
+    data: Annotated[Path, typer.Option(help="Prepared data folder (its test set judges).")] = Path(
+        "data/prepared"
+    ),
+    out: Annotated[Path, typer.Option(help="Decision record.")] = Path("reports/promotion.json"),
+    params_path: ParamsOpt = Path("params.yaml"),
+    overrides: SetOpt = None,
+) -> None:
+    """Register every trained model; promote to @champion only past the gate, else @challenger."""
+    params = _params(params_path, overrides)
+    from sounding.registry import register_all
+
+    report = register_all(params, metrics, data, out)
+    for d in report["decisions"]:
+        against = (
+            f" vs v{d['champion_version']} ({d['champion_accuracy']:.4f}, p={d['mcnemar_p']:.3g})"
+            if (d["champion_version"] is not None)
+            else " (no champion yet)"
+        )
+        typer.echo(f"{d['model']} v{d['version']}: accuracy {d['accuracy']:.4f}{against} -> {d['decision']}")
+
+
+@app.command()
+def rollback(
+    arch: Annotated[str, typer.Argument(help="Architecture, or 'best'.")],
+    params_path: ParamsOpt = Path("params.yaml"),
+    overrides: SetOpt = None,
+) -> None:
+    """Move @champion of PREFIX-ARCH back to the previous champion, and record it."""
+    _check_arch(arch, (*ARCHS, "best"))
+    params = _params(params_path, overrides)
+    from sounding.registry import rollback as roll_back
+
+    result = roll_back(params, f"{params.registry.prefix}-{arch}")
+    typer.echo(f"{result['model']}: @champion v{result['replaced']} -> v{result['champion']}")
+
+
+@app.command()
+def predict(
+    model: Annotated[str, typer.Option(help="Model URI, e.g. models:/sounding-cnn@champion.")],
+    input_path: Annotated[Path, typer.Option("--input", help=".npz file holding x.")],
+    output: Annotated[Path, typer.Option(help="CSV of predicted class and probabilities.")],
+    params_path: ParamsOpt = Path("params.yaml"),
+    overrides: SetOpt = None,
+) -> None:
+    """Batch inference with a registered or logged model; the input is checked against its signature."""
+    params = _params(params_path, overrides)
+    from sounding.serving import predict_file
+
+    rows = predict_file(model, params.tracking.uri, input_path, output)
+    typer.echo(f"{rows} predictions written to {output}")
+
+
+@app.command()
 def report(
     metrics: Annotated[Path, typer.Option(help="Folder of metrics/ARCH.json files.")] = Path("metrics"),
     out: Annotated[Path, typer.Option(help="Report folder.")] = Path("reports"),

@@ -168,6 +168,19 @@ class DepthParams(Section):
     lr: Annotated[float, Field(gt=0)] = 1e-2
 
 
+class RegistryParams(Section):
+    """The promotion gate of ``sounding register``: a challenger replaces ``@champion`` only on evidence."""
+
+    prefix: str = "sounding"
+    """Registered models are named ``PREFIX-ARCH``; the best across architectures ``PREFIX-best``."""
+    margin: Annotated[float, Field(ge=0, lt=1)] = 0.005
+    """Minimum test-accuracy gain over the champion."""
+    alpha: Fraction = 0.05
+    """Significance level of the exact McNemar test on the paired test predictions."""
+    floor: Fraction = 0.2
+    """Accuracy a first version needs to become champion when there is none."""
+
+
 class TrackingParams(Section):
     """MLflow. The default is a sqlite file at the repository root: no server needed."""
 
@@ -183,6 +196,7 @@ class Params(Section):
     models: ModelsParams = ModelsParams()
     train: TrainParams = TrainParams()
     depth: DepthParams = DepthParams()
+    registry: RegistryParams = RegistryParams()
     compute: ComputeParams = ComputeParams()
     tracking: TrackingParams = TrackingParams()
 

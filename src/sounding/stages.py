@@ -90,7 +90,7 @@ def train_architecture(
             tracking.log_artifacts(uri, run_id, [Path(result.checkpoint)], "checkpoint")
             if i == 0:
                 _write_model(system, data, result.checkpoint, model_dir, save_net)
-                log_pyfunc(run_id, uri, model_dir, data.test.x[:2])
+                model_uri = log_pyfunc(run_id, uri, model_dir, data.test.x[:2])
                 _write_plot_data(result.history, data.test.y, predicted, plots_dir)
         per_seed.append(
             {
@@ -116,6 +116,8 @@ def train_architecture(
         "device": per_seed[0]["device"],
         "epochs": params.train.epochs,
         "data_sha256": data.sha256,
+        "model_uri": model_uri,
+        "params_hash": params.section_hash(f"models.{arch}", "train", "seed"),
         "seeds": per_seed,
     }
     write_json(metrics_path, metrics)

@@ -50,12 +50,32 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, str]:
     return flat
 
 
-@cache
+def resolve_uri(uri: str) -> str:
+    """A relative sqlite path resolved against the current folder. MLflow caches stores by URI string, so
+    an unresolved relative URI could reach another folder's store after a change of folder."""
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        return f"sqlite:///{Path(uri.removeprefix('sqlite:///')).resolve()}"
+    return uri
+
+
+def use_store(uri: str) -> None:
+    """Point MLflow's fluent API (tracking and registry) at ``uri``."""
+    import mlflow
+
+    mlflow.set_tracking_uri(resolve_uri(uri))
+    mlflow.set_registry_uri(resolve_uri(uri))
+
+
 def client(uri: str):
-    """One client per store: creating one opens (and for sqlite, schema-checks) the database."""
+    """The client of a store; one per store and process (creating one opens and schema-checks the database)."""
+    return _client(resolve_uri(uri))
+
+
+@cache
+def _client(uri: str):
     from mlflow import MlflowClient
 
-    return MlflowClient(tracking_uri=uri)
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)  # one store holds runs and registry
 
 
 def experiment_id(uri: str, name: str) -> str:

@@ -57,13 +57,7 @@ def _digits() -> RawData:
 
 def load_npz(path: Path, layout: str = "sequence") -> RawData:
     """Read and validate a user ``.npz`` (format: docs/data.md). Never unpickles."""
-    if not path.is_file():
-        raise BadInput(f"{path}: data file not found (set data.npz_path, see docs/data.md)")
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            arrays = {key: npz[key] for key in npz.files}
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
-        raise BadInput(f"{path}: not a readable .npz file ({exc}); see docs/data.md") from exc
+    arrays = read_npz_arrays(path)
     for required in ("x", "y"):
         if required not in arrays:
             raise BadInput(f"{path}: missing array {required!r}; found {sorted(arrays)}. See docs/data.md")
@@ -82,6 +76,17 @@ def load_npz(path: Path, layout: str = "sequence") -> RawData:
             )
     rank_layout = "sequence" if x.ndim == 2 else layout
     return RawData(x=x, y=y, x_test=x_test, y_test=y_test, layout=rank_layout, args={"path": str(path)})
+
+
+def read_npz_arrays(path: Path) -> dict[str, np.ndarray]:
+    """Every array of an ``.npz``, never unpickling; ``BadInput`` for a missing or unreadable file."""
+    if not Path(path).is_file():
+        raise BadInput(f"{path}: data file not found")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            return {key: npz[key] for key in npz.files}
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
+        raise BadInput(f"{path}: not a readable .npz file ({exc}); see docs/data.md") from exc
 
 
 def _checked_pair(
