@@ -198,20 +198,49 @@ def test_registered_champion_serves_the_same_predictions_as_predict(repo: Path) 
     import numpy as np
 
     decisions = json.loads((repo / "reports" / "promotion.json").read_text())["decisions"]
-    assert {d["model"] for d in decisions} == {f"sounding-{a}" for a in ("linear", "mlp", "cnn", "rnn", "best")}
+    assert {d["model"] for d in decisions} == {
+        f"sounding-{a}" for a in ("linear", "mlp", "cnn", "rnn", "best")
+    }
     x = np.load(repo / "data" / "prepared" / "test.npz")["x"][:16].astype("float32")
     np.savez(repo / "batch.npz", x=x)
-    run_cli("predict", "--model", "models:/sounding-cnn@champion", "--input", "batch.npz", "--output", "p.csv",
-            cwd=repo, check=True)
+    run_cli(
+        "predict",
+        "--model",
+        "models:/sounding-cnn@champion",
+        "--input",
+        "batch.npz",
+        "--output",
+        "p.csv",
+        cwd=repo,
+        check=True,
+    )
     expected = np.loadtxt(repo / "p.csv", delimiter=",", skiprows=1)[:, 2:]
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    env = dict(os.environ, MLFLOW_TRACKING_URI=f"sqlite:///{repo / 'mlflow.db'}", PATH=f"{BIN}:{os.environ['PATH']}")
-    server = subprocess.Popen([f"{BIN}/mlflow", "models", "serve", "-m", "models:/sounding-cnn@champion",
-                               "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)], cwd=repo, env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env = dict(
+        os.environ, MLFLOW_TRACKING_URI=f"sqlite:///{repo / 'mlflow.db'}", PATH=f"{BIN}:{os.environ['PATH']}"
+    )
+    server = subprocess.Popen(
+        [
+            f"{BIN}/mlflow",
+            "models",
+            "serve",
+            "-m",
+            "models:/sounding-cnn@champion",
+            "--env-manager",
+            "local",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+        ],
+        cwd=repo,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.time() + 120
         while time.time() < deadline:
@@ -220,9 +249,11 @@ def test_registered_champion_serves_the_same_predictions_as_predict(repo: Path) 
                 break
             except OSError:
                 time.sleep(0.5)
-        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations",
-                                         data=json.dumps({"inputs": x.tolist()}).encode(),
-                                         headers={"Content-Type": "application/json"})
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/invocations",
+            data=json.dumps({"inputs": x.tolist()}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
         served = np.array(json.loads(urllib.request.urlopen(request, timeout=30).read())["predictions"])
     finally:
         server.terminate()

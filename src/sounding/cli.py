@@ -109,6 +109,30 @@ def depth(
 
 
 @app.command()
+def gan(
+    data: Annotated[Path, typer.Option(help="Prepared data folder.")] = Path("data/prepared"),
+    judge: Annotated[Path, typer.Option(help="Trained CNN folder used as the judge.")] = Path("models/cnn"),
+    model_dir: Annotated[Path, typer.Option(help="Generator output folder.")] = Path("models/gan"),
+    metrics: Annotated[Path, typer.Option(help="Metrics JSON.")] = Path("metrics/gan.json"),
+    plots: Annotated[Path, typer.Option(help="Plots folder.")] = Path("plots/gan"),
+    params_path: ParamsOpt = Path("params.yaml"),
+    overrides: SetOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Train the class-conditional GAN and measure its samples with the trained CNN as judge."""
+    params = _params(params_path, overrides)
+    from sounding.generative import train_gan
+
+    s = train_gan(params, data, judge, model_dir, metrics, plots, progress=not quiet)
+    r = s["references"]
+    typer.echo(
+        f"gan: judge accuracy {s['judge_acc']:.3f} (real {r['real']['judge_acc']:.3f}, naive "
+        f"{r['naive']['judge_acc']:.3f}); Fréchet {s['frechet']:.2f} (epoch 0 {s['epoch0_frechet']:.2f}, "
+        f"real {r['real']['frechet']:.2f}, naive {r['naive']['frechet']:.2f})"
+    )
+
+
+@app.command()
 def register(
     metrics: Annotated[Path, typer.Option(help="Folder of metrics/ARCH.json files.")] = Path("metrics"),
     data: Annotated[Path, typer.Option(help="Prepared data folder (its test set judges).")] = Path(

@@ -186,3 +186,54 @@ def depth_ratio_summary(rows: list[dict], path: str | Path) -> Path:
     )
     ax.legend(fontsize=7, ncol=2)
     return save(fig, path)
+
+
+def gan_samples(
+    generated: np.ndarray,
+    y_gen: np.ndarray,
+    real: np.ndarray,
+    y_real: np.ndarray,
+    path: str | Path,
+    per_class: int = 4,
+) -> Path:
+    """One row per class: ``per_class`` generated signals (left, blue) beside as many real ones (right, grey)."""
+    classes = np.unique(y_gen)
+    fig, axes = plt.subplots(
+        len(classes),
+        2 * per_class,
+        figsize=(2 * per_class * 1.3, len(classes) * 0.9),
+        sharex=True,
+        sharey=True,
+        squeeze=False,
+    )
+    for row, k in enumerate(classes):
+        for col, signal in enumerate(generated[y_gen == k][:per_class]):
+            axes[row][col].plot(signal, color="tab:blue", lw=1)
+        for col, signal in enumerate(real[y_real == k][:per_class]):
+            axes[row][per_class + col].plot(signal, color="dimgrey", lw=1)
+        axes[row][0].set_ylabel(str(int(k)), rotation=0, labelpad=10)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    axes[0][0].set_title("generated", loc="left", fontsize=9)
+    axes[0][per_class].set_title("real (test)", loc="left", fontsize=9)
+    fig.suptitle("Conditional GAN: one row per class", fontsize=10)
+    return save(fig, path)
+
+
+def gan_curves(history: list[dict], references: dict[str, dict], path: str | Path) -> Path:
+    """Fréchet distance and judge accuracy per epoch, with the real-data ceiling and the naive floor."""
+    epochs = [h["epoch"] for h in history]
+    fig, (ax_fd, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for ax, key, label in (
+        (ax_fd, "frechet", "Fréchet distance (judge features)"),
+        (ax_acc, "judge_acc", "judge accuracy"),
+    ):
+        ax.plot(epochs, [h[f"gan/{key}"] for h in history], label="GAN")
+        ax.axhline(references["real"][key], color="tab:green", ls="--", label="real data")
+        ax.axhline(references["naive"][key], color="tab:red", ls=":", label="naive mean + noise")
+        ax.set(xlabel="epoch", ylabel=label)
+        ax.legend(fontsize=8)
+    ax_fd.set_yscale("log")
+    ax_acc.set_ylim(0, 1)
+    return save(fig, path)

@@ -183,7 +183,9 @@ def build_system(params: Params, arch: str, data: Prepared) -> LitClassifier:
     )
 
 
-def make_trainer(params: Params, callbacks: list[Callback], max_epochs: int | None = None) -> L.Trainer:
+def make_trainer(
+    params: Params, callbacks: list[Callback], max_epochs: int | None = None, validate: bool = True
+) -> L.Trainer:
     """A Trainer configured from ``params.compute`` and ``params.train``; no Lightning logger or bar."""
     c, t = params.compute, params.train
     return L.Trainer(
@@ -201,6 +203,7 @@ def make_trainer(params: Params, callbacks: list[Callback], max_epochs: int | No
         enable_progress_bar=False,
         enable_model_summary=False,
         num_sanity_val_steps=0,
+        limit_val_batches=None if validate else 0,
     )
 
 

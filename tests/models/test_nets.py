@@ -26,7 +26,7 @@ def test_defaults_are_the_published_reference_models(arch: str, expected: int) -
     assert net(torch.zeros(3, 40)).shape == (3, 10)
 
 
-@pytest.mark.parametrize("module", [nets.linear, nets.mlp, nets.cnn, nets.rnn])
+@pytest.mark.parametrize("module", [nets.linear, nets.mlp, nets.cnn, nets.rnn, nets.gan])
 def test_shape_doctests(module) -> None:
     result = doctest.testmod(module)
     assert result.attempted >= 1 and result.failed == 0

@@ -2,6 +2,7 @@
 so that transfer learning can swap or freeze either part.
 """
 
+from sounding.models.nets import gan  # noqa: F401  (generator and discriminator)
 from sounding.models.nets.cnn import CNN
 from sounding.models.nets.linear import Linear
 from sounding.models.nets.mlp import MLP

@@ -1,0 +1,219 @@
+"""The conditional GAN stage and honest measures of its samples, judged by the trained CNN.
+
+- judge accuracy: share of generated samples the CNN classifies as the label they were conditioned on;
+- Fréchet distance between generated and real test samples in the CNN's penultimate-layer features;
+- per-class diversity: mean pairwise distance of samples, against the real data's (collapse warning when a
+  class falls below ``COLLAPSE_RATIO`` of it);
+- reference points: real data (the ceiling) and a naive per-class mean-plus-noise generator (the floor).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from sounding.config import Params
+
+COLLAPSE_RATIO = 0.5
+log = logging.getLogger(__name__)
+
+
+def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """Fréchet distance between Gaussians fitted to feature sets ``a`` and ``b`` ([N, D] each)."""
+    from scipy import linalg
+
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    root = np.real(linalg.sqrtm(cov_a @ cov_b))
+    return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a + cov_b - 2 * root))
+
+
+def diversity(x: np.ndarray, y: np.ndarray, num_classes: int) -> np.ndarray:
+    """Mean pairwise L2 distance between samples of each class."""
+    out = np.zeros(num_classes)
+    for k in range(num_classes):
+        xs = torch.as_tensor(x[y == k]).flatten(1)
+        if len(xs) > 1:
+            out[k] = float(torch.pdist(xs).mean())
+    return out
+
+
+def naive_samples(x: np.ndarray, y: np.ndarray, y_out: np.ndarray, seed: int) -> np.ndarray:
+    """The floor: per class, the mean training signal plus Gaussian noise with the per-position std."""
+    rng = np.random.default_rng(seed)
+    out = np.empty((len(y_out), *x.shape[1:]), dtype=np.float32)
+    for k in np.unique(y_out):
+        xs = x[y == k]
+        out[y_out == k] = xs.mean(0) + rng.standard_normal(((y_out == k).sum(), *x.shape[1:])) * xs.std(0)
+    return out
+
+
+class Judge:
+    """The trained classifier used as a fixed measuring instrument."""
+
+    def __init__(self, net: torch.nn.Module) -> None:
+        self.net = net.eval()
+
+    def features(self, x: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return self.net.features(torch.as_tensor(x, dtype=torch.float32)).numpy()
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return self.net(torch.as_tensor(x, dtype=torch.float32)).argmax(1).numpy()
+
+
+def quality(
+    judge: Judge, x: np.ndarray, y: np.ndarray, real_test_features: np.ndarray, real_diversity: np.ndarray
+) -> dict[str, float]:
+    """All quality figures of one set of samples ``x`` conditioned on ``y``."""
+    div = diversity(x, y, len(real_diversity))
+    ratio = div / np.maximum(real_diversity, 1e-12)
+    return {
+        "judge_acc": float((judge.predict(x) == y).mean()),
+        "frechet": frechet_distance(judge.features(x), real_test_features),
+        "diversity": float(div.mean()),
+        "diversity_ratio_min": float(ratio.min()),
+    }
+
+
+def train_gan(
+    params: Params,
+    data_dir: str | Path,
+    judge_dir: str | Path,
+    model_dir: str | Path,
+    metrics_path: str | Path,
+    plots_dir: str | Path,
+    checkpoints: str | Path = "checkpoints",
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Stage ``gan``: train the conditional GAN, measure it each epoch against the references, write outputs."""
+    import lightning as L
+
+    from sounding import plots, tracking
+    from sounding.data.module import TensorDataModule
+    from sounding.data.prepare import load_prepared
+    from sounding.errors import BadInput
+    from sounding.files import atomic_write, write_json
+    from sounding.models.factory import load_net
+    from sounding.models.gan import LitGAN
+    from sounding.training import EpochCheckpoint, EpochProgress, EpochSeed, code_version, make_trainer
+
+    data = load_prepared(data_dir)
+    if data.spec.layout != "sequence" or len(data.spec.input_shape) != 1:
+        raise BadInput(
+            f"the GAN generates 1-D signals [N, L]; this data has samples of shape {data.spec.input_shape}"
+        )
+    judge_net, judge_config = load_net(Path(judge_dir) / "model.safetensors", Path(judge_dir) / "config.json")
+    if tuple(judge_config["input_shape"]) != data.spec.input_shape:
+        raise BadInput(
+            f"{judge_dir}: the judge was trained on shape {judge_config['input_shape']}, "
+            f"the data has {list(data.spec.input_shape)}; retrain it on this data"
+        )
+    judge = Judge(judge_net)
+    g = params.gan
+    k = data.spec.num_classes
+    real_features = judge.features(data.test.x)
+    real_div = diversity(data.test.x, data.test.y, k)
+    rng = np.random.default_rng(params.seed)
+    ref_idx = rng.choice(len(data.train.y), size=min(len(data.train.y), len(data.test.y)), replace=False)
+    y_val = np.repeat(np.arange(k), g.samples_per_class)
+    references = {
+        "real": quality(judge, data.train.x[ref_idx], data.train.y[ref_idx], real_features, real_div)
+        | {"judge_acc": float((judge.predict(data.test.x) == data.test.y).mean())},
+        "naive": quality(
+            judge,
+            naive_samples(data.train.x, data.train.y, y_val, params.seed),
+            y_val,
+            real_features,
+            real_div,
+        ),
+    }
+
+    class Quality(L.Callback):
+        def on_train_epoch_end(self, trainer: L.Trainer, module: LitGAN) -> None:
+            figures = quality(judge, module.sample().cpu().numpy(), y_val, real_features, real_div)
+            module.log_dict({f"gan/{name}": value for name, value in figures.items()})
+
+    torch.set_num_threads(params.compute.threads)
+    L.seed_everything(params.seed, verbose=False)
+    system = LitGAN(
+        num_classes=k,
+        length=data.spec.input_shape[0],
+        latent=g.latent,
+        hidden=g.hidden,
+        lr_g=g.lr_g,
+        lr_d=g.lr_d,
+        betas=tuple(g.betas),
+        label_smoothing=g.label_smoothing,
+        d_steps=g.d_steps,
+        samples_per_class=g.samples_per_class,
+        seed=params.seed,
+    )
+    fp = params.section_hash("gan", "train.batch_size", "compute") + f"-{data.sha256[:8]}-{code_version()}"
+    run_dir = Path(checkpoints) / "gan" / fp
+    tags = {"stage": "train", "arch": "gan", "seed": str(params.seed), "data_sha256": data.sha256}
+    plots_dir, model_dir = Path(plots_dir), Path(model_dir)
+    with tracking.resumable_run(params, run_dir, f"gan-seed{params.seed}", tags) as run_id:
+        recorder = EpochCheckpoint(run_dir / "last.ckpt", params.tracking.uri, run_id)
+        callbacks = [EpochSeed(params.seed), Quality(), recorder]
+        callbacks += [EpochProgress(f"gan seed {params.seed}")] if progress else []
+        trainer = make_trainer(params, callbacks, max_epochs=g.epochs, validate=False)
+        resume = run_dir / "last.ckpt"
+        trainer.fit(
+            system,
+            datamodule=TensorDataModule(data, params.train.batch_size, params.seed),
+            ckpt_path=str(resume) if resume.is_file() else None,
+            weights_only=True,
+        )
+        history = recorder.history
+        final = {name.removeprefix("gan/"): v for name, v in history[-1].items() if name.startswith("gan/")}
+        samples = system.sample().numpy()
+        collapsed = [int(c) for c in np.flatnonzero(diversity(samples, y_val, k) < COLLAPSE_RATIO * real_div)]
+        if collapsed:
+            log.warning(
+                "GAN mode collapse suspected for classes %s: diversity below %.0f%% of the real data's",
+                collapsed,
+                100 * COLLAPSE_RATIO,
+            )
+        summary = {
+            **final,
+            "epoch0_frechet": history[0]["gan/frechet"],
+            "collapsed_classes": collapsed,
+            "references": references,
+            "epochs": len(history),
+            "train_time_s": recorder.train_time_s,
+            "data_sha256": data.sha256,
+            "run_id": run_id,
+        }
+        tracking.log_metrics(
+            params.tracking.uri,
+            run_id,
+            {
+                "final/judge_acc": final["judge_acc"],
+                "final/frechet": final["frechet"],
+                "ref/real_frechet": references["real"]["frechet"],
+                "ref/naive_frechet": references["naive"]["frechet"],
+                "ref/naive_judge_acc": references["naive"]["judge_acc"],
+            },
+            step=len(history),
+        )
+        pngs = [
+            plots.gan_samples(samples, y_val, data.test.x, data.test.y, plots_dir / "samples.png"),
+            plots.gan_curves(history, references, plots_dir / "curves.png"),
+        ]
+        tracking.log_artifacts(params.tracking.uri, run_id, pngs, "plots")
+        from safetensors.torch import save_file
+
+        state = {k_: v.contiguous() for k_, v in system.generator.state_dict().items()}
+        atomic_write(model_dir / "generator.safetensors", lambda tmp: save_file(state, str(tmp)))
+        write_json(
+            model_dir / "config.json",
+            {"latent": g.latent, "hidden": g.hidden, "num_classes": k, "length": data.spec.input_shape[0]},
+        )
+    write_json(metrics_path, summary)
+    return summary

@@ -1,0 +1,83 @@
+"""GAN: a manual-optimisation step, the quality metrics, and the stage on tiny data."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from sounding.config import Params
+from sounding.data.prepare import load_prepared
+from sounding.generative import diversity, frechet_distance, naive_samples, train_gan
+from sounding.models.factory import build_net, save_net
+from sounding.models.gan import LitGAN
+
+
+def test_frechet_distance_is_zero_for_the_same_data_and_large_for_noise() -> None:
+    rng = np.random.default_rng(0)
+    real = rng.standard_normal((2000, 8)) @ rng.standard_normal((8, 8)) + 3.0
+    assert abs(frechet_distance(real, real)) < 1e-6
+    other_half = frechet_distance(real[:1000], real[1000:])
+    noise = frechet_distance(real, rng.standard_normal((2000, 8)))
+    assert other_half < 1.0 < 20 * other_half < noise
+
+
+def test_diversity_and_naive_generator() -> None:
+    x = np.stack([np.zeros((5, 4)), np.eye(5, 4)]).reshape(10, 4)
+    y = np.repeat([0, 1], 5)
+    div = diversity(x, y, 2)
+    assert div[0] == 0 and div[1] > 0  # class 0 is collapsed to one point
+    fake = naive_samples(x, y, np.array([1, 1, 0]), seed=0)
+    assert fake.shape == (3, 4) and np.allclose(fake[2], 0)
+
+
+def test_one_manual_optimisation_step_updates_both_networks() -> None:
+    import lightning as L
+
+    gan = LitGAN(num_classes=3, length=10, latent=4, hidden=8, d_steps=2)
+    trainer = L.Trainer(
+        max_epochs=1,
+        limit_train_batches=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    before = {k: v.clone() for k, v in gan.state_dict().items()}
+    x, y = torch.randn(6, 10), torch.tensor([0, 1, 2, 0, 1, 2])
+    trainer.fit(
+        gan, train_dataloaders=torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=6)
+    )
+    changed = {k for k, v in gan.state_dict().items() if not torch.equal(v, before[k])}
+    assert any(k.startswith("generator.") for k in changed) and any(
+        k.startswith("discriminator.") for k in changed
+    )
+    assert torch.equal(gan.z_val, before["z_val"])  # the validation noise is fixed
+    assert gan.sample().shape == (3 * 100, 10)  # samples_per_class (default 100) per class
+
+
+def test_stage_writes_model_metrics_plots(params: Params, prepared: Path, tmp_path: Path) -> None:
+    data = load_prepared(prepared)
+    judge = build_net("cnn", data.spec.input_shape, data.spec.num_classes, "sequence")
+    save_net(
+        judge,
+        {"arch": "cnn", "input_shape": [40], "num_classes": 10, "layout": "sequence", "net": {}},
+        tmp_path / "judge",
+    )
+    small = params.with_overrides({"gan.epochs": 2, "gan.samples_per_class": 5})
+    summary = train_gan(
+        small,
+        prepared,
+        tmp_path / "judge",
+        tmp_path / "models",
+        tmp_path / "gan.json",
+        tmp_path / "plots",
+        progress=False,
+    )
+    saved = json.loads((tmp_path / "gan.json").read_text())
+    assert saved["epochs"] == 2 and 0 <= saved["judge_acc"] <= 1 and saved["frechet"] > 0
+    assert {"real", "naive"} == set(saved["references"]) and summary["epoch0_frechet"] > 0
+    assert (tmp_path / "models" / "generator.safetensors").is_file()
+    assert (tmp_path / "plots" / "samples.png").is_file() and (tmp_path / "plots" / "curves.png").is_file()
