@@ -41,6 +41,8 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
                 "depth.depths": [2, 4],
                 "depth.inits": ["default", "kaiming"],
                 "depth.epochs": 1,
+                "gan.epochs": 2,
+                "gan.samples_per_class": 5,
             }
         ),
     )
@@ -62,6 +64,8 @@ def test_repro_writes_every_output(repo: Path) -> None:
     depth_rows = [line for line in board.splitlines() if line.startswith(("| 4 | yes |", "| 4 | no |"))]
     assert "## Depth study" in board and len(depth_rows) == 8  # depth 4: 2 residual × 2 init × 2 clip
     assert (repo / "plots" / "depth" / "accuracy_vs_depth.png").is_file()
+    assert "## Generative: conditional GAN" in board
+    assert (repo / "models" / "gan" / "generator.safetensors").is_file()
 
 
 def test_second_repro_is_a_noop(repo: Path) -> None:

@@ -43,6 +43,38 @@ def leaderboard(rows: list[dict], source: str) -> str:
     return "\n".join(lines)
 
 
+def gan_section(gan: dict) -> str:
+    """Markdown: the conditional GAN against the real-data ceiling and the naive floor."""
+    real, naive = gan["references"]["real"], gan["references"]["naive"]
+    rows = [("conditional GAN", gan), ("real data (ceiling)", real), ("naive mean + noise (floor)", naive)]
+    lines = [
+        "## Generative: conditional GAN",
+        "",
+        "Judged by the trained CNN: *judge acc* = share of samples classified as their conditioning label; "
+        "*Fréchet* = distance to the real test set in the CNN's penultimate features (lower is better).",
+        "",
+        "| samples | judge acc | Fréchet | diversity (min class ratio) |",
+        "|---|---:|---:|---:|",
+    ]
+    lines += [
+        f"| {name} | {r['judge_acc']:.3f} | {r['frechet']:.2f} | {r['diversity_ratio_min']:.2f} |"
+        for name, r in rows
+    ]
+    lines += [
+        "",
+        f"Fréchet distance after epoch 0: {gan['epoch0_frechet']:.2f}. "
+        + (
+            f"Collapse warning for classes {gan['collapsed_classes']}."
+            if gan["collapsed_classes"]
+            else "No class collapsed."
+        ),
+        "",
+        "![samples](../plots/gan/samples.png)",
+        "",
+    ]
+    return "\n".join(lines)
+
+
 def depth_section(study: dict) -> str:
     """Markdown: the depth study's accuracy grid and gradient ratios at initialisation."""
     rows = study["configs"]
@@ -87,6 +119,9 @@ def write_report(metrics_dir: str | Path, archs: list[str], source: str, out_dir
         PUBLISHED_MNIST1D if source == "mnist1d" else None,
     )
     text = leaderboard(rows, source)
+    gan_path = Path(metrics_dir) / "gan.json"
+    if gan_path.is_file():
+        text += "\n" + gan_section(json.loads(gan_path.read_text()))
     depth_path = Path(metrics_dir) / "depth.json"
     if depth_path.is_file():
         text += "\n" + depth_section(json.loads(depth_path.read_text()))
