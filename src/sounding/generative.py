@@ -101,7 +101,14 @@ def train_gan(
     from sounding.files import atomic_write, write_json
     from sounding.models.factory import load_net
     from sounding.models.gan import LitGAN
-    from sounding.training import EpochCheckpoint, EpochProgress, EpochSeed, code_version, make_trainer
+    from sounding.training import (
+        EpochCheckpoint,
+        EpochProgress,
+        EpochSeed,
+        code_version,
+        make_trainer,
+        resume_fit,
+    )
 
     data = load_prepared(data_dir)
     if data.spec.layout != "sequence" or len(data.spec.input_shape) != 1:
@@ -163,12 +170,11 @@ def train_gan(
         callbacks = [EpochSeed(params.seed), Quality(), recorder]
         callbacks += [EpochProgress(f"gan seed {params.seed}")] if progress else []
         trainer = make_trainer(params, callbacks, max_epochs=g.epochs, validate=False)
-        resume = run_dir / "last.ckpt"
-        trainer.fit(
+        resume_fit(
+            trainer,
             system,
-            datamodule=TensorDataModule(data, params.train.batch_size, params.seed),
-            ckpt_path=str(resume) if resume.is_file() else None,
-            weights_only=True,
+            TensorDataModule(data, params.train.batch_size, params.seed),
+            run_dir / "last.ckpt",
         )
         history = recorder.history
         final = {name.removeprefix("gan/"): v for name, v in history[-1].items() if name.startswith("gan/")}

@@ -207,6 +207,26 @@ def make_trainer(
     )
 
 
+def resume_fit(
+    trainer: L.Trainer, system: L.LightningModule, datamodule: L.LightningDataModule, checkpoint: Path
+) -> None:
+    """``trainer.fit``, resuming from ``checkpoint`` when it exists.
+
+    The checkpoint loads with ``weights_only=True``: resuming never unpickles arbitrary objects, even from
+    a tampered file. Lightning ends an interrupted fit with SystemExit (SIGTERMException on SIGTERM,
+    ``sys.exit(1)`` after Ctrl-C); it is re-raised as KeyboardInterrupt so the MLflow run ends KILLED.
+    """
+    try:
+        trainer.fit(
+            system,
+            datamodule=datamodule,
+            ckpt_path=str(checkpoint) if checkpoint.is_file() else None,
+            weights_only=True,
+        )
+    except SystemExit as exc:
+        raise KeyboardInterrupt(type(exc).__name__) from None
+
+
 def fit(
     params: Params,
     arch: str,
@@ -232,18 +252,7 @@ def fit(
     extra = [EpochProgress(f"{arch} seed {seed}")] if progress else []
     trainer = make_trainer(params, [EpochSeed(seed), recorder, *extra, *(callbacks or [])])
     resume = run_dir / "last.ckpt"
-    try:
-        # weights_only=True: resuming never unpickles arbitrary objects, even from a tampered checkpoint.
-        trainer.fit(
-            system,
-            datamodule=datamodule,
-            ckpt_path=str(resume) if resume.is_file() else None,
-            weights_only=True,
-        )
-    except SystemExit as exc:
-        # Lightning ends an interrupted fit with SystemExit: SIGTERMException on SIGTERM, sys.exit(1) after
-        # Ctrl-C. Callers see an interruption, and the MLflow run ends KILLED, not FAILED.
-        raise KeyboardInterrupt(type(exc).__name__) from None
+    resume_fit(trainer, system, datamodule, resume)
     selected = len(recorder.history) - 1
     if params.train.select == "best_val" and recorder.best["state"] is not None:
         system.load_state_dict(recorder.best["state"])
