@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from sounding.config import Params
-from sounding.files import write_json, write_text
+from sounding.files import atomic_write, write_json, write_text
 
 
 def prepare(params: Params, out_dir: str | Path) -> dict:
@@ -48,7 +48,6 @@ def train_architecture(
     from sounding import plots, tracking
     from sounding.data.prepare import load_prepared
     from sounding.models.classifier import LitClassifier
-    from sounding.models.factory import save_net
     from sounding.serving import log_pyfunc
     from sounding.training import build_system, fingerprint, fit
 
@@ -89,7 +88,7 @@ def train_architecture(
             tracking.log_artifacts(uri, run_id, [p for p in pngs if p], "plots")
             tracking.log_artifacts(uri, run_id, [Path(result.checkpoint)], "checkpoint")
             if i == 0:
-                _write_model(system, data, result.checkpoint, model_dir, save_net)
+                _write_model(system, data, result.checkpoint, model_dir)
                 model_uri = log_pyfunc(run_id, uri, model_dir, data.test.x[:2])
                 _write_plot_data(result.history, data.test.y, predicted, plots_dir)
         per_seed.append(
@@ -124,7 +123,10 @@ def train_architecture(
     return metrics
 
 
-def _write_model(system: Any, data: Any, checkpoint: str, model_dir: Path, save_net: Any) -> None:
+def _write_model(system: Any, data: Any, checkpoint: str, model_dir: Path) -> None:
+    """``model.ckpt`` (Lightning) beside ``model.safetensors`` + ``config.json`` (what the registry ships)."""
+    from sounding.models.factory import save_net
+
     hp = system.hparams
     config = {
         "arch": hp.arch,
@@ -133,8 +135,7 @@ def _write_model(system: Any, data: Any, checkpoint: str, model_dir: Path, save_
         "layout": data.spec.layout,
         "net": dict(hp.net or {}),
     }
-    model_dir.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(checkpoint, model_dir / "model.ckpt")
+    atomic_write(model_dir / "model.ckpt", lambda tmp: shutil.copyfile(checkpoint, tmp))
     save_net(system.net, config, model_dir)
 
 
