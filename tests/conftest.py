@@ -92,3 +92,45 @@ def copy_repo(dest: Path) -> Path:
         ["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "init"], cwd=dest, check=True
     )
     return dest
+
+
+POSTGRES = os.environ.get("SOUNDING_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
+"""Server the PostgreSQL tests use (trust auth on loopback); each test gets its own fresh database."""
+
+
+@pytest.fixture
+def postgres_url() -> str:
+    """URL of a new, empty database on ``POSTGRES``, dropped afterwards.
+
+    Without a reachable server the test is skipped, unless ``SOUNDING_REQUIRE_POSTGRES=1`` (CI sets it),
+    which makes it fail instead.
+    """
+    import uuid
+
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    base = make_url(POSTGRES)
+    try:
+        admin = psycopg.connect(
+            host=base.host,
+            port=base.port,
+            user=base.username,
+            dbname=base.database,
+            connect_timeout=3,
+            autocommit=True,
+        )
+    except psycopg.OperationalError as exc:
+        reason = f"no PostgreSQL at {base.render_as_string(hide_password=True)} ({str(exc).strip()})"
+        if os.environ.get("SOUNDING_REQUIRE_POSTGRES") == "1":
+            pytest.fail(f"{reason}, and SOUNDING_REQUIRE_POSTGRES=1")
+        pytest.skip(f"{reason}; set SOUNDING_TEST_POSTGRES to a server URL to run this test")
+    name = f"sounding_{uuid.uuid4().hex[:12]}"
+    with admin.cursor() as cur:
+        cur.execute(f"CREATE DATABASE {name}")
+    try:
+        yield base.set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.cursor() as cur:
+            cur.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        admin.close()

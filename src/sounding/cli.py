@@ -63,6 +63,9 @@ def train(
     metrics: Annotated[Path | None, typer.Option(help="Metrics JSON [metrics/ARCH.json].")] = None,
     plots: Annotated[Path | None, typer.Option(help="Plots folder [plots/ARCH].")] = None,
     seeds: Annotated[int | None, typer.Option(help="Number of seeds (overrides train.n_seeds).")] = None,
+    tuned: Annotated[
+        Path | None, typer.Option(help="A `sounding tune` result (best.json) to train with.")
+    ] = None,
     params_path: ParamsOpt = Path("params.yaml"),
     overrides: SetOpt = None,
     quiet: QuietOpt = False,
@@ -81,10 +84,49 @@ def train(
         metrics or Path("metrics") / f"{arch}.json",
         plots or Path("plots") / arch,
         progress=not quiet,
+        tuned=tuned,
     )
+    applied = ", ".join(f"{k}={v:.3g}" for k, v in result["tuned"].items())
     typer.echo(
-        f"{arch}: test accuracy {result['test_acc']:.4f} ± {result['test_acc_std']:.4f} "
+        (f"{arch}: tuned {applied}\n" if applied else "")
+        + f"{arch}: test accuracy {result['test_acc']:.4f} ± {result['test_acc_std']:.4f} "
         f"over {len(result['seeds'])} seed(s)"
+    )
+
+
+@app.command()
+def tune(
+    arch: Annotated[str, typer.Argument(help=f"Architecture: {', '.join(ARCHS)}.")],
+    data: Annotated[Path, typer.Option(help="Prepared data folder.")] = Path("data/prepared"),
+    out: Annotated[Path | None, typer.Option(help="Result folder [tuning/ARCH].")] = None,
+    storage: Annotated[
+        str | None, typer.Option(help="Optuna storage URL (overrides tune.storage), e.g. postgresql://…")
+    ] = None,
+    workers: Annotated[int | None, typer.Option(help="Local worker processes (tune.workers).")] = None,
+    n_trials: Annotated[int | None, typer.Option(help="Trials in the study (tune.n_trials).")] = None,
+    timeout: Annotated[float | None, typer.Option(help="Seconds before no new trial starts.")] = None,
+    params_path: ParamsOpt = Path("params.yaml"),
+    overrides: SetOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Tune dropout, L2 and gradient clipping of ARCH with Optuna (pruned); resumes an interrupted study."""
+    _check_arch(arch)
+    options = {"storage": storage, "workers": workers, "n_trials": n_trials, "timeout": timeout}
+    extra = [f"tune.{k}={v}" for k, v in options.items() if v is not None]
+    params = _params(params_path, (overrides or []) + extra)
+    from sounding.tuning import tune as run_tuning
+
+    s = run_tuning(params, arch, data, out or Path("tuning") / arch, progress=not quiet)
+    if not s["enabled"]:
+        typer.echo(f"{arch}: tuning disabled (tune.enabled: false); train uses params as they are")
+        return
+    c = s["counts"]
+    best = ", ".join(f"{k}={v:.3g}" for k, v in s["params"].items())
+    typer.echo(
+        f"{arch}: best val/acc {s['value']:.4f} (trial {s['trial']}: {best}); baseline "
+        f"{s['baseline_value'] if s['baseline_value'] is None else round(s['baseline_value'], 4)}; "
+        f"{c['complete']} complete, {c['pruned']} pruned, {c['failed']} failed; "
+        f"{s['epochs_run']}/{s['epochs_budget']} epochs in {s['wall_s']:.1f} s"
     )
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from sounding.errors import BadInput
 
@@ -198,6 +198,109 @@ class RegistryParams(Section):
     """Accuracy a first version needs to become champion when there is none."""
 
 
+class Range(Section):
+    """A search interval ``[low, high]``, sampled on a log scale when ``log``. Integer bounds give an
+    integer parameter (``hidden: {low: 4, high: 16}``)."""
+
+    low: int | float
+    high: int | float
+    log: bool = False
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Range:
+        if self.low > self.high:
+            raise ValueError(f"low ({self.low}) must not exceed high ({self.high})")
+        if self.log and self.low <= 0:
+            raise ValueError(f"a log-scale range needs low > 0 (got {self.low})")
+        return self
+
+    @property
+    def is_int(self) -> bool:
+        return isinstance(self.low, int) and isinstance(self.high, int)
+
+    def __contains__(self, value: object) -> bool:
+        return isinstance(value, (int, float)) and self.low <= value <= self.high
+
+
+class SearchSpace(Section):
+    """What ``sounding tune`` searches. A range set to ``null`` is not tuned (the params value is kept)."""
+
+    dropout: Range | None = Range(low=0.0, high=0.5)
+    """``models.ARCH.dropout``; architectures without dropout (linear) skip it."""
+    weight_decay: Range | None = Range(low=1e-6, high=1e-2, log=True)
+    """``train.weight_decay`` (L2)."""
+    gradient_clip_val: Range | None = Range(low=0.0, high=2.0)
+    """``train.gradient_clip_val`` (0 = no clipping), with ``train.gradient_clip_algorithm``."""
+    lr: Range | None = None
+    """``train.lr``, optional (e.g. ``{low: 1e-3, high: 3e-2, log: true}``)."""
+    extras: dict[Arch, dict[str, Range]] = {}
+    """Architecture-specific ranges over ``models.ARCH`` keys, e.g. ``{rnn: {hidden: {low: 4, high: 16}}}``."""
+
+    @field_validator("dropout")
+    @classmethod
+    def _dropout_is_probability(cls, r: Range | None) -> Range | None:
+        if r is not None and not (0 <= r.low and r.high < 1):
+            raise ValueError(f"dropout must lie in [0, 1) (got low {r.low}, high {r.high})")
+        return r
+
+    @field_validator("weight_decay", "gradient_clip_val", "lr")
+    @classmethod
+    def _non_negative(cls, r: Range | None) -> Range | None:
+        if r is not None and r.low < 0:
+            raise ValueError(f"must be non-negative (got low {r.low})")
+        return r
+
+    @field_validator("extras")
+    @classmethod
+    def _known_model_keys(cls, extras: dict[str, dict[str, Range]]) -> dict[str, dict[str, Range]]:
+        for arch, ranges in extras.items():
+            allowed = sorted(ModelsParams.model_fields[arch].annotation.model_fields)
+            for key in ranges:
+                if key not in allowed or key == "dropout":
+                    raise ValueError(
+                        f"models.{arch} has no tunable key {key!r}; allowed: "
+                        f"{', '.join(k for k in allowed if k != 'dropout') or 'none'}"
+                    )
+        return extras
+
+
+class TuneParams(Section):
+    """``sounding tune ARCH``: TPE search with pruning, run before ``train@ARCH`` when enabled."""
+
+    enabled: bool = True
+    """When false, ``tune`` writes an empty result and ``train`` uses params as they are."""
+    n_trials: PositiveInt = 10
+    """Trials per study, counted as complete + pruned (failed ones are retried, not counted)."""
+    timeout: Annotated[float, Field(gt=0)] | None = None
+    """Seconds after which no new trial starts (per ``sounding tune`` call); null = no limit."""
+    epochs: PositiveInt = 30
+    """Epochs per trial (shorter than ``train.epochs``: tuning ranks settings, it does not ship models)."""
+    pruner: Literal["median", "hyperband", "none"] = "median"
+    warmup_epochs: Annotated[int, Field(ge=0)] = 5
+    """Epochs a trial always runs before it may be pruned (hyperband: its minimum resource)."""
+    startup_trials: PositiveInt = 4
+    """Random trials before TPE models the space; also trials before the median pruner acts."""
+    baseline: bool = True
+    """Trial 0 evaluates the current params, so the tuned result is never worse on validation."""
+    storage: str | None = None
+    """Optuna storage URL. Default: ``sqlite:///tuning/optuna.db``. PostgreSQL for parallel workers."""
+    workers: PositiveInt = 1
+    """Local worker processes sharing the study (more than one makes the search order timing-dependent)."""
+    heartbeat_s: PositiveInt = 10
+    """Trial heartbeat: a trial silent for ``grace_s`` is marked FAIL and re-queued."""
+    grace_s: PositiveInt = 30
+    max_retry: Annotated[int, Field(ge=0)] = 1
+    """Times a trial of a dead worker is re-queued with the same params (it resumes its checkpoint)."""
+    space: SearchSpace = SearchSpace()
+
+    @field_validator("storage")
+    @classmethod
+    def _rdb_url(cls, url: str | None) -> str | None:
+        if url is not None and not url.startswith(("sqlite:///", "postgresql://", "postgresql+")):
+            raise ValueError("must be a sqlite:///PATH or postgresql://USER@HOST/DB URL")
+        return url
+
+
 class TrackingParams(Section):
     """MLflow. The default is a sqlite file at the repository root: no server needed."""
 
@@ -215,6 +318,7 @@ class Params(Section):
     depth: DepthParams = DepthParams()
     gan: GanParams = GanParams()
     registry: RegistryParams = RegistryParams()
+    tune: TuneParams = TuneParams()
     compute: ComputeParams = ComputeParams()
     tracking: TrackingParams = TrackingParams()
 

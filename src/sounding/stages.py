@@ -36,12 +36,14 @@ def train_architecture(
     plots_dir: str | Path,
     checkpoints: str | Path = "checkpoints",
     progress: bool = True,
+    tuned: str | Path | None = None,
 ) -> dict[str, Any]:
     """Stage ``train@ARCH``: train every seed, evaluate on test, write model, metrics and plots.
 
     ``model_dir`` gets the first seed's model (``model.ckpt``, ``model.safetensors``, ``config.json``);
     ``metrics_path`` the test metrics as mean ± std over seeds; ``plots_dir`` learning-curve and
     confusion-matrix CSVs for ``dvc plots`` plus PNGs. Each seed is one MLflow run ``ARCH-seedN``.
+    ``tuned`` is a ``sounding tune`` result (``best.json``) whose values replace those of params.
     """
     import torch
 
@@ -53,6 +55,11 @@ def train_architecture(
 
     model_dir, plots_dir = Path(model_dir), Path(plots_dir)
     data = load_prepared(data_dir)
+    tuned_values: dict[str, Any] = {}
+    if tuned is not None:
+        from sounding.tuning import tuned as apply_tuned
+
+        params, tuned_values = apply_tuned(params, arch, tuned, data.sha256)
     build_system(params, arch, data)  # a shape the architecture cannot take fails here, before any training
     uri = params.tracking.uri
     per_seed = []
@@ -117,6 +124,7 @@ def train_architecture(
         "data_sha256": data.sha256,
         "model_uri": model_uri,
         "params_hash": params.section_hash(f"models.{arch}", "train", "seed"),
+        "tuned": tuned_values,
         "seeds": per_seed,
     }
     write_json(metrics_path, metrics)

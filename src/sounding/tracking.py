@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import subprocess
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -75,7 +75,19 @@ def client(uri: str):
 def _client(uri: str):
     from mlflow import MlflowClient
 
+    if uri.startswith("sqlite:///"):
+        _write_ahead_log(Path(uri.removeprefix("sqlite:///")))
     return MlflowClient(tracking_uri=uri, registry_uri=uri)  # one store holds runs and registry
+
+
+def _write_ahead_log(path: Path) -> None:
+    """Switch a sqlite store to write-ahead logging (a property of the file, kept once set): a commit costs
+    one fsync instead of several, and readers (the UI, other processes) no longer block writers."""
+    import sqlite3
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with closing(sqlite3.connect(path, timeout=60)) as db:
+        db.execute("PRAGMA journal_mode=WAL")
 
 
 def experiment_id(uri: str, name: str) -> str:
@@ -92,11 +104,13 @@ def tracked_run(
     run_id: str | None = None,
     experiment: str | None = None,
     parent_run_id: str | None = None,
+    logged_params: dict[str, Any] | None = None,
 ) -> Iterator[str]:
     """Create (or re-attach to ``run_id``) an MLflow run and yield its id.
 
     The run ends FINISHED on success, KILLED on Ctrl-C or SIGTERM (raised as KeyboardInterrupt by the
-    CLI), FAILED on any other exception. Params are the flattened ``Params``.
+    CLI), FAILED on any other exception. Params are the flattened ``Params``, or ``logged_params`` when
+    given (a tuning trial logs what it varies; its parent run holds the rest).
     """
     from mlflow.entities import Param, RunTag
 
@@ -110,7 +124,7 @@ def tracked_run(
             experiment_id(uri, experiment or params.tracking.experiment), run_name=run_name, tags=all_tags
         )
         run_id = run.info.run_id
-        flat = flatten(params.model_dump(mode="json"))
+        flat = flatten(logged_params if logged_params is not None else params.model_dump(mode="json"))
         c.log_batch(run_id, params=[Param(k, v[:6000]) for k, v in flat.items()])
     else:
         c.update_run(run_id, status="RUNNING")
@@ -128,7 +142,13 @@ def tracked_run(
 
 @contextmanager
 def resumable_run(
-    params: Params, run_dir: Path, run_name: str, tags: dict[str, str], experiment: str | None = None
+    params: Params,
+    run_dir: Path,
+    run_name: str,
+    tags: dict[str, str],
+    experiment: str | None = None,
+    parent_run_id: str | None = None,
+    logged_params: dict[str, Any] | None = None,
 ) -> Iterator[str]:
     """``tracked_run`` tied to a checkpoint folder: its id is kept in ``run_dir/run.json``, so a rerun
     after a crash re-attaches to the same MLflow run that the resumed checkpoint belongs to."""
@@ -136,7 +156,15 @@ def resumable_run(
 
     state = Path(run_dir) / "run.json"
     run_id = json.loads(state.read_text())["run_id"] if state.is_file() else None
-    with tracked_run(params, run_name, tags, run_id=run_id, experiment=experiment) as run_id:
+    with tracked_run(
+        params,
+        run_name,
+        tags,
+        run_id=run_id,
+        experiment=experiment,
+        parent_run_id=parent_run_id,
+        logged_params=logged_params,
+    ) as run_id:
         write_json(state, {"run_id": run_id})
         yield run_id
 

@@ -236,12 +236,14 @@ def fit(
     run_id: str | None = None,
     callbacks: list[Callback] | None = None,
     progress: bool = True,
+    evaluate: bool = True,
 ) -> FitResult:
     """Train ``arch`` with ``seed`` on ``data``, resuming from ``run_dir/last.ckpt`` when present.
 
     With ``train.select: best_val`` the weights of the epoch with the best ``val/acc`` are evaluated on
     test and kept (early-stopping model selection); with ``last``, the final epoch's. They are saved as
-    ``run_dir/model.ckpt``. With ``run_id``, epoch metrics go to that MLflow run.
+    ``run_dir/model.ckpt``. With ``run_id``, epoch metrics go to that MLflow run. ``evaluate=False``
+    skips the test set (tuning trials must not see it).
     """
     run_dir = Path(run_dir)
     torch.set_num_threads(params.compute.threads)
@@ -259,8 +261,10 @@ def fit(
         selected = recorder.best["epoch"]
     model_ckpt = run_dir / "model.ckpt"
     trainer.save_checkpoint(model_ckpt, weights_only=True)
-    test = trainer.test(system, datamodule=datamodule, verbose=False)[0]
-    metrics = {k: float(v) for k, v in test.items()}
+    metrics: dict[str, float] = {}
+    if evaluate:
+        test = trainer.test(system, datamodule=datamodule, verbose=False)[0]
+        metrics.update({k: float(v) for k, v in test.items()})
     if recorder.history:
         metrics.update(
             {k: v for k, v in recorder.history[selected].items() if k.startswith(("val/", "train/"))}

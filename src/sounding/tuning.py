@@ -1,0 +1,522 @@
+"""``sounding tune ARCH``: Optuna search over dropout, L2 and gradient clipping, pruned, resumable, parallel.
+
+One study per architecture, data and search configuration, in an RDB storage (a sqlite file by default,
+PostgreSQL for workers on several machines). Each trial is the same ``training.fit`` as ``sounding train``
+(with ``tune.epochs`` and without the test set), fed to Optuna's Lightning pruning callback epoch by
+epoch, and tracked as a nested MLflow run under one parent run per study.
+
+Exact trial budget with several workers: Optuna's ``MaxTrialsCallback`` counts after a trial ends, so two
+workers that finish together can both start one more. Here each worker takes a lock (a file lock for
+sqlite, an advisory lock for PostgreSQL), counts complete + pruned + running trials, and holds the lock
+until its new trial is RUNNING in the storage. Dead workers: every trial sends a heartbeat; a trial silent
+for ``tune.grace_s`` is marked FAIL and ``RetryFailedTrialCallback`` queues a copy with the same params,
+whose checkpoint folder (named from those params) lets it resume where the dead one stopped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import multiprocessing
+import os
+import socket
+import time
+import warnings
+from collections import Counter
+from contextlib import suppress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sounding.config import Params, Range
+from sounding.errors import BadInput
+from sounding.files import write_json
+
+COUNTED = ("COMPLETE", "PRUNED", "RUNNING")
+"""Trial states that use up the budget: failed trials are retried instead."""
+
+
+def study_name(params: Params, arch: str, data_sha256: str) -> str:
+    """``ARCH-<data sha256>-<search hash>``: a change of data or of what a trial means starts a new study."""
+    search = params.section_hash(
+        f"models.{arch}",
+        "train",
+        "tune.epochs",
+        "tune.pruner",
+        "tune.warmup_epochs",
+        "tune.startup_trials",
+        "tune.baseline",
+        "tune.space",
+        "compute",
+        "seed",
+    )
+    return f"{arch}-{data_sha256[:12]}-{search[:8]}"
+
+
+def storage_url(params: Params, tuning_root: str | Path = "tuning") -> str:
+    """The study storage: ``tune.storage``, else ``tuning/optuna.db`` (an absolute sqlite URL)."""
+    return params.tune.storage or f"sqlite:///{(Path(tuning_root) / 'optuna.db').resolve()}"
+
+
+def public_url(url: str) -> str:
+    """``url`` with any password masked, for files and logs."""
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def search_space(params: Params, arch: str) -> dict[str, tuple[str, Range]]:
+    """Optuna parameter name → (dotted params key it sets, range), for this architecture."""
+    space = params.tune.space
+    model_keys = getattr(params.models, arch).model_fields
+    ranges: dict[str, tuple[str, Range]] = {}
+    if space.dropout is not None and "dropout" in model_keys:
+        ranges["dropout"] = (f"models.{arch}.dropout", space.dropout)
+    for name in ("weight_decay", "gradient_clip_val", "lr"):
+        if getattr(space, name) is not None:
+            ranges[name] = (f"train.{name}", getattr(space, name))
+    for key, r in space.extras.get(arch, {}).items():
+        ranges[key] = (f"models.{arch}.{key}", r)
+    return ranges
+
+
+def _current(params: Params, key: str) -> Any:
+    node: Any = params
+    for part in key.split("."):
+        node = getattr(node, part)
+    return node
+
+
+def trial_params(params: Params, overrides: dict[str, Any]) -> Params:
+    """The params one trial trains with: the overrides, ``tune.epochs`` epochs, one seed."""
+    return params.with_overrides({**overrides, "train.epochs": params.tune.epochs, "train.n_seeds": 1})
+
+
+def experiment(params: Params) -> str:
+    """Tuning runs live beside, not among, the training runs: ``<tracking.experiment>-tuning``."""
+    return f"{params.tracking.experiment}-tuning"
+
+
+def _make_storage(params: Params, url: str):
+    from optuna.storages import RDBStorage, RetryFailedTrialCallback
+
+    t = params.tune
+    engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # heartbeat and retry callback are flagged experimental
+        storage = RDBStorage(
+            url,
+            engine_kwargs=engine,
+            heartbeat_interval=t.heartbeat_s,
+            grace_period=t.grace_s,
+            failed_trial_callback=RetryFailedTrialCallback(max_retry=t.max_retry),
+        )
+    if url.startswith("sqlite"):
+        _fast_sqlite(storage.engine)
+    return storage
+
+
+def _fast_sqlite(engine: Any) -> None:
+    """Write-ahead log and ``synchronous=NORMAL``: a trial's dozens of small writes (params, intermediate
+    values, heartbeats) each cost a commit; in the default rollback-journal mode every commit is several
+    fsyncs. WAL is safe for processes on one machine (not on a network file system) and survives a crash
+    of the process; at worst the last commits before a power loss are lost."""
+    from sqlalchemy import event
+
+    def pragmas(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    event.listen(engine, "connect", pragmas)
+    engine.dispose()  # connections opened while creating the schema reconnect with the pragmas
+
+
+def _make_pruner(params: Params):
+    import optuna
+
+    t = params.tune
+    if t.pruner == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=t.startup_trials, n_warmup_steps=t.warmup_epochs)
+    if t.pruner == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=max(t.warmup_epochs, 1), max_resource=t.epochs)
+    return optuna.pruners.NopPruner()
+
+
+def _make_sampler(params: Params, worker: int):
+    import optuna
+
+    # Each worker its own seed: identically seeded workers would propose identical random start-up trials.
+    return optuna.samplers.TPESampler(seed=params.seed + worker, n_startup_trials=params.tune.startup_trials)
+
+
+class BudgetLock:
+    """Serialises "count the trials, then start one" across workers: an advisory lock on PostgreSQL, a
+    file lock beside the sqlite database. Held from the count until the new trial is RUNNING."""
+
+    def __init__(self, url: str, name: str) -> None:
+        self.url, self.name, self._held = url, name, False
+        self._key = int(hashlib.sha256(name.encode()).hexdigest()[:15], 16)
+        self._conn = self._file = None
+
+    def acquire(self) -> None:
+        if self.url.startswith("sqlite"):
+            import fcntl
+
+            from sqlalchemy.engine import make_url
+
+            path = Path(f"{make_url(self.url).database}.{self.name}.lock")
+            self._file = open(path, "a+")  # noqa: SIM115 (kept open while held)
+            fcntl.flock(self._file, fcntl.LOCK_EX)
+        else:
+            import sqlalchemy
+
+            if self._conn is None:
+                self._conn = sqlalchemy.create_engine(self.url, poolclass=sqlalchemy.pool.NullPool).connect()
+            self._conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": self._key})
+        self._held = True
+
+    def release(self) -> None:
+        if not self._held:
+            return
+        self._held = False
+        if self._file is not None:
+            import fcntl
+
+            fcntl.flock(self._file, fcntl.LOCK_UN)
+            self._file.close()
+            self._file = None
+        else:
+            import sqlalchemy
+
+            self._conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": self._key})
+
+    def close(self) -> None:
+        self.release()
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def __enter__(self) -> BudgetLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+@dataclass(frozen=True)
+class TuneJob:
+    """Everything a worker process needs (picklable: paths and strings, no tensors)."""
+
+    params_json: str
+    arch: str
+    data_dir: str
+    out_dir: str
+    storage: str
+    study: str
+    parent_run_id: str | None
+    deadline: float | None
+
+    @property
+    def params(self) -> Params:
+        return Params.model_validate_json(self.params_json)
+
+
+def _objective(job: TuneJob, params: Params, data: Any, lock: BudgetLock):
+    import optuna
+    from optuna_integration import PyTorchLightningPruningCallback
+
+    from sounding import tracking
+    from sounding.training import fingerprint, fit
+
+    space = search_space(params, job.arch)
+
+    def objective(trial: optuna.Trial) -> float:
+        lock.release()  # the trial is RUNNING in the storage: other workers may count it now
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+        overrides = {}
+        for name, (key, r) in space.items():
+            suggest = trial.suggest_int if r.is_int else trial.suggest_float
+            overrides[key] = suggest(name, r.low, r.high, log=r.log)
+        p = trial_params(params, overrides)
+        # Named from the trial's params: a retried trial (same params) resumes the dead one's checkpoint.
+        run_dir = Path(job.out_dir) / "trials" / fingerprint(p, job.arch, p.seed, data.sha256)
+        tags = {"stage": "tune", "arch": job.arch, "study": job.study, "optuna_trial": str(trial.number)}
+        pruning = PyTorchLightningPruningCallback(trial, monitor="val/acc")
+        state = "COMPLETE"
+        with tracking.resumable_run(
+            p,
+            run_dir,
+            f"{job.arch}-trial{trial.number}",
+            tags,
+            experiment=experiment(p),
+            parent_run_id=job.parent_run_id,
+            logged_params={**trial.params, "epochs": p.train.epochs, "seed": p.seed},
+        ) as run_id:
+            start = time.perf_counter()
+            try:
+                result = fit(
+                    p, job.arch, p.seed, data, run_dir, run_id, [pruning], progress=False, evaluate=False
+                )
+            except optuna.TrialPruned:
+                state = "PRUNED"
+            except Exception:
+                state = "FAIL"
+                raise
+            finally:
+                trial.set_user_attr("fit_s", time.perf_counter() - start)  # training time, for the overhead
+                tracking.client(p.tracking.uri).set_tag(run_id, "trial_state", state)
+        if state == "PRUNED":
+            raise optuna.TrialPruned()
+        return result.metrics["val/acc"]
+
+    return objective
+
+
+def _states(study: Any) -> Counter[str]:
+    """Number of trials per state name (``COMPLETE``, ``PRUNED``, ``RUNNING``, ``FAIL``, ``WAITING``)."""
+    return Counter(t.state.name for t in study.get_trials(deepcopy=False))
+
+
+def run_worker(
+    job: TuneJob, worker: int = 0, progress: bool = False, storage: Any = None, data: Any = None
+) -> None:
+    """Run trials of ``job.study`` until it holds ``tune.n_trials`` complete + pruned trials (or the
+    deadline passes), waiting for other workers' running trials before leaving. A worker in the calling
+    process reuses its ``storage`` and ``data``; a spawned one opens its own."""
+    import optuna
+    import torch
+
+    from sounding.data.prepare import load_prepared
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    params = job.params
+    torch.set_num_threads(params.compute.threads)
+    data = data or load_prepared(job.data_dir)
+    study = optuna.load_study(
+        study_name=job.study,
+        storage=storage or _make_storage(params, job.storage),
+        sampler=_make_sampler(params, worker),
+        pruner=_make_pruner(params),
+    )
+    lock = BudgetLock(job.storage, job.study)
+    objective = _objective(job, params, data, lock)
+    bar = _progress_bar(study, params.tune.n_trials) if progress else None
+    try:
+        while True:
+            lock.acquire()
+            optuna.storages.fail_stale_trials(study)  # a dead worker's trial: FAIL, and its retry queued
+            states = _states(study)
+            if bar is not None:
+                bar.update(states["COMPLETE"] + states["PRUNED"] - bar.n)
+                with suppress(ValueError):
+                    bar.set_postfix({"best val/acc": f"{study.best_value:.3f}"})
+            # Stop at the deadline, or when as many trials failed as the budget (a broken objective).
+            late = job.deadline is not None and time.time() >= job.deadline
+            late = late or states["FAIL"] >= params.tune.n_trials
+            if late or sum(states[s] for s in COUNTED) >= params.tune.n_trials:
+                lock.release()
+                if late or not states["RUNNING"]:
+                    break
+                time.sleep(1.0)  # another worker's trial may still fail and be re-queued
+                continue
+            # The lock stays held until the objective starts, i.e. until the new trial is RUNNING.
+            study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=False)
+            lock.release()  # when the trial could not start
+    finally:
+        lock.close()
+        if bar is not None:
+            bar.close()
+
+
+def _progress_bar(study: Any, total: int):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=f"tune {study.study_name}", unit="trial", leave=False, disable=None)
+
+
+def _spawn_workers(job: TuneJob, workers: int) -> None:
+    # spawn, not fork: torch and the sqlalchemy engines of this process must not be inherited.
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=run_worker, args=(job, i), name=f"tune-worker-{i}") for i in range(workers)]
+    for proc in procs:
+        proc.start()
+    try:
+        for proc in procs:
+            proc.join()
+    except BaseException:
+        for proc in procs:
+            proc.terminate()
+        raise
+    failed = [p.name for p in procs if p.exitcode != 0]
+    if failed:
+        raise RuntimeError(f"tuning workers {', '.join(failed)} failed; rerun `sounding tune` to resume")
+
+
+def tune(
+    params: Params,
+    arch: str,
+    data_dir: str | Path,
+    out_dir: str | Path,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Stage ``tune@ARCH``: run (or resume) the study, then write ``out_dir/best.json`` and plots.
+
+    With ``tune.enabled: false`` only ``best.json`` is written, with no overrides, so ``train`` uses
+    params as they are.
+    """
+    import optuna
+
+    from sounding import tracking
+    from sounding.data.prepare import load_prepared
+    from sounding.training import build_system
+
+    out_dir = Path(out_dir)
+    data = load_prepared(data_dir)
+    (out_dir / "plots").mkdir(parents=True, exist_ok=True)  # a DVC out, even when there is nothing to plot
+    if not params.tune.enabled:
+        summary = {"arch": arch, "enabled": False, "data_sha256": data.sha256, "overrides": {}}
+        write_json(out_dir / "best.json", summary)
+        return summary
+    space = search_space(params, arch)
+    if not space:
+        raise BadInput(f"tune.space leaves nothing to tune for {arch}; set at least one range")
+    build_system(params, arch, data)  # a shape the architecture cannot take fails here, before any trial
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    url = storage_url(params, out_dir.parent)
+    if url.startswith("sqlite"):
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+    name = study_name(params, arch, data.sha256)
+    # Schema, study, baseline trial and parent run are created once, under a lock and before any worker
+    # starts: processes creating one fresh storage or study at once crash (sqlite and PostgreSQL alike).
+    with BudgetLock(url, "setup"):
+        storage = _make_storage(params, url)
+        study = optuna.create_study(
+            study_name=name, storage=storage, direction="maximize", load_if_exists=True
+        )
+        if not study.trials and params.tune.baseline:
+            baseline = {n: _current(params, key) for n, (key, r) in space.items()}
+            if all(v in r for v, (_, r) in zip(baseline.values(), space.values(), strict=True)):
+                study.enqueue_trial(baseline, user_attrs={"baseline": True})
+        parent = study.user_attrs.get("mlflow_run_id")
+        if parent is None:
+            tags = {"stage": "tune", "arch": arch, "study": name}
+            with tracking.tracked_run(params, f"{arch}-tune", tags, experiment=experiment(params)) as rid:
+                parent = rid
+            study.set_user_attr("mlflow_run_id", parent)
+    deadline = time.time() + params.tune.timeout if params.tune.timeout else None
+    job = TuneJob(params.model_dump_json(), arch, str(data_dir), str(out_dir), url, name, parent, deadline)
+    first, start = len(study.trials), time.perf_counter()
+    with tracking.tracked_run(params, f"{arch}-tune", {}, run_id=parent, experiment=experiment(params)):
+        if params.tune.workers == 1:
+            run_worker(job, 0, progress=progress, storage=storage, data=data)
+        else:
+            _spawn_workers(job, params.tune.workers)
+        wall_s = time.perf_counter() - start
+        study = optuna.load_study(study_name=name, storage=storage)
+        summary = _summarise(params, arch, data.sha256, study, space, first, wall_s)
+        summary["storage"] = public_url(url)
+        write_json(out_dir / "best.json", summary)
+        pngs = _plots(study, out_dir / "plots")
+        c = tracking.client(params.tracking.uri)
+        tracking.log_metrics(
+            params.tracking.uri,
+            parent,
+            {"best_val_acc": summary["value"], **{f"trials_{k}": v for k, v in summary["counts"].items()}},
+            step=0,
+        )
+        for name_, value in summary["params"].items():
+            c.set_tag(parent, f"best.{name_}", str(value))
+        tracking.log_artifacts(params.tracking.uri, parent, [*pngs, out_dir / "best.json"], "tuning")
+    return summary
+
+
+def _summarise(
+    params: Params, arch: str, data_sha256: str, study: Any, space: dict, first: int, wall_s: float
+) -> dict[str, Any]:
+    """best.json: the best trial, its params as dotted overrides, trial counts, epochs, and the time this
+    call spent outside training (``wall_s`` vs ``fit_s`` of the trials it ran, ``first`` onwards)."""
+    from optuna.trial import TrialState
+
+    trials = study.get_trials(deepcopy=False)
+    names = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned", TrialState.FAIL: "failed"}
+    counts = {name: sum(t.state == s for t in trials) for s, name in names.items()}
+    if not counts["complete"]:
+        raise RuntimeError(f"study {study.study_name} has no complete trial ({counts}); see the MLflow runs")
+    best = study.best_trial
+    baseline = next(
+        (t.value for t in trials if t.user_attrs.get("baseline") and t.state == TrialState.COMPLETE), None
+    )
+    fit_s = sum(t.user_attrs.get("fit_s", 0.0) for t in trials[first:])
+    return {
+        "arch": arch,
+        "enabled": True,
+        "study": study.study_name,
+        "data_sha256": data_sha256,
+        "value": best.value,
+        "trial": best.number,
+        "params": best.params,
+        "overrides": {space[n][0]: v for n, v in best.params.items()},
+        "baseline_value": baseline,
+        "counts": counts,
+        "epochs_run": sum(len(t.intermediate_values) for t in trials),
+        "epochs_budget": params.tune.n_trials * params.tune.epochs,
+        "wall_s": wall_s,
+        "fit_s": fit_s,
+        "workers": params.tune.workers,
+        "bookkeeping_fraction": (wall_s - fit_s) / wall_s if params.tune.workers == 1 and fit_s else None,
+    }
+
+
+def _plots(study: Any, out_dir: Path) -> list[Path]:
+    """Optimisation history, parameter importances, intermediate values, parallel coordinates (PNG)."""
+    import optuna.visualization.matplotlib as ov
+
+    from sounding import plots
+
+    made = []
+    for name, fn in (
+        ("history", ov.plot_optimization_history),
+        ("importances", ov.plot_param_importances),
+        ("intermediate", ov.plot_intermediate_values),
+        ("parallel", ov.plot_parallel_coordinate),
+    ):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                ax = fn(study)
+            except (ValueError, RuntimeError) as exc:  # e.g. importances need two complete trials
+                logging.getLogger(__name__).warning("no %s plot: %s", name, exc)
+                continue
+        fig = ax.figure
+        fig.set_size_inches(8, 5)
+        made.append(plots.save(fig, out_dir / f"{name}.png"))
+    return made
+
+
+def tuned(
+    params: Params, arch: str, best_path: str | Path, data_sha256: str
+) -> tuple[Params, dict[str, Any]]:
+    """Params with the tuned values of ``best_path`` applied, after checking they belong to this
+    architecture and data. Returns the params and what was applied."""
+    best_path = Path(best_path)
+    try:
+        best = json.loads(best_path.read_text())
+    except (OSError, ValueError) as exc:
+        raise BadInput(
+            f"{best_path}: not a readable tuning result ({exc}); run `sounding tune {arch}`"
+        ) from None
+    if best.get("arch") != arch:
+        raise BadInput(f"{best_path} holds tuning for {best.get('arch')!r}, not {arch!r}")
+    if best.get("data_sha256") != data_sha256:
+        raise BadInput(
+            f"{best_path} was tuned on other data (sha256 {str(best.get('data_sha256'))[:12]}, "
+            f"prepared data is {data_sha256[:12]}); rerun `sounding tune {arch}`"
+        )
+    overrides = best.get("overrides") or {}
+    return (params.with_overrides(overrides) if overrides else params), overrides

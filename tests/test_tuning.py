@@ -1,0 +1,185 @@
+"""``sounding tune``: the study, its outputs and MLflow runs, resume, failures, and the tuned ``train``."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import optuna
+import pytest
+
+from sounding import stages, tracking
+from sounding.errors import BadInput
+from sounding.tuning import storage_url, study_name, tune
+from tests.conftest import run_cli, tiny_params, write_params
+
+
+def tune_params(**overrides: object):
+    """Three short trials, pruning allowed from the first epoch."""
+    base = {
+        "tune.n_trials": 3,
+        "tune.epochs": 3,
+        "tune.startup_trials": 1,
+        "tune.warmup_epochs": 0,
+    }
+    return tiny_params(**{**base, **overrides})
+
+
+def _study(params, arch: str, prepared: Path) -> optuna.Study:
+    sha = json.loads((prepared / "manifest.json").read_text())["sha256"]
+    return optuna.load_study(study_name=study_name(params, arch, sha), storage=storage_url(params))
+
+
+def test_tune_writes_best_params_counts_plots_and_nested_mlflow_runs(prepared: Path) -> None:
+    params = tune_params()
+    summary = tune(params, "mlp", prepared, "tuning/mlp", progress=False)
+
+    best = json.loads(Path("tuning/mlp/best.json").read_text())
+    assert best == json.loads(json.dumps(summary))
+    assert set(best["params"]) == {"dropout", "weight_decay", "gradient_clip_val"}
+    assert best["overrides"] == {
+        "models.mlp.dropout": best["params"]["dropout"],
+        "train.weight_decay": best["params"]["weight_decay"],
+        "train.gradient_clip_val": best["params"]["gradient_clip_val"],
+    }
+    assert best["counts"]["complete"] + best["counts"]["pruned"] == 3 and best["counts"]["failed"] == 0
+    assert 0 < best["value"] <= 1 and best["value"] >= best["baseline_value"]
+    assert 0 < best["fit_s"] < best["wall_s"]
+    for name in ("history", "importances", "intermediate", "parallel"):
+        assert Path(f"tuning/mlp/plots/{name}.png").stat().st_size > 1000
+
+    trial0 = _study(params, "mlp", prepared).trials[0]  # the baseline: params as they are
+    assert trial0.params == {"dropout": 0.0, "weight_decay": 5e-4, "gradient_clip_val": 0.0}
+
+    client = tracking.client(params.tracking.uri)
+    exp = client.get_experiment_by_name("sounding-tuning")
+    runs = client.search_runs([exp.experiment_id])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(parents) == 1 and len(children) == 3
+    parent = parents[0]
+    assert parent.info.status == "FINISHED" and parent.data.metrics["best_val_acc"] == best["value"]
+    assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parent.info.run_id}
+    assert {c.data.tags["trial_state"] for c in children} <= {"COMPLETE", "PRUNED"}
+    assert all(set(c.data.params) >= {"dropout", "weight_decay", "gradient_clip_val"} for c in children)
+    complete = next(c for c in children if c.data.tags["trial_state"] == "COMPLETE")
+    steps = tracking.logged_steps(params.tracking.uri, complete.info.run_id, "val/acc")
+    assert steps == [0, 1, 2]  # per-epoch metrics of the trial
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "tuning")}
+    assert {"tuning/history.png", "tuning/best.json"} <= artifacts
+
+
+def test_rerun_continues_the_same_study_and_keeps_completed_trials(prepared: Path) -> None:
+    tune(tune_params(**{"tune.n_trials": 2}), "mlp", prepared, "tuning/mlp", progress=False)
+    first = [(t.number, t.params, t.value) for t in _study(tune_params(), "mlp", prepared).trials]
+    summary = tune(tune_params(**{"tune.n_trials": 4}), "mlp", prepared, "tuning/mlp", progress=False)
+    trials = _study(tune_params(), "mlp", prepared).trials
+    assert [(t.number, t.params, t.value) for t in trials[:2]] == first
+    assert len(trials) == 4 and summary["counts"]["complete"] + summary["counts"]["pruned"] == 4
+
+
+def test_raising_and_nan_trials_fail_and_the_study_goes_on(
+    prepared: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sounding.training as training
+
+    real_fit, calls = training.fit, []
+
+    def flaky_fit(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("injected failure")
+        result = real_fit(*args, **kwargs)
+        if len(calls) == 3:
+            result.metrics["val/acc"] = math.nan
+        return result
+
+    monkeypatch.setattr(training, "fit", flaky_fit)
+    params = tune_params(**{"tune.pruner": "none"})
+    summary = tune(params, "mlp", prepared, "tuning/mlp", progress=False)
+    assert summary["counts"] == {"complete": 3, "pruned": 0, "failed": 2}
+    states = [t.state.name for t in _study(params, "mlp", prepared).trials]
+    assert states == ["COMPLETE", "FAIL", "FAIL", "COMPLETE", "COMPLETE"]
+    client = tracking.client(params.tracking.uri)
+    runs = client.search_runs([client.get_experiment_by_name("sounding-tuning").experiment_id])
+    raised = next(r for r in runs if r.data.tags.get("optuna_trial") == "1")
+    assert raised.info.status == "FAILED" and raised.data.tags["trial_state"] == "FAIL"
+
+
+def test_median_pruner_stops_trials_below_the_median(prepared: Path) -> None:
+    params = tune_params(
+        **{
+            "tune.n_trials": 6,
+            "tune.epochs": 4,
+            "tune.baseline": False,
+            # A wide learning-rate range makes some trials clearly worse than others from the first epoch.
+            "tune.space.lr": {"low": 1e-5, "high": 3e-2, "log": True},
+        }
+    )
+    summary = tune(params, "mlp", prepared, "tuning/mlp", progress=False)
+    assert summary["counts"]["pruned"] >= 1
+    assert summary["epochs_run"] < summary["epochs_budget"]
+    pruned = [t for t in _study(params, "mlp", prepared).trials if t.state.name == "PRUNED"]
+    assert all(len(t.intermediate_values) < 4 for t in pruned)
+
+
+def test_disabled_tuning_writes_an_empty_result_that_train_accepts(prepared: Path) -> None:
+    params = tune_params(**{"tune.enabled": False})
+    summary = tune(params, "linear", prepared, "tuning/linear", progress=False)
+    assert summary["enabled"] is False and summary["overrides"] == {}
+    assert not Path("tuning/optuna.db").exists()
+    metrics = stages.train_architecture(
+        params,
+        "linear",
+        prepared,
+        "models/linear",
+        "metrics/linear.json",
+        "plots/linear",
+        progress=False,
+        tuned="tuning/linear/best.json",
+    )
+    assert metrics["tuned"] == {}
+
+
+def test_train_with_tuned_values_logs_them_and_refuses_another_dataset(prepared: Path) -> None:
+    params = tune_params()
+    sha = json.loads((prepared / "manifest.json").read_text())["sha256"]
+    best = {"arch": "mlp", "data_sha256": sha, "overrides": {"models.mlp.dropout": 0.25}}
+    Path("best.json").write_text(json.dumps(best))
+    metrics = stages.train_architecture(
+        params,
+        "mlp",
+        prepared,
+        "models/mlp",
+        "metrics/mlp.json",
+        "plots/mlp",
+        progress=False,
+        tuned="best.json",
+    )
+    assert metrics["tuned"] == {"models.mlp.dropout": 0.25}
+    run = tracking.client(params.tracking.uri).get_run(metrics["seeds"][0]["run_id"])
+    assert run.data.params["models.mlp.dropout"] == "0.25"
+
+    Path("other.json").write_text(json.dumps({**best, "data_sha256": "0" * 64}))
+    with pytest.raises(BadInput, match="tuned on other data"):
+        stages.train_architecture(
+            params, "mlp", prepared, "models/mlp", "metrics/mlp.json", "plots/mlp", tuned="other.json"
+        )
+    assert json.loads(Path("metrics/mlp.json").read_text())["tuned"] == best["overrides"]  # kept
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("tune.space.weight_decay={low: 0.1, high: 0.001, log: true}", "must not exceed high"),
+        ("tune.space.dropout={low: -0.1, high: 0.5}", "dropout must lie in [0, 1)"),
+        ("tune.pruner=sometimes", "'median', 'hyperband' or 'none'"),
+        ("tune.storage=mysql://db/optuna", "sqlite:///PATH or postgresql://"),
+    ],
+)
+def test_bad_search_settings_exit_2_before_any_work(tmp_path: Path, override: str, message: str) -> None:
+    write_params(tmp_path / "params.yaml", tiny_params())
+    result = run_cli("tune", "mlp", "-S", override, cwd=tmp_path)
+    assert result.returncode == 2 and message in result.stderr, result.stderr
+    assert not (tmp_path / "tuning").exists()

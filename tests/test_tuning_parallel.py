@@ -1,0 +1,104 @@
+"""Parallel tuning: workers sharing one study (sqlite file, PostgreSQL), exact trial counts, dead workers."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.storages import RetryFailedTrialCallback
+
+from sounding.config import load_params
+from sounding.tuning import storage_url, study_name
+from tests.conftest import SOUNDING, run_cli, tiny_params, write_params
+
+pytestmark = pytest.mark.slow
+
+
+def _setup(tmp_path: Path, **overrides: object) -> Path:
+    settings = {"tune.startup_trials": 2, "tune.warmup_epochs": 2, "tune.heartbeat_s": 1, "tune.grace_s": 3}
+    write_params(tmp_path / "params.yaml", tiny_params(**{**settings, **overrides}))
+    assert run_cli("prepare", "--out", "data/prepared", cwd=tmp_path).returncode == 0
+    return tmp_path
+
+
+def _study(root: Path, arch: str, storage: str | None = None) -> optuna.Study:
+    params = load_params(root / "params.yaml", [f"tune.storage={storage}"] if storage else [])
+    sha = json.loads((root / "data/prepared/manifest.json").read_text())["sha256"]
+    url = storage or storage_url(params, root / "tuning")
+    return optuna.load_study(study_name=study_name(params, arch, sha), storage=url)
+
+
+def _assert_exact(study: optuna.Study, n: int) -> list[optuna.trial.FrozenTrial]:
+    trials = study.get_trials()
+    states = [t.state.name for t in trials]
+    assert states.count("COMPLETE") + states.count("PRUNED") == n, states
+    assert "RUNNING" not in states and "WAITING" not in states, states
+    assert sorted(t.number for t in trials) == list(range(len(trials)))  # unique, no gaps
+    return trials
+
+
+def _tune(root: Path, *args: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [SOUNDING, "tune", "mlp", "-q", *args],
+        cwd=root,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=dict(os.environ, PYTHONWARNINGS="ignore"),
+    )
+
+
+def test_two_local_workers_on_the_default_sqlite_storage_run_exactly_n_trials(tmp_path: Path) -> None:
+    root = _setup(tmp_path, **{"tune.n_trials": 8, "tune.epochs": 30})
+    result = run_cli("tune", "mlp", "-q", "--workers", "2", cwd=root)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "database is locked" not in result.stderr
+    trials = _assert_exact(_study(root, "mlp"), 8)
+    assert len({t.user_attrs["worker"] for t in trials}) == 2  # both workers took trials
+
+
+def test_two_worker_processes_on_postgres_run_exactly_n_trials(tmp_path: Path, postgres_url: str) -> None:
+    root = _setup(tmp_path, **{"tune.n_trials": 8, "tune.epochs": 30})
+    procs = [_tune(root, "--storage", postgres_url) for _ in range(2)]
+    for proc in procs:
+        out, _ = proc.communicate(timeout=300)
+        assert proc.returncode == 0, out
+    trials = _assert_exact(_study(root, "mlp", postgres_url), 8)
+    assert len({t.user_attrs["worker"] for t in trials}) == 2
+
+
+def test_a_killed_worker_s_trial_fails_is_retried_from_its_checkpoint_and_the_count_stays_exact(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    root = _setup(tmp_path, **{"tune.n_trials": 4, "tune.epochs": 40, "tune.pruner": "none"})
+    victim = _tune(root, "--storage", postgres_url)
+    deadline = time.time() + 120
+    while time.time() < deadline:  # wait until the victim is mid-trial, past a checkpointed epoch
+        time.sleep(0.2)
+        try:
+            running = _study(root, "mlp", postgres_url).get_trials(states=(optuna.trial.TrialState.RUNNING,))
+        except KeyError:  # study not created yet
+            continue
+        if running and len(running[0].intermediate_values) >= 3:
+            break
+    else:
+        pytest.fail("the first worker never got mid-trial")
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    killed = running[0].number
+
+    survivor = _tune(root, "--storage", postgres_url)
+    out, _ = survivor.communicate(timeout=300)
+    assert survivor.returncode == 0, out
+    trials = _assert_exact(_study(root, "mlp", postgres_url), 4)
+    assert trials[killed].state.name == "FAIL"
+    retry = next(t for t in trials if RetryFailedTrialCallback.retried_trial_number(t) == killed)
+    assert retry.state.name == "COMPLETE" and retry.params == trials[killed].params
+    # The retry resumed the dead trial's checkpoint: it reported no epoch before the one it resumed at.
+    assert min(retry.intermediate_values) >= 3
