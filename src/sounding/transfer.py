@@ -337,7 +337,7 @@ def run_transfer(
                         tracking.log_metrics(
                             params.tracking.uri,
                             child,
-                            {k: v for k, v in row.items() if isinstance(v, float)},
+                            {f"test/{k}": v for k, v in row.items() if isinstance(v, float)},
                             step=0,
                         )
         pngs = write_plots(results, budgets, labels, Path(plots_dir))
