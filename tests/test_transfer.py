@@ -177,7 +177,7 @@ def test_a_pickle_named_safetensors_is_refused(tmp_path: Path) -> None:
 
 
 def test_a_wrong_architecture_checkpoint_names_the_mismatching_tensors(tmp_path: Path) -> None:
-    _saved(tmp_path / "cnn")  # a CNN offered as the MLP's backbone
+    _saved(tmp_path / "cnn", channels=25)  # a CNN offered as the MLP's backbone
     params = _with_source(str(tmp_path / "cnn" / "model.safetensors"))
     with pytest.raises(BadInput) as info:
         load_backbone(params, "mlp", SPEC, tmp_path)

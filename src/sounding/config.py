@@ -226,7 +226,8 @@ class TransferParams(Section):
     ]
     """Fractions of the target's training labels, each drawn stratified and seeded (at least one per class)."""
     steps: PositiveInt = 1000
-    """Optimizer steps per fit, whatever the budget: every strategy and budget gets the same compute."""
+    """Optimizer steps per fit, whatever the budget: every strategy and budget gets the same compute.
+    Rounded down to a multiple of ``evals`` (each validation check follows ``steps // evals`` steps)."""
     evals: PositiveInt = 10
     """Validation checks per fit, evenly spaced; the best one's weights are tested (``train.select``)."""
     backbone_lr_scale: Annotated[float, Field(gt=0, le=1)] = 0.1

@@ -30,7 +30,7 @@ import torch
 
 from sounding.config import Params
 from sounding.data.module import EpochPermutation, InMemoryBatches, TensorDataModule
-from sounding.data.prepare import Prepared
+from sounding.data.prepare import DataSpec, Prepared
 from sounding.errors import BadInput
 
 STRATEGIES = ("scratch", "linear_probe", "finetune")
@@ -109,7 +109,7 @@ def budget_indices(y: np.ndarray, fraction: float, seed: int) -> np.ndarray:
 # --- Loading a pretrained backbone ------------------------------------------------------------------
 
 
-def load_backbone(params: Params, arch: str, spec: Any, pretrained_dir: str | Path) -> Backbone:
+def load_backbone(params: Params, arch: str, spec: DataSpec, pretrained_dir: str | Path) -> Backbone:
     """The pretrained backbone for ``arch`` from ``transfer.source``, checked against the target data.
 
     Raises ``BadInput`` for a missing or unreadable source, a file that needs unpickling, or weights
@@ -136,7 +136,7 @@ def load_backbone(params: Params, arch: str, spec: Any, pretrained_dir: str | Pa
     # Settings of the pretrained network when it is this architecture; otherwise the params', so that the
     # error below lists the tensors the file lacks and those it has instead.
     kwargs = (
-        config.get("net") or {} if given == arch else getattr(params.models, arch).model_dump(mode="json")
+        (config.get("net") or {}) if given == arch else getattr(params.models, arch).model_dump(mode="json")
     )
     try:
         kwargs = getattr(params.with_overrides({f"models.{arch}": kwargs}).models, arch).model_dump(
