@@ -29,12 +29,19 @@ def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def tiny_params(**overrides: object) -> Params:
-    """Defaults shrunk to seconds: a 600-sample MNIST-1D, 3 epochs, one seed, a local sqlite store."""
+    """Defaults shrunk to seconds: a 600-sample MNIST-1D, 3 epochs, one seed, a local sqlite store; tuning
+    runs 3 trials of 3 epochs; transfer pretrains 2 epochs on 600 source samples and each fit is 6 steps."""
     base = {
         "data.mnist1d.num_samples": 600,
         "train.epochs": 3,
         "train.n_seeds": 1,
         "tracking.uri": "sqlite:///mlflow.db",
+        "transfer.source_data.mnist1d.num_samples": 600,
+        "transfer.pretrain_epochs": 2,
+        "transfer.steps": 6,
+        "transfer.evals": 2,
+        "tune.n_trials": 3,
+        "tune.epochs": 3,
     }
     base.update(overrides)
     return Params().with_overrides(base)

@@ -175,6 +175,57 @@ def gan(
 
 
 @app.command()
+def pretrain(
+    data: Annotated[Path, typer.Option(help="Folder for the generated source data.")] = Path("data/pretrain"),
+    model_dir: Annotated[Path, typer.Option(help="Pretrained models, one folder per architecture.")] = Path(
+        "models/pretrained"
+    ),
+    metrics: Annotated[Path, typer.Option(help="Folder of ARCH.json source-test metrics.")] = Path(
+        "metrics/pretrain"
+    ),
+    plots: Annotated[Path, typer.Option(help="Plots folder.")] = Path("plots/pretrain"),
+    params_path: ParamsOpt = Path("params.yaml"),
+    overrides: SetOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Train each of transfer.archs on the source data (transfer.source_data): the pretrained backbones."""
+    params = _params(params_path, overrides)
+    from sounding.transfer import pretrain as run_pretrain
+
+    results = run_pretrain(params, data, model_dir, metrics, plots, progress=not quiet)
+    for arch, m in results.items():
+        typer.echo(
+            f"pretrained {arch}: source test accuracy {m['test_acc']:.4f}, model in {model_dir / arch}"
+        )
+
+
+@app.command()
+def transfer(
+    data: Annotated[Path, typer.Option(help="Prepared target data folder.")] = Path("data/prepared"),
+    pretrained: Annotated[
+        Path, typer.Option(help="Models of `sounding pretrain` (transfer.source: pretrain).")
+    ] = Path("models/pretrained"),
+    metrics: Annotated[Path, typer.Option(help="Metrics JSON.")] = Path("metrics/transfer.json"),
+    plots: Annotated[Path, typer.Option(help="Plots folder.")] = Path("plots/transfer"),
+    params_path: ParamsOpt = Path("params.yaml"),
+    overrides: SetOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Scratch vs linear probe vs fine-tuning of a pretrained backbone, at each label budget, over seeds."""
+    params = _params(params_path, overrides)
+    from sounding.transfer import run_transfer
+
+    s = run_transfer(params, data, pretrained, metrics, plots, progress=not quiet)
+    smallest = f"{s['budgets'][0]:g}"
+    for arch, by_strategy in s["results"].items():
+        gains = ", ".join(
+            f"{name} {by_strategy[name][smallest]['gain']:+.3f}" for name in ("linear_probe", "finetune")
+        )
+        typer.echo(f"{arch}: gain over scratch at budget {smallest}: {gains}")
+    typer.echo(f"transfer: {s['wall_time_s']:.0f} s; see {plots}/accuracy_vs_budget.png and {metrics}")
+
+
+@app.command()
 def register(
     metrics: Annotated[Path, typer.Option(help="Folder of metrics/ARCH.json files.")] = Path("metrics"),
     data: Annotated[Path, typer.Option(help="Prepared data folder (its test set judges).")] = Path(

@@ -301,6 +301,70 @@ class TuneParams(Section):
         return url
 
 
+TransferArch = Literal["mlp", "cnn", "rnn"]
+"""Architectures whose backbone holds weights that can be pretrained (``linear``'s has none)."""
+TRANSFER_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth")
+
+
+class TransferParams(Section):
+    """Pretrained-backbone transfer (``sounding pretrain``, ``sounding transfer``).
+
+    Each architecture is trained on fractions of the target's training labels three ways: from scratch,
+    as a linear probe on the frozen pretrained backbone, and fine-tuned whole with a lower backbone
+    learning rate. Seeds are the pipeline's (``seed``, …, ``train.n_seeds`` of them).
+    """
+
+    archs: Annotated[list[TransferArch], Field(min_length=1)] = ["cnn", "mlp"]
+    source: str = "pretrain"
+    """Where the pretrained backbones come from: ``pretrain`` (the ``pretrain`` stage's models), an
+    MLflow model URI (``models:/NAME@ALIAS``, ``models:/NAME/VERSION``, ``runs:/RUN_ID/model``), or a
+    file: ``.safetensors`` with its ``config.json`` beside it, a Lightning ``.ckpt`` of Sounding, or a
+    ``.pt``/``.pth`` state dict with ``config.json`` beside it (both loaded with ``weights_only=True``).
+    ``{arch}`` in a URI or path is replaced by each architecture."""
+    budgets: Annotated[list[Annotated[float, Field(gt=0, le=1)]], Field(min_length=1)] = [
+        0.01,
+        0.05,
+        0.2,
+        1.0,
+    ]
+    """Fractions of the target's training labels, each drawn stratified and seeded (at least one per class)."""
+    steps: PositiveInt = 1000
+    """Optimizer steps per fit, whatever the budget: every strategy and budget gets the same compute.
+    Rounded down to a multiple of ``evals`` (each validation check follows ``steps // evals`` steps)."""
+    evals: PositiveInt = 10
+    """Validation checks per fit, evenly spaced; the best one's weights are tested (``train.select``)."""
+    backbone_lr_scale: Annotated[float, Field(gt=0, le=1)] = 0.1
+    """``finetune``: the backbone learns at ``train.lr × backbone_lr_scale``, the new head at ``train.lr``."""
+    pretrain_epochs: PositiveInt = 30
+    """Epochs of the ``pretrain`` stage on the source data."""
+    source_data: DataParams = DataParams(
+        mnist1d=Mnist1dArgs(
+            num_samples=10000, scale_coeff=0.6, corr_noise_scale=0.4, shear_scale=1.0, seed=1234
+        )
+    )
+    """The ``pretrain`` stage's dataset, in the form of ``data``. Default: a larger MNIST-1D generated with
+    another seed and more noise, shear and scale variation than the target, so there is a domain shift."""
+
+    @field_validator("archs", "budgets")
+    @classmethod
+    def _unique(cls, values: list) -> list:
+        if len(set(values)) != len(values):
+            raise ValueError("each value may appear once")
+        return values
+
+    @field_validator("source")
+    @classmethod
+    def _known_source(cls, source: str) -> str:
+        if source == "pretrain" or source.startswith(("models:/", "runs:/")):
+            return source
+        if source.lower().endswith(TRANSFER_FILE_SUFFIXES):
+            return source
+        raise ValueError(
+            "source must be 'pretrain', an MLflow URI (models:/NAME@ALIAS, runs:/RUN_ID/model) or a file "
+            f"ending in {', '.join(TRANSFER_FILE_SUFFIXES)}"
+        )
+
+
 class TrackingParams(Section):
     """MLflow. The default is a sqlite file at the repository root: no server needed."""
 
@@ -319,6 +383,7 @@ class Params(Section):
     gan: GanParams = GanParams()
     registry: RegistryParams = RegistryParams()
     tune: TuneParams = TuneParams()
+    transfer: TransferParams = TransferParams()
     compute: ComputeParams = ComputeParams()
     tracking: TrackingParams = TrackingParams()
 

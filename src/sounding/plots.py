@@ -237,3 +237,24 @@ def gan_curves(history: list[dict], references: dict[str, dict], path: str | Pat
     ax_fd.set_yscale("log")
     ax_acc.set_ylim(0, 1)
     return save(fig, path)
+
+
+def transfer_curves(results: dict, budgets: list[float], labels: dict[float, int], path: str | Path) -> Path:
+    """Test accuracy against the number of training labels (log scale), one panel per architecture and one
+    line per strategy, mean ± std over seeds."""
+    archs = list(results)
+    fig, axes = plt.subplots(1, len(archs), figsize=(4.6 * len(archs), 3.9), sharey=True, squeeze=False)
+    x = [labels[b] for b in budgets]
+    for ax, arch in zip(axes[0], archs, strict=True):
+        for strategy, rows in results[arch].items():
+            means = [rows[f"{b:g}"]["acc"] for b in budgets]
+            stds = [rows[f"{b:g}"]["acc_std"] for b in budgets]
+            ax.errorbar(x, means, yerr=stds, marker="o", capsize=3, label=strategy.replace("_", " "))
+        ax.set_xscale("log")
+        ax.set_xticks(x, [f"{n}\n({b:g})" for n, b in zip(x, budgets, strict=True)], fontsize=7)
+        ax.minorticks_off()
+        ax.set(xlabel="training labels (fraction)", title=arch, ylim=(0, 1))
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("test accuracy (mean ± std over seeds)")
+    axes[0][-1].legend(fontsize=8, loc="lower right")
+    return save(fig, path)

@@ -103,6 +103,30 @@ def depth_section(study: dict) -> str:
     return "\n".join(lines)
 
 
+def transfer_section(transfer: dict) -> str:
+    """Markdown: test accuracy of scratch, linear probe and fine-tuning at each label budget, with the gain
+    of each pretrained strategy over scratch."""
+    lines = [
+        "## Transfer: does a pretrained backbone help?",
+        "",
+        f"Backbones from `{transfer['source']}`; mean ± std test accuracy over seeds {transfer['seeds']}, "
+        f"{transfer['steps']} optimizer steps per fit. *gain* = accuracy − scratch's (paired per seed).",
+        "",
+        "| arch | budget | labels | scratch | linear probe (gain) | fine-tune (gain) |",
+        "|---|---:|---:|---|---|---|",
+    ]
+    for arch, r in transfer["results"].items():
+        for budget, labels in transfer["labels"].items():
+            cells = [f"{r['scratch'][budget]['acc']:.3f} ± {r['scratch'][budget]['acc_std']:.3f}"]
+            cells += [
+                f"{r[s][budget]['acc']:.3f} ± {r[s][budget]['acc_std']:.3f} ({r[s][budget]['gain']:+.3f})"
+                for s in ("linear_probe", "finetune")
+            ]
+            lines.append(f"| {arch} | {budget} | {labels} | " + " | ".join(cells) + " |")
+    lines += ["", "![accuracy against label budget](../plots/transfer/accuracy_vs_budget.png)", ""]
+    return "\n".join(lines)
+
+
 def write_report(metrics_dir: str | Path, archs: list[str], source: str, out_dir: str | Path) -> Path:
     """Stage ``report``: ``out_dir/leaderboard.md`` and ``leaderboard.png``."""
     from sounding import plots
@@ -125,4 +149,7 @@ def write_report(metrics_dir: str | Path, archs: list[str], source: str, out_dir
     depth_path = Path(metrics_dir) / "depth.json"
     if depth_path.is_file():
         text += "\n" + depth_section(json.loads(depth_path.read_text()))
+    transfer_path = Path(metrics_dir) / "transfer.json"
+    if transfer_path.is_file():
+        text += "\n" + transfer_section(json.loads(transfer_path.read_text()))
     return write_text(out_dir / "leaderboard.md", text)

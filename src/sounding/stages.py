@@ -37,13 +37,15 @@ def train_architecture(
     checkpoints: str | Path = "checkpoints",
     progress: bool = True,
     tuned: str | Path | None = None,
+    stage: str = "train",
 ) -> dict[str, Any]:
     """Stage ``train@ARCH``: train every seed, evaluate on test, write model, metrics and plots.
 
     ``model_dir`` gets the first seed's model (``model.ckpt``, ``model.safetensors``, ``config.json``);
     ``metrics_path`` the test metrics as mean ± std over seeds; ``plots_dir`` learning-curve and
-    confusion-matrix CSVs for ``dvc plots`` plus PNGs. Each seed is one MLflow run ``ARCH-seedN``.
-    ``tuned`` is a ``sounding tune`` result (``best.json``) whose values replace those of params.
+    confusion-matrix CSVs for ``dvc plots`` plus PNGs. Each seed is one MLflow run ``ARCH-seedN`` tagged
+    with ``stage`` (the ``pretrain`` stage trains through here too). ``tuned`` is a ``sounding tune``
+    result (``best.json``) whose values replace those of params.
     """
     import torch
 
@@ -65,7 +67,7 @@ def train_architecture(
     per_seed = []
     for i, seed in enumerate(params.seeds()):
         run_dir = Path(checkpoints) / arch / fingerprint(params, arch, seed, data.sha256)
-        tags = {"stage": "train", "arch": arch, "seed": str(seed), "data_sha256": data.sha256}
+        tags = {"stage": stage, "arch": arch, "seed": str(seed), "data_sha256": data.sha256}
         with tracking.resumable_run(params, run_dir, f"{arch}-seed{seed}", tags) as run_id:
             result = fit(params, arch, seed, data, run_dir, run_id=run_id, progress=progress)
             system = LitClassifier.load_from_checkpoint(

@@ -166,8 +166,11 @@ class EpochProgress(Callback):
             self.bar.close()
 
 
-def build_system(params: Params, arch: str, data: Prepared) -> LitClassifier:
-    """The LightningModule for ``arch`` on this data, every hyperparameter taken from params."""
+def build_system(params: Params, arch: str, data: Prepared, backbone_lr_scale: float = 1.0) -> LitClassifier:
+    """The LightningModule for ``arch`` on this data, every hyperparameter taken from params.
+
+    ``backbone_lr_scale`` multiplies the backbone's learning rate (0 freezes it; used by transfer).
+    """
     t = params.train
     return LitClassifier(
         arch=arch,
@@ -180,6 +183,7 @@ def build_system(params: Params, arch: str, data: Prepared) -> LitClassifier:
         weight_decay=t.weight_decay,
         l1=t.l1,
         lr_schedule=t.lr_schedule,
+        backbone_lr_scale=backbone_lr_scale,
     )
 
 

@@ -19,7 +19,8 @@ class LitClassifier(L.LightningModule):
 
     ``weight_decay`` is L2: coupled (added to the gradient) with ``adam`` and ``sgd``, decoupled with
     ``adamw``. ``l1`` adds ``l1 * Σ|w|`` over weight matrices to the loss. Gradient clipping is the
-    Trainer's. Every constructor argument is a primitive saved in the checkpoint, so
+    Trainer's. The backbone learns at ``lr × backbone_lr_scale`` and the head at ``lr``; a scale of 0
+    freezes the backbone (a linear probe of its features). Every constructor argument is a primitive saved in the checkpoint, so
     ``LitClassifier.load_from_checkpoint(path)`` needs nothing else.
 
     Logged per epoch: ``train/loss``, ``train/acc``, ``val/loss``, ``val/acc``, ``grad_norm/<layer>``
@@ -39,10 +40,12 @@ class LitClassifier(L.LightningModule):
         weight_decay: float = 0.0,
         l1: float = 0.0,
         lr_schedule: str = "constant",
+        backbone_lr_scale: float = 1.0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.net = build_net(arch, tuple(input_shape), num_classes, layout, **(net or {}))
+        self.net.backbone.requires_grad_(backbone_lr_scale > 0)
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_f1 = MulticlassF1Score(num_classes, average="macro")
@@ -116,13 +119,15 @@ class LitClassifier(L.LightningModule):
 
     def configure_optimizers(self) -> Any:
         hp = self.hparams
+        backbone = [p for p in self.net.backbone.parameters() if p.requires_grad]
+        groups = [{"params": [p for n, p in self.net.named_parameters() if not n.startswith("backbone.")]}]
+        if backbone:
+            groups.append({"params": backbone, "lr": hp.lr * hp.backbone_lr_scale})
         if hp.optimizer == "sgd":
-            optimizer = torch.optim.SGD(
-                self.parameters(), lr=hp.lr, momentum=0.9, weight_decay=hp.weight_decay
-            )
+            optimizer = torch.optim.SGD(groups, lr=hp.lr, momentum=0.9, weight_decay=hp.weight_decay)
         else:
             cls = torch.optim.AdamW if hp.optimizer == "adamw" else torch.optim.Adam
-            optimizer = cls(self.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
+            optimizer = cls(groups, lr=hp.lr, weight_decay=hp.weight_decay)
         if hp.lr_schedule == "constant":
             return optimizer
         # Cosine decay to zero over the whole run, stepped per epoch.

@@ -67,6 +67,14 @@ def load_net(weights: str | Path, config: str | Path | dict[str, Any]) -> tuple[
         raise BadInput(
             f"{weights}: not a readable safetensors file ({exc}); pickled files are refused"
         ) from exc
+    return net_from_state(state, config, str(weights)), config
+
+
+def net_from_state(state: dict, config: dict[str, Any], source: str) -> nn.Module:
+    """The network ``config`` describes, holding the tensors of ``state`` (in eval mode).
+
+    Raises ``BadInput`` when the config is incomplete or the tensors do not fit (naming them).
+    """
     try:
         net = build_net(
             config["arch"],
@@ -75,14 +83,14 @@ def load_net(weights: str | Path, config: str | Path | dict[str, Any]) -> tuple[
             config["layout"],
             **config.get("net", {}),
         )
-    except (KeyError, TypeError) as exc:
+    except (KeyError, TypeError, ValueError) as exc:
         raise BadInput(
             f"model config is incomplete or invalid ({exc}); expected arch, input_shape, "
             "num_classes, layout and net"
         ) from exc
-    check_state_compatible(net, state, str(weights))
+    check_state_compatible(net, state, source)
     net.load_state_dict(state)
-    return net.eval(), config
+    return net.eval()
 
 
 def check_state_compatible(net: nn.Module, state: dict, source: str) -> None:

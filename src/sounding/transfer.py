@@ -1,0 +1,451 @@
+"""Pretrained-backbone transfer: how much does a pretrained network help, at each label budget?
+
+Each architecture is trained on stratified, seeded fractions ("budgets") of the target's training labels
+in three ways, over the pipeline's seeds:
+
+- ``scratch``: the whole network from its random initialisation;
+- ``linear_probe``: the pretrained backbone frozen, only a new head trained;
+- ``finetune``: the pretrained backbone and a new head, the backbone at a lower learning rate.
+
+Every fit runs the same number of optimizer steps whatever the budget, so strategies and budgets get the
+same compute, and is validated ``transfer.evals`` times; the selected weights are tested (``train.select``).
+For one seed, every strategy sees the same labelled subset and the same head initialisation, so the gain
+over scratch is a paired difference. Pretrained weights are only read from safetensors, or from torch files
+loaded with ``weights_only=True``: a checkpoint that needs unpickling is refused, and nothing in it runs.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from sounding.config import Params
+from sounding.data.module import EpochPermutation, InMemoryBatches, TensorDataModule
+from sounding.data.prepare import DataSpec, Prepared
+from sounding.errors import BadInput
+
+STRATEGIES = ("scratch", "linear_probe", "finetune")
+EXPERIMENT = "transfer"
+
+
+@dataclass(frozen=True)
+class Backbone:
+    """Pretrained backbone tensors for one architecture, and the network settings they were trained with."""
+
+    arch: str
+    state: dict
+    """The backbone's state dict (keys without the ``backbone.`` prefix)."""
+    net: dict[str, Any]
+    """Constructor arguments of the network (``models.ARCH``); scratch uses the same, for a fair comparison."""
+    source: str
+
+
+def source_params(params: Params) -> Params:
+    """The params of the ``pretrain`` stage: the source data, ``pretrain_epochs``, one seed, the transfer
+    experiment. Everything else (architectures, optimiser, compute) is the pipeline's."""
+    t = params.transfer
+    return params.with_overrides(
+        {
+            "data": t.source_data.model_dump(mode="json"),
+            "train.epochs": t.pretrain_epochs,
+            "train.n_seeds": 1,
+            "tracking.experiment": EXPERIMENT,
+        }
+    )
+
+
+def pretrain(
+    params: Params,
+    data_dir: str | Path,
+    model_dir: str | Path,
+    metrics_dir: str | Path,
+    plots_dir: str | Path,
+    progress: bool = True,
+) -> dict[str, dict]:
+    """Stage ``pretrain``: generate the source data into ``data_dir``, then train each of ``transfer.archs``
+    on it with the same code as ``sounding train``; models go to ``model_dir/ARCH``."""
+    from sounding import stages
+
+    source = source_params(params)
+    stages.prepare(source, data_dir)
+    return {
+        arch: stages.train_architecture(
+            source,
+            arch,
+            data_dir,
+            Path(model_dir) / arch,
+            Path(metrics_dir) / f"{arch}.json",
+            Path(plots_dir) / arch,
+            progress=progress,
+            stage="pretrain",
+        )
+        for arch in params.transfer.archs
+    }
+
+
+def budget_indices(y: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """Sorted indices of a stratified, seeded subset: ``max(1, round(fraction × n_c))`` of each class.
+
+    Each class is shuffled once per seed and its first items are kept, so for one seed a smaller budget
+    is a subset of a larger one, and the same (y, fraction, seed) always gives the same subset.
+    """
+    rng = np.random.default_rng(seed)
+    kept = []
+    for c in np.unique(y):
+        members = rng.permutation(np.flatnonzero(y == c))
+        kept.append(members[: max(1, round(fraction * len(members)))])
+    return np.sort(np.concatenate(kept))
+
+
+# --- Loading a pretrained backbone ------------------------------------------------------------------
+
+
+def load_backbone(params: Params, arch: str, spec: DataSpec, pretrained_dir: str | Path) -> Backbone:
+    """The pretrained backbone for ``arch`` from ``transfer.source``, checked against the target data.
+
+    Raises ``BadInput`` for a missing or unreadable source, a file that needs unpickling, or weights
+    that do not fit ``arch`` on the target's inputs (naming the mismatching tensors).
+    """
+    from sounding.models.factory import build_net, check_state_compatible
+
+    where = params.transfer.source.replace("{arch}", arch)
+    if where == "pretrain":
+        folder = Path(pretrained_dir) / arch
+        if not (folder / "model.safetensors").is_file():
+            raise BadInput(
+                f"{folder}/model.safetensors not found: run `sounding pretrain` first, or set "
+                "transfer.source to an MLflow URI or a checkpoint file"
+            )
+        net, config = _load_safetensors(folder / "model.safetensors", folder / "config.json")
+        where = str(folder / "model.safetensors")
+    elif where.startswith(("models:/", "runs:/")):
+        net, config = _load_mlflow(where, params.tracking.uri)
+    else:
+        net, config = _load_file(Path(where))
+    state = {k.removeprefix("backbone."): v for k, v in net.state_dict().items() if k.startswith("backbone.")}
+    given = config.get("arch")
+    # Settings of the pretrained network when it is this architecture; otherwise the params', so that the
+    # error below lists the tensors the file lacks and those it has instead.
+    kwargs = (
+        (config.get("net") or {}) if given == arch else getattr(params.models, arch).model_dump(mode="json")
+    )
+    try:
+        kwargs = getattr(params.with_overrides({f"models.{arch}": kwargs}).models, arch).model_dump(
+            mode="json"
+        )
+        target = build_net(arch, spec.input_shape, spec.num_classes, spec.layout, **kwargs)
+    except BadInput as exc:
+        raise BadInput(f"{where}: its {arch} settings do not fit the target data: {exc}") from None
+    check_state_compatible(target.backbone, state, f"{where} (a {given} network) as the {arch} backbone")
+    return Backbone(arch=arch, state=state, net=kwargs, source=where)
+
+
+def _load_safetensors(weights: Path, config: Path) -> tuple[Any, dict]:
+    from sounding.models.factory import load_net
+
+    if not config.is_file():
+        raise BadInput(f"{config} not found: a .safetensors checkpoint needs its config.json beside it")
+    return load_net(weights, config)
+
+
+def _load_mlflow(uri: str, tracking_uri: str) -> tuple[Any, dict]:
+    """Read a logged Sounding model's safetensors and config from the store. The pyfunc is never loaded:
+    loading it would execute the model's code, and only tensors are needed."""
+    from mlflow.artifacts import download_artifacts
+    from mlflow.exceptions import MlflowException
+
+    from sounding import tracking
+
+    tracking.use_store(tracking_uri)
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            local = Path(download_artifacts(artifact_uri=uri, dst_path=tmp))
+        except MlflowException as exc:
+            raise BadInput(f"cannot read model {uri!r} from {tracking_uri}: {exc.message}") from None
+        weights = sorted(local.rglob("model.safetensors"))
+        if not weights:
+            raise BadInput(f"{uri} holds no model.safetensors: it is not a Sounding model")
+        return _load_safetensors(weights[0], weights[0].parent / "config.json")
+
+
+def _load_file(path: Path) -> tuple[Any, dict]:
+    from sounding.config import TRANSFER_FILE_SUFFIXES
+    from sounding.models.factory import net_from_state
+
+    if not path.is_file():
+        raise BadInput(f"transfer.source: {path} not found")
+    suffix = path.suffix.lower()
+    if suffix == ".safetensors":
+        return _load_safetensors(path, path.parent / "config.json")
+    if suffix not in TRANSFER_FILE_SUFFIXES:
+        raise BadInput(f"transfer.source: {path} must end in {', '.join(TRANSFER_FILE_SUFFIXES)}")
+    payload = _torch_load(path)
+    if suffix == ".ckpt":
+        hp, state = payload.get("hyper_parameters"), payload.get("state_dict")
+        if not isinstance(hp, dict) or not isinstance(state, dict) or "arch" not in hp:
+            raise BadInput(
+                f"{path}: not a Sounding Lightning checkpoint (no hyper_parameters.arch and state_dict); "
+                "give a .pt state dict with config.json beside it instead"
+            )
+        config = {k: hp.get(k) for k in ("arch", "input_shape", "num_classes", "layout", "net")}
+        state = {k.removeprefix("net."): v for k, v in state.items() if k.startswith("net.")}
+    else:
+        config_path = path.parent / "config.json"
+        if not config_path.is_file():
+            raise BadInput(f"{config_path} not found: a {suffix} state dict needs its config.json beside it")
+        try:
+            config = json.loads(config_path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise BadInput(f"{config_path}: cannot read the model config ({exc})") from None
+        state = payload.get("state_dict", payload)
+    if not isinstance(state, dict) or not all(hasattr(v, "shape") for v in state.values()):
+        raise BadInput(f"{path}: expected a state dict of tensors")
+    return net_from_state(state, config, str(path)), config
+
+
+def _torch_load(path: Path) -> dict:
+    """``torch.load`` with ``weights_only=True``: tensors and plain containers only; a pickle that would
+    build other objects (and so could run code) is refused before anything in it executes."""
+    import torch
+
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise BadInput(
+            f"{path}: refused, it does not load with torch.load(weights_only=True) ({reason}). "
+            "Only tensors are read from checkpoints; nothing is unpickled"
+        ) from None
+    if not isinstance(payload, dict):
+        raise BadInput(f"{path}: expected a checkpoint dict, got {type(payload).__name__}")
+    return payload
+
+
+# --- The experiment -----------------------------------------------------------------------------------
+
+
+def _fit(
+    params: Params,
+    backbone: Backbone,
+    strategy: str,
+    seed: int,
+    data: Prepared,
+    workdir: Path,
+) -> float:
+    """Train one strategy on one labelled subset (``data.train``) and return its test accuracy."""
+    import lightning as L
+
+    from sounding.training import EpochCheckpoint, EpochSeed, build_system, make_trainer
+
+    t = params.transfer
+    scale = {"scratch": 1.0, "linear_probe": 0.0, "finetune": t.backbone_lr_scale}[strategy]
+    L.seed_everything(seed, verbose=False)
+    system = build_system(params, backbone.arch, data, backbone_lr_scale=scale)
+    if strategy != "scratch":
+        system.net.backbone.load_state_dict(backbone.state)
+    n = len(data.train.y)
+    batch = min(params.train.batch_size, n)
+    datamodule = BudgetDataModule(data, batch, seed, steps_per_epoch=max(1, t.steps // t.evals))
+    recorder = EpochCheckpoint(workdir / f"{backbone.arch}-{strategy}-{n}-s{seed}.ckpt")
+    trainer = make_trainer(params, [EpochSeed(seed), recorder], max_epochs=t.evals)
+    trainer.fit(system, datamodule=datamodule)
+    if params.train.select == "best_val" and recorder.best["state"] is not None:
+        system.load_state_dict(recorder.best["state"])
+    with torch.no_grad():
+        logits = system.net.eval()(torch.as_tensor(data.test.x, device=system.device))
+    return float((logits.argmax(1).cpu() == torch.as_tensor(data.test.y)).float().mean())
+
+
+def _summary(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def run_transfer(
+    params: Params,
+    data_dir: str | Path,
+    pretrained_dir: str | Path,
+    metrics_path: str | Path,
+    plots_dir: str | Path,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Stage ``transfer``: every architecture × strategy × budget × seed; write metrics, plots, MLflow runs.
+
+    Every source is loaded and checked before the first fit, so bad input stops the stage before any
+    work and before any output is touched.
+    """
+    import dataclasses
+
+    from tqdm.auto import tqdm
+
+    from sounding import tracking
+    from sounding.data.prepare import Split, load_prepared
+    from sounding.files import write_json
+
+    start = time.perf_counter()
+    t = params.transfer
+    data = load_prepared(data_dir)
+    backbones = {arch: load_backbone(params, arch, data.spec, pretrained_dir) for arch in t.archs}
+    torch.set_num_threads(params.compute.threads)
+    budgets, seeds = sorted(t.budgets), params.seeds()
+    subsets = {(b, s): budget_indices(data.train.y, b, s) for b in budgets for s in seeds}
+    acc: dict[tuple[str, str, float], list[float]] = {}
+    tags = {"stage": "transfer", "data_sha256": data.sha256, "source": t.source}
+    fits = tqdm(
+        total=len(backbones) * len(budgets) * len(seeds) * len(STRATEGIES),
+        desc="transfer",
+        unit="fit",
+        disable=None if progress else True,
+    )
+    with (
+        tracking.tracked_run(params, "transfer", tags, experiment=EXPERIMENT) as parent,
+        tempfile.TemporaryDirectory() as workdir,
+    ):
+        for arch, backbone in backbones.items():
+            arch_params = params.with_overrides({f"models.{arch}": backbone.net})
+            for budget in budgets:
+                for seed in seeds:
+                    idx = subsets[budget, seed]
+                    subset = dataclasses.replace(data, train=Split(data.train.x[idx], data.train.y[idx]))
+                    for strategy in STRATEGIES:
+                        value = _fit(arch_params, backbone, strategy, seed, subset, Path(workdir))
+                        acc.setdefault((arch, strategy, budget), []).append(value)
+                        fits.update(1)
+        fits.close()
+        labels = {b: len(subsets[b, seeds[0]]) for b in budgets}
+        results = _results(acc, backbones, budgets, labels)
+        for arch in backbones:
+            for strategy in STRATEGIES:
+                for budget in budgets:
+                    row = results[arch][strategy][f"{budget:g}"]
+                    child_tags = {**tags, "arch": arch, "strategy": strategy, "budget": f"{budget:g}"}
+                    with tracking.tracked_run(
+                        params,
+                        f"{arch}-{strategy}-{budget:g}",
+                        child_tags,
+                        experiment=EXPERIMENT,
+                        parent_run_id=parent,
+                    ) as child:
+                        tracking.log_metrics(
+                            params.tracking.uri,
+                            child,
+                            {f"test/{k}": v for k, v in row.items() if isinstance(v, float)},
+                            step=0,
+                        )
+        pngs = write_plots(results, budgets, labels, Path(plots_dir))
+        summary = {
+            "source": t.source,
+            "budgets": budgets,
+            "labels": {f"{b:g}": labels[b] for b in budgets},
+            "seeds": seeds,
+            "steps": t.steps,
+            "evals": t.evals,
+            "backbone_lr_scale": t.backbone_lr_scale,
+            "data_sha256": data.sha256,
+            "run_id": parent,
+            "sources": {arch: b.source for arch, b in backbones.items()},
+            "results": results,
+            "wall_time_s": round(time.perf_counter() - start, 1),
+        }
+        write_json(metrics_path, summary)
+        uri = params.tracking.uri
+        smallest = f"{budgets[0]:g}"
+        tracking.log_metrics(
+            uri,
+            parent,
+            {
+                f"{arch}/{s}/gain_at_{smallest}": results[arch][s][smallest]["gain"]
+                for arch in backbones
+                for s in STRATEGIES[1:]
+            },
+            step=0,
+        )
+        tracking.log_artifacts(uri, parent, pngs, "plots")
+        tracking.log_artifacts(uri, parent, [Path(metrics_path)], "metrics")
+    return summary
+
+
+def _results(
+    acc: dict[tuple[str, str, float], list[float]],
+    backbones: dict[str, Backbone],
+    budgets: list[float],
+    labels: dict[float, int],
+) -> dict[str, dict]:
+    """``results[arch][strategy][budget]``: accuracy mean ± std over seeds, per seed, and the gain over
+    scratch (mean ± std of the per-seed paired differences)."""
+    results: dict[str, dict] = {}
+    for arch in backbones:
+        for strategy in STRATEGIES:
+            for budget in budgets:
+                values = acc[arch, strategy, budget]
+                mean, std = _summary(values)
+                row: dict[str, Any] = {
+                    "acc": mean,
+                    "acc_std": std,
+                    "per_seed": values,
+                    "labels": labels[budget],
+                }
+                if strategy != "scratch":
+                    diffs = [a - b for a, b in zip(values, acc[arch, "scratch", budget], strict=True)]
+                    row["gain"], row["gain_std"] = _summary(diffs)
+                results.setdefault(arch, {}).setdefault(strategy, {})[f"{budget:g}"] = row
+    return results
+
+
+def write_plots(results: dict, budgets: list[float], labels: dict[float, int], plots_dir: Path) -> list[Path]:
+    """``accuracy_vs_budget.png`` and, per architecture, ``ARCH.csv`` (labels, budget, one column per
+    strategy) for ``dvc plots``."""
+    from sounding import plots
+    from sounding.files import write_text
+
+    paths = []
+    for arch, by_strategy in results.items():
+        rows = ["labels,budget," + ",".join(STRATEGIES)]
+        rows += [
+            f"{labels[b]},{b:g}," + ",".join(f"{by_strategy[s][f'{b:g}']['acc']:.6g}" for s in STRATEGIES)
+            for b in budgets
+        ]
+        paths.append(write_text(plots_dir / f"{arch}.csv", "\n".join(rows) + "\n"))
+    png = plots.transfer_curves(results, budgets, labels, plots_dir / "accuracy_vs_budget.png")
+    return [png, *paths]
+
+
+class BudgetSampler(EpochPermutation):
+    """An epoch of ``n`` indices into ``size`` samples: seeded permutations of the samples back to back.
+
+    Whatever the budget, an epoch is then the same number of steps: a 1% budget is seen many times per
+    epoch, the full training set about once.
+    """
+
+    def __init__(self, size: int, n: int, seed: int, rank: int = 0, world_size: int = 1) -> None:
+        super().__init__(n, shuffle=True, seed=seed, rank=rank, world_size=world_size)
+        self.size = size
+
+    def indices(self) -> torch.Tensor:
+        gen = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        passes = [torch.randperm(self.size, generator=gen) for _ in range(-(-self.n // self.size))]
+        return torch.cat(passes)[: self.n][self.rank :: self.world_size]
+
+
+class BudgetDataModule(TensorDataModule):
+    """``TensorDataModule`` whose training epochs are ``steps_per_epoch`` batches long (``BudgetSampler``)."""
+
+    def __init__(self, data: Prepared, batch_size: int, seed: int, steps_per_epoch: int) -> None:
+        super().__init__(data, batch_size, seed)
+        self.steps_per_epoch = steps_per_epoch
+
+    def train_dataloader(self) -> InMemoryBatches:
+        loader = super().train_dataloader()
+        s = loader.sampler
+        loader.sampler = BudgetSampler(
+            len(loader.y), self.steps_per_epoch * self.batch_size, self.seed, s.rank, s.world_size
+        )
+        return loader
