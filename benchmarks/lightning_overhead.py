@@ -32,7 +32,8 @@ def lightning_fit(params: Params, arch: str, data, state: dict, workdir: Path) -
     system = build_system(params, arch, data)
     system.load_state_dict(state)
     trainer = make_trainer(params, [EpochSeed(params.seed), EpochCheckpoint(workdir / "last.ckpt")])
-    trainer.fit(system, datamodule=TensorDataModule(data, params.train.batch_size, params.seed))
+    datamodule = TensorDataModule(data, params.train.batch_size, params.seed, group_batches=True)
+    trainer.fit(system, datamodule=datamodule)
 
 
 def plain_fit(params: Params, arch: str, data, state: dict, workdir: Path) -> None:

@@ -104,6 +104,7 @@ class EpochCheckpoint(Checkpoint):
         self.train_time_s += time.perf_counter() - self._epoch_start
         epoch = trainer.current_epoch
         row = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+        row.update(getattr(pl_module, "epoch_metrics", {}))
         row.update(epoch=epoch, time_s=self.train_time_s)
         self.history.append(row)
         if row.get("val/acc", -1.0) > self.best["val/acc"]:
@@ -184,13 +185,16 @@ def build_system(params: Params, arch: str, data: Prepared, backbone_lr_scale: f
         l1=t.l1,
         lr_schedule=t.lr_schedule,
         backbone_lr_scale=backbone_lr_scale,
+        gradient_clip_val=t.gradient_clip_val,
+        gradient_clip_algorithm=t.gradient_clip_algorithm,
     )
 
 
 def make_trainer(
     params: Params, callbacks: list[Callback], max_epochs: int | None = None, validate: bool = True
 ) -> L.Trainer:
-    """A Trainer configured from ``params.compute`` and ``params.train``; no Lightning logger or bar."""
+    """A Trainer configured from ``params.compute``; no Lightning logger or bar. (Clipping is the
+    LightningModule's: Lightning refuses Trainer-level clipping under manual optimisation.)"""
     c, t = params.compute, params.train
     return L.Trainer(
         max_epochs=max_epochs or t.epochs,
@@ -199,8 +203,6 @@ def make_trainer(
         num_nodes=c.num_nodes,
         strategy=c.strategy,
         precision=c.precision,
-        gradient_clip_val=t.gradient_clip_val or None,
-        gradient_clip_algorithm=t.gradient_clip_algorithm,
         callbacks=callbacks,
         logger=False,
         enable_checkpointing=True,  # our EpochCheckpoint is the checkpoint callback (no default one added)
@@ -253,7 +255,7 @@ def fit(
     torch.set_num_threads(params.compute.threads)
     L.seed_everything(seed, verbose=False)
     system = build_system(params, arch, data)
-    datamodule = TensorDataModule(data, params.train.batch_size, seed)
+    datamodule = TensorDataModule(data, params.train.batch_size, seed, group_batches=True)
     recorder = EpochCheckpoint(run_dir / "last.ckpt", params.tracking.uri if run_id else None, run_id)
     extra = [EpochProgress(f"{arch} seed {seed}")] if progress else []
     trainer = make_trainer(params, [EpochSeed(seed), recorder, *extra, *(callbacks or [])])

@@ -6,6 +6,7 @@ batches are index slices: no DataLoader workers, no per-sample collation.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 
 import lightning as L
@@ -61,12 +62,42 @@ class InMemoryBatches:
             yield self.x[idx], self.y[idx]
 
 
-class TensorDataModule(L.LightningDataModule):
-    """Serves a ``Prepared`` dataset. Knows nothing of the model; ``spec`` tells the factory what it needs."""
+class BatchGroups:
+    """Training loader whose items are lists of ``size`` consecutive batches (``None``: the whole epoch),
+    so that one Lightning ``training_step`` runs several optimizer steps (see ``LitClassifier``)."""
 
-    def __init__(self, data: Prepared, batch_size: int, seed: int, eval_batch_size: int = 1000) -> None:
+    batch_sampler = None
+
+    def __init__(self, batches: InMemoryBatches, size: int | None) -> None:
+        self.batches, self.size, self.sampler = batches, size, batches.sampler
+
+    def __len__(self) -> int:
+        return 1 if self.size is None else -(-len(self.batches) // self.size)
+
+    def __iter__(self) -> Iterator[list[tuple[torch.Tensor, torch.Tensor]]]:
+        batches = iter(self.batches)
+        while group := list(itertools.islice(batches, self.size or len(self.batches))):
+            yield group
+
+
+class TensorDataModule(L.LightningDataModule):
+    """Serves a ``Prepared`` dataset. Knows nothing of the model; ``spec`` tells the factory what it needs.
+
+    With ``group_batches``, training items are lists of batches: the whole epoch in a single process, one
+    batch per item under several (each DDP forward must be followed by exactly one backward).
+    """
+
+    def __init__(
+        self,
+        data: Prepared,
+        batch_size: int,
+        seed: int,
+        eval_batch_size: int = 1000,
+        group_batches: bool = False,
+    ) -> None:
         super().__init__()
         self.data, self.batch_size, self.seed, self.eval_batch_size = data, batch_size, seed, eval_batch_size
+        self.group_batches = group_batches
         self.spec = data.spec
 
     def _batches(self, split: Split, batch_size: int, shuffle: bool) -> InMemoryBatches:
@@ -77,8 +108,11 @@ class TensorDataModule(L.LightningDataModule):
         y = torch.as_tensor(split.y, device=device)
         return InMemoryBatches(x, y, batch_size, EpochPermutation(len(y), shuffle, self.seed, rank, world))
 
-    def train_dataloader(self) -> InMemoryBatches:
-        return self._batches(self.data.train, self.batch_size, shuffle=True)
+    def train_dataloader(self) -> InMemoryBatches | BatchGroups:
+        batches = self._batches(self.data.train, self.batch_size, shuffle=True)
+        if not self.group_batches:
+            return batches
+        return BatchGroups(batches, None if self.trainer is None or self.trainer.world_size == 1 else 1)
 
     def val_dataloader(self) -> InMemoryBatches:
         return self._batches(self.data.val, self.eval_batch_size, shuffle=False)

@@ -13,15 +13,24 @@ from sounding.errors import TrainingDiverged
 from sounding.models.factory import build_net
 from sounding.models.nets.base import weight_matrices
 
+Batch = tuple[torch.Tensor, torch.Tensor]
+
 
 class LitClassifier(L.LightningModule):
     """Cross-entropy classifier.
 
     ``weight_decay`` is L2: coupled (added to the gradient) with ``adam`` and ``sgd``, decoupled with
-    ``adamw``. ``l1`` adds ``l1 * Σ|w|`` over weight matrices to the loss. Gradient clipping is the
-    Trainer's. The backbone learns at ``lr × backbone_lr_scale`` and the head at ``lr``; a scale of 0
-    freezes the backbone (a linear probe of its features). Every constructor argument is a primitive saved in the checkpoint, so
-    ``LitClassifier.load_from_checkpoint(path)`` needs nothing else.
+    ``adamw``. ``l1`` adds ``l1 * Σ|w|`` over weight matrices to the loss. Gradients are clipped by norm
+    or by value with Lightning's ``clip_gradients`` (its precision plugin unscales first under AMP). The
+    backbone learns at ``lr × backbone_lr_scale`` and the head at ``lr``; a scale of 0 freezes the backbone
+    (a linear probe of its features). Every constructor argument is a primitive saved in the checkpoint,
+    so ``LitClassifier.load_from_checkpoint(path)`` needs nothing else.
+
+    Optimisation is manual, and one ``training_step`` may take a list of mini-batches (``TensorDataModule``
+    hands a single process the whole epoch at once): Lightning's per-step machinery (closure, hooks,
+    result collection) would otherwise cost more than the forward and backward passes of these small
+    networks. Under several processes or float16 AMP, backward and step go through Lightning's wrappers,
+    which synchronise gradients (DDP) and scale the loss; a single process in 32-bit or bf16 needs neither.
 
     Logged per epoch: ``train/loss``, ``train/acc``, ``val/loss``, ``val/acc``, ``grad_norm/<layer>``
     (mean L2 norm of each weight's gradient before clipping); on test ``test/acc``, ``test/f1_macro``,
@@ -41,12 +50,19 @@ class LitClassifier(L.LightningModule):
         l1: float = 0.0,
         lr_schedule: str = "constant",
         backbone_lr_scale: float = 1.0,
+        gradient_clip_val: float = 0.0,
+        gradient_clip_algorithm: str = "norm",
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
+        self.automatic_optimization = False
+        self._lightning_steps = True  # decided in on_fit_start, once the Trainer is known
         self.net = build_net(arch, tuple(input_shape), num_classes, layout, **(net or {}))
         self.net.backbone.requires_grad_(backbone_lr_scale > 0)
-        self.val_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.epoch_metrics: dict[str, float] = {}
+        """The last training epoch's ``train/loss``, ``train/acc`` and ``grad_norm/<layer>``, summed over
+        processes (read by the epoch callbacks; ``self.log`` costs more per key than an epoch of a small
+        network, and validation metrics still go through it for callbacks such as pruning)."""
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_f1 = MulticlassF1Score(num_classes, average="macro")
         self._weights = weight_matrices(self.net)
@@ -63,46 +79,74 @@ class LitClassifier(L.LightningModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
-    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        x, y = batch
-        logits = self.net(x)
-        loss = F.cross_entropy(logits, y)
-        if not torch.isfinite(loss):
-            raise TrainingDiverged(
-                f"{self.hparams.arch}: training loss became {loss.item()} at epoch {self.current_epoch}, "
-                f"step {self.global_step}; lower train.lr or enable train.gradient_clip_val"
-            )
-        self._loss_sum += loss.detach() * len(y)
-        self._correct += (logits.argmax(1) == y).sum()
-        self._seen += len(y)
-        if self.hparams.l1:
-            loss = loss + self.hparams.l1 * sum(p.abs().sum() for _, p in self._weights)
-        return loss
+    def on_fit_start(self) -> None:
+        trainer = self.trainer
+        self._lightning_steps = trainer.world_size > 1 or trainer.precision not in ("32-true", "bf16-mixed")
 
-    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for _, p in self._weights]
-        self._grad_sq += torch.stack(torch._foreach_norm(grads))
-        self._grad_steps += 1
+    def training_step(self, batch: Batch | list[Batch], batch_idx: int) -> None:
+        """One optimizer step per mini-batch of ``batch``: one (x, y) pair, or a list of them."""
+        hp = self.hparams
+        optimizer = self.optimizers(use_pl_optimizer=self._lightning_steps)
+        for step, (x, y) in enumerate(batch if isinstance(batch, list) else [batch]):
+            logits = self.net(x)
+            loss = F.cross_entropy(logits, y)
+            if not torch.isfinite(loss):
+                raise TrainingDiverged(
+                    f"{hp.arch}: training loss became {loss.item()} at epoch {self.current_epoch}, "
+                    f"step {step}; lower train.lr or enable train.gradient_clip_val"
+                )
+            self._loss_sum += loss.detach() * len(y)
+            self._correct += (logits.argmax(1) == y).sum()
+            self._seen += len(y)
+            if hp.l1:
+                loss = loss + hp.l1 * sum(p.abs().sum() for _, p in self._weights)
+            optimizer.zero_grad(set_to_none=True)
+            if self._lightning_steps:
+                self.manual_backward(loss)
+            else:
+                loss.backward()
+            grads = [p.grad if p.grad is not None else torch.zeros_like(p) for _, p in self._weights]
+            self._grad_sq += torch.stack(torch._foreach_norm(grads))
+            self._grad_steps += 1
+            if hp.gradient_clip_val:
+                self.clip_gradients(optimizer, hp.gradient_clip_val, hp.gradient_clip_algorithm)
+            optimizer.step()
 
     def on_train_epoch_start(self) -> None:
         self._reset_epoch_sums()
 
+    def _sum_over_processes(self, values: torch.Tensor) -> torch.Tensor:
+        """One collective call per epoch for all the epoch's sums (the identity in a single process)."""
+        return self.trainer.strategy.reduce(values, reduce_op="sum")
+
     def on_train_epoch_end(self) -> None:
-        seen = max(self._seen, 1)
-        self.log("train/loss", self._loss_sum / seen, sync_dist=True)
-        self.log("train/acc", self._correct / seen, sync_dist=True)
-        if self._grad_steps:
-            norms = self._grad_sq / self._grad_steps
-            self.log_dict(
-                {f"grad_norm/{name}": norms[i] for i, (name, _) in enumerate(self._weights)}, sync_dist=True
+        schedule = self.lr_schedulers()
+        if schedule is not None:
+            schedule.step()
+        counts = torch.tensor([self._seen, self._grad_steps], device=self.device, dtype=torch.float32)
+        sums = self._sum_over_processes(
+            torch.cat([self._loss_sum[None], self._correct[None], counts, self._grad_sq])
+        )
+        loss, correct, seen, steps, *grad_sq = sums.tolist()
+        self.epoch_metrics = {"train/loss": loss / max(seen, 1), "train/acc": correct / max(seen, 1)}
+        if steps:
+            self.epoch_metrics.update(
+                {f"grad_norm/{name}": grad_sq[i] / steps for i, (name, _) in enumerate(self._weights)}
             )
+
+    def on_validation_epoch_start(self) -> None:
+        self._val_sums = torch.zeros(3, device=self.device)  # loss sum, correct, seen
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         x, y = batch
         logits = self.net(x)
-        self.val_acc(logits, y)
-        self.log("val/loss", F.cross_entropy(logits, y), on_epoch=True, sync_dist=True)
-        self.log("val/acc", self.val_acc, on_epoch=True)
+        self._val_sums[0] += F.cross_entropy(logits, y, reduction="sum")
+        self._val_sums[1] += (logits.argmax(1) == y).sum()
+        self._val_sums[2] += len(y)
+
+    def on_validation_epoch_end(self) -> None:
+        loss, correct, seen = self._sum_over_processes(self._val_sums)
+        self.log_dict({"val/loss": loss / seen, "val/acc": correct / seen})
 
     def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         x, y = batch
