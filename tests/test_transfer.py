@@ -19,7 +19,15 @@ from sounding.data.prepare import DataSpec, load_prepared
 from sounding.errors import BadInput
 from sounding.models.classifier import LitClassifier
 from sounding.models.factory import build_net, save_net
-from sounding.transfer import STRATEGIES, BudgetSampler, budget_indices, load_backbone, run_transfer
+from sounding.transfer import (
+    STRATEGIES,
+    BudgetSampler,
+    _results,
+    budget_indices,
+    gain_profile,
+    load_backbone,
+    run_transfer,
+)
 from tests.conftest import run_cli, tiny_params, write_params
 
 SPEC = DataSpec(input_shape=(40,), layout="sequence", num_classes=10)
@@ -82,6 +90,28 @@ def test_loads_the_pretrain_stage_model(tmp_path: Path) -> None:
     backbone = load_backbone(_with_source("pretrain"), "cnn", SPEC, tmp_path / "models" / "pretrained")
     assert _backbone_equal(backbone.state, model)
     assert backbone.net["channels"] == 8  # scratch is built with the pretrained network's settings
+
+
+def test_the_source_head_is_kept_or_replaced(tmp_path: Path) -> None:
+    model = _saved(tmp_path / "cnn")
+    kept = load_backbone(_with_source("pretrain", **{"transfer.head": "pretrained"}), "cnn", SPEC, tmp_path)
+    assert kept.head is not None and all(
+        torch.equal(kept.head[k], v) for k, v in model.head.state_dict().items()
+    )
+    assert (
+        load_backbone(_with_source("pretrain", **{"transfer.head": "new"}), "cnn", SPEC, tmp_path).head
+        is None
+    )
+    five = DataSpec(input_shape=(40,), layout="sequence", num_classes=5)  # a target with other classes
+    with pytest.raises(
+        BadInput,
+        match=r"target's 5 classes.*weight: file has \(10, 125\), model expects \(5, 125\).*transfer\.head=new",
+    ):
+        load_backbone(_with_source("pretrain", **{"transfer.head": "pretrained"}), "cnn", five, tmp_path)
+    assert (
+        load_backbone(_with_source("pretrain", **{"transfer.head": "new"}), "cnn", five, tmp_path).head
+        is None
+    )
 
 
 def test_loads_safetensors_ckpt_and_pt_files(tmp_path: Path) -> None:
@@ -213,6 +243,32 @@ def test_bad_transfer_params_are_named(override: str, expected: str) -> None:
         Params().with_overrides([override])
 
 
+# --- Gains -----------------------------------------------------------------------------------------------
+
+
+def test_gains_are_paired_differences_and_their_shrinking_is_reported() -> None:
+    budgets = [0.01, 0.1, 1.0]
+    scratch = {0.01: [0.1, 0.3], 0.1: [0.4, 0.6], 1.0: [0.8, 0.9]}
+    acc = {("cnn", "scratch", b): v for b, v in scratch.items()}
+    for b, v in scratch.items():
+        acc["cnn", "linear_probe", b] = [
+            x + d for x, d in zip(v, {0.01: (0.5, 0.3), 0.1: (0.2, 0.2), 1.0: (0.1, 0.0)}[b], strict=True)
+        ]
+        acc["cnn", "finetune", b] = [
+            x + d for x, d in zip(v, {0.01: (0.1, 0.1), 0.1: (0.3, 0.3), 1.0: (0.0, 0.0)}[b], strict=True)
+        ]
+    results = _results(acc, {"cnn": None}, budgets, {b: int(b * 100) for b in budgets})
+    probe = results["cnn"]["linear_probe"]["0.01"]
+    assert probe["gain"] == pytest.approx(0.4) and probe["gain_std"] == pytest.approx(0.1414, abs=1e-4)
+    assert "gain" not in results["cnn"]["scratch"]["0.01"]
+    gains = gain_profile(results, budgets)
+    assert gains["cnn"]["linear_probe"]["by_budget"] == pytest.approx([0.4, 0.2, 0.05])
+    assert gains["cnn"]["linear_probe"]["shrinks"] is True
+    assert gains["cnn"]["finetune"]["by_budget"] == pytest.approx([0.1, 0.3, 0.0])
+    assert gains["cnn"]["finetune"]["shrinks"] is False  # peaks at the middle budget
+    assert gain_profile(results, list(reversed(budgets))) == gains  # ordered by budget, not by listing
+
+
 # --- Training -------------------------------------------------------------------------------------------
 
 
@@ -248,6 +304,10 @@ def test_stage_writes_metrics_plots_runs_and_is_deterministic(prepared: Path, tm
         row = s["results"]["mlp"][strategy]["0.1"]
         assert len(row["per_seed"]) == 2 and 0 <= row["acc"] <= 1
         assert ("gain" in row) == (strategy != "scratch")
+    for strategy in STRATEGIES[1:]:
+        profile = s["gains"]["mlp"][strategy]
+        by_budget = [s["results"]["mlp"][strategy][b]["gain"] for b in ("0.1", "1")]
+        assert profile["by_budget"] == by_budget and profile["shrinks"] == (by_budget[0] > by_budget[1])
     csv = (tmp_path / "plots" / "mlp.csv").read_text().splitlines()
     assert csv[0] == "labels,budget,scratch,linear_probe,finetune" and len(csv) == 3
     assert (tmp_path / "plots" / "accuracy_vs_budget.png").is_file()

@@ -313,7 +313,8 @@ class TransferParams(Section):
 
     Each architecture is trained on fractions of the target's training labels three ways: from scratch,
     as a linear probe on the frozen pretrained backbone, and fine-tuned whole with a lower backbone
-    learning rate. Seeds are the pipeline's (``seed``, …, ``train.n_seeds`` of them).
+    learning rate; both pretrained strategies start from the source network's head or from a new one
+    (``head``). Seeds are the pipeline's (``seed``, …, ``train.n_seeds`` of them).
     """
 
     archs: Annotated[list[TransferArch], Field(min_length=1)] = ["cnn", "mlp"]
@@ -333,10 +334,14 @@ class TransferParams(Section):
     steps: PositiveInt = 1000
     """Optimizer steps per fit, whatever the budget: every strategy and budget gets the same compute.
     Rounded down to a multiple of ``evals`` (each validation check follows ``steps // evals`` steps)."""
-    evals: PositiveInt = 10
+    evals: PositiveInt = 25
     """Validation checks per fit, evenly spaced; the best one's weights are tested (``train.select``)."""
+    head: Literal["pretrained", "new"] = "pretrained"
+    """Where ``linear_probe`` and ``finetune`` start their head: ``pretrained`` keeps the source network's
+    classifier (the source must have the target's classes, in the same order, as MNIST-1D variants do);
+    ``new`` initialises one as scratch's, for a source with other classes."""
     backbone_lr_scale: Annotated[float, Field(gt=0, le=1)] = 0.1
-    """``finetune``: the backbone learns at ``train.lr × backbone_lr_scale``, the new head at ``train.lr``."""
+    """``finetune``: the backbone learns at ``train.lr × backbone_lr_scale``, the head at ``train.lr``."""
     pretrain_epochs: PositiveInt = 30
     """Epochs of the ``pretrain`` stage on the source data."""
     source_data: DataParams = DataParams(

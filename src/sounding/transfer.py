@@ -4,18 +4,23 @@ Each architecture is trained on stratified, seeded fractions ("budgets") of the 
 in three ways, over the pipeline's seeds:
 
 - ``scratch``: the whole network from its random initialisation;
-- ``linear_probe``: the pretrained backbone frozen, only a new head trained;
-- ``finetune``: the pretrained backbone and a new head, the backbone at a lower learning rate.
+- ``linear_probe``: the pretrained backbone frozen, only the head trained;
+- ``finetune``: the pretrained backbone and the head, the backbone at a lower learning rate.
+
+The head of both pretrained strategies is the source network's (``transfer.head: pretrained``, for a
+source with the target's classes) or a new one initialised as scratch's (``transfer.head: new``).
 
 Every fit runs the same number of optimizer steps whatever the budget, so strategies and budgets get the
 same compute, and is validated ``transfer.evals`` times; the selected weights are tested (``train.select``).
-For one seed, every strategy sees the same labelled subset and the same head initialisation, so the gain
-over scratch is a paired difference. Pretrained weights are only read from safetensors, or from torch files
-loaded with ``weights_only=True``: a checkpoint that needs unpickling is refused, and nothing in it runs.
+For one seed, every strategy sees the same labelled subset and the same batches (with a new head, also the
+same head initialisation), so the gain over scratch is a paired difference. Pretrained weights are only read
+from safetensors, or from torch files loaded with ``weights_only=True``: a checkpoint that needs unpickling
+is refused, and nothing in it runs.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import pickle
 import statistics
@@ -44,6 +49,9 @@ class Backbone:
     arch: str
     state: dict
     """The backbone's state dict (keys without the ``backbone.`` prefix)."""
+    head: dict | None
+    """The source network's head state dict (keys without ``head.``) when ``transfer.head`` is
+    ``pretrained``; ``None`` for a new head."""
     net: dict[str, Any]
     """Constructor arguments of the network (``models.ARCH``); scratch uses the same, for a fair comparison."""
     source: str
@@ -146,7 +154,17 @@ def load_backbone(params: Params, arch: str, spec: DataSpec, pretrained_dir: str
     except BadInput as exc:
         raise BadInput(f"{where}: its {arch} settings do not fit the target data: {exc}") from None
     check_state_compatible(target.backbone, state, f"{where} (a {given} network) as the {arch} backbone")
-    return Backbone(arch=arch, state=state, net=kwargs, source=where)
+    head = None
+    if params.transfer.head == "pretrained":
+        head = {k.removeprefix("head."): v for k, v in net.state_dict().items() if k.startswith("head.")}
+        try:
+            check_state_compatible(target.head, head, f"{where}'s head")
+        except BadInput as exc:
+            raise BadInput(
+                f"transfer.head=pretrained keeps the source network's classifier, so the source must have "
+                f"the target's {spec.num_classes} classes: {exc}. Set transfer.head=new for a new head"
+            ) from None
+    return Backbone(arch=arch, state=state, head=head, net=kwargs, source=where)
 
 
 def _load_safetensors(weights: Path, config: Path) -> tuple[Any, dict]:
@@ -252,6 +270,8 @@ def _fit(
     system = build_system(params, backbone.arch, data, backbone_lr_scale=scale)
     if strategy != "scratch":
         system.net.backbone.load_state_dict(backbone.state)
+        if backbone.head is not None:
+            system.net.head.load_state_dict(backbone.head)
     n = len(data.train.y)
     batch = min(params.train.batch_size, n)
     datamodule = BudgetDataModule(data, batch, seed, steps_per_epoch=max(1, t.steps // t.evals))
@@ -322,6 +342,7 @@ def run_transfer(
         fits.close()
         labels = {b: len(subsets[b, seeds[0]]) for b in budgets}
         results = _results(acc, backbones, budgets, labels)
+        gains = gain_profile(results, budgets)
         for arch in backbones:
             for strategy in STRATEGIES:
                 for budget in budgets:
@@ -348,11 +369,13 @@ def run_transfer(
             "seeds": seeds,
             "steps": t.steps,
             "evals": t.evals,
+            "head": t.head,
             "backbone_lr_scale": t.backbone_lr_scale,
             "data_sha256": data.sha256,
             "run_id": parent,
             "sources": {arch: b.source for arch, b in backbones.items()},
             "results": results,
+            "gains": gains,
             "wall_time_s": round(time.perf_counter() - start, 1),
         }
         write_json(metrics_path, summary)
@@ -363,6 +386,11 @@ def run_transfer(
             parent,
             {
                 f"{arch}/{s}/gain_at_{smallest}": results[arch][s][smallest]["gain"]
+                for arch in backbones
+                for s in STRATEGIES[1:]
+            }
+            | {
+                f"{arch}/{s}/gain_shrinks": float(gains[arch][s]["shrinks"])
                 for arch in backbones
                 for s in STRATEGIES[1:]
             },
@@ -398,6 +426,18 @@ def _results(
                     row["gain"], row["gain_std"] = _summary(diffs)
                 results.setdefault(arch, {}).setdefault(strategy, {})[f"{budget:g}"] = row
     return results
+
+
+def gain_profile(results: dict, budgets: list[float]) -> dict[str, dict[str, dict[str, Any]]]:
+    """``gains[arch][strategy]``: the mean gain over scratch at each budget, smallest budget first, and
+    ``shrinks``: whether it strictly decreases as labels grow (what pretraining should show)."""
+    profile: dict[str, dict[str, dict[str, Any]]] = {}
+    for arch, by_strategy in results.items():
+        for strategy in STRATEGIES[1:]:
+            gains = [by_strategy[strategy][f"{b:g}"]["gain"] for b in sorted(budgets)]
+            shrinks = all(a > b for a, b in itertools.pairwise(gains))
+            profile.setdefault(arch, {})[strategy] = {"by_budget": gains, "shrinks": shrinks}
+    return profile
 
 
 def write_plots(results: dict, budgets: list[float], labels: dict[float, int], plots_dir: Path) -> list[Path]:
