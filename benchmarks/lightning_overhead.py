@@ -2,8 +2,8 @@
 
 Both sides train the same network from the same initial weights on the same in-memory MNIST-1D tensors,
 same batch size, epochs, thread count, shuffling and optimiser, validate once per epoch, accumulate the
-same per-step statistics (loss, accuracy, per-layer gradient norms) and write a resumable checkpoint per
-epoch. The Lightning side is exactly `sounding.training.fit`'s Trainer and callbacks, minus the test pass.
+same per-step statistics (loss, accuracy, per-layer gradient norms), keep the best-validation weights and
+write a resumable checkpoint (weights, optimiser, history, best weights) atomically per epoch. The Lightning side is exactly `sounding.training.fit`'s Trainer and callbacks, minus the test pass.
 
     python benchmarks/lightning_overhead.py [--epochs 10] [--pairs 5] [--archs mlp,cnn,rnn]
 """
@@ -11,6 +11,7 @@ epoch. The Lightning side is exactly `sounding.training.fit`'s Trainer and callb
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import tempfile
 from pathlib import Path
@@ -22,6 +23,7 @@ from benchmarks.common import interleaved, machine, ratio
 from sounding.config import Params
 from sounding.data.module import EpochPermutation, TensorDataModule
 from sounding.data.prepare import load_prepared, prepare
+from sounding.files import atomic_write
 from sounding.models.nets.base import weight_matrices
 from sounding.training import EpochCheckpoint, EpochSeed, build_system, make_trainer
 
@@ -45,6 +47,7 @@ def plain_fit(params: Params, arch: str, data, state: dict, workdir: Path) -> No
     x, y = torch.as_tensor(data.train.x), torch.as_tensor(data.train.y)
     xv, yv = torch.as_tensor(data.val.x), torch.as_tensor(data.val.y)
     order = EpochPermutation(len(y), True, params.seed)
+    history, best = [], {"epoch": -1, "val/acc": -1.0, "state": None}
     for epoch in range(params.train.epochs):
         torch.manual_seed(params.seed * 100_003 + epoch)
         order.set_epoch(epoch)
@@ -66,11 +69,24 @@ def plain_fit(params: Params, arch: str, data, state: dict, workdir: Path) -> No
         net.eval()
         with torch.no_grad():
             val_logits = net(xv)
-            _ = (F.cross_entropy(val_logits, yv).item(), (val_logits.argmax(1) == yv).float().mean().item())
-        torch.save(
-            {"state_dict": net.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch},
-            workdir / "plain.ckpt",
-        )
+            val_loss = F.cross_entropy(val_logits, yv).item()
+            val_acc = (val_logits.argmax(1) == yv).float().mean().item()
+        row = {"epoch": epoch, "val/loss": val_loss, "val/acc": val_acc, "train/loss": loss_sum.item()}
+        history.append(row)
+        if val_acc > best["val/acc"]:  # keep the best-validation weights, as fit() does
+            best = {
+                "epoch": epoch,
+                "val/acc": val_acc,
+                "state": {k: v.clone() for k, v in net.state_dict().items()},
+            }
+        state = {
+            "state_dict": net.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "epoch": epoch,
+            "history": json.dumps(history),
+            "best": best,
+        }
+        atomic_write(workdir / "plain.ckpt", lambda tmp, s=state: torch.save(s, tmp), fsync=False)
 
 
 def main() -> None:

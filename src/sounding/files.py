@@ -24,16 +24,21 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
-    """Call ``write(tmp_path)`` then rename the temporary file onto ``path`` (atomic on POSIX)."""
+def atomic_write(path: str | Path, write: Callable[[Path], None], fsync: bool = True) -> Path:
+    """Call ``write(tmp_path)`` then rename the temporary file onto ``path`` (atomic on POSIX).
+
+    ``fsync=False`` skips forcing the bytes to disk before the rename: still never a torn file after a
+    killed process, but the newest version may be lost on a power cut (for per-epoch checkpoints).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
         write(Path(tmp))
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
+        if fsync:
+            with open(tmp, "rb") as fh:
+                os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

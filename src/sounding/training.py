@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
 import logging
 import time
 import warnings
@@ -21,11 +22,13 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback, Checkpoint
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from sounding import tracking
 from sounding.config import Params
 from sounding.data.module import TensorDataModule
 from sounding.data.prepare import Prepared
+from sounding.files import atomic_write
 from sounding.models.classifier import LitClassifier
 from sounding.models.factory import net_kwargs
 
@@ -128,12 +131,25 @@ class EpochCheckpoint(Checkpoint):
             self._flush()
 
     def state_dict(self) -> dict[str, Any]:
-        return {"history": self.history, "train_time_s": self.train_time_s, "best": self.best}
+        # The history as one JSON string: torch.save handles each Python object separately, and a list of
+        # per-epoch dicts pickled that way cost more than the epoch itself for small models.
+        return {"history": json.dumps(self.history), "train_time_s": self.train_time_s, "best": self.best}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.history = list(state_dict["history"])
+        self.history = json.loads(state_dict["history"])
         self.train_time_s = float(state_dict["train_time_s"])
         self.best = dict(state_dict["best"])
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Checkpoints written to a temporary file beside the target, then renamed over it: a process killed
+    mid-write leaves the previous checkpoint, never a torn one. Lightning's default IO gives the same
+    guarantee through fsspec at three times the cost of the write itself for these small checkpoints
+    (0.9 vs 0.3 ms), which matters once per epoch. No fsync: resuming after a killed process needs none.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
+        atomic_write(path, lambda tmp: torch.save(checkpoint, tmp), fsync=False)
 
 
 class EpochProgress(Callback):
@@ -204,6 +220,7 @@ def make_trainer(
         strategy=c.strategy,
         precision=c.precision,
         callbacks=callbacks,
+        plugins=[AtomicCheckpointIO()],
         logger=False,
         enable_checkpointing=True,  # our EpochCheckpoint is the checkpoint callback (no default one added)
         enable_progress_bar=False,

@@ -69,12 +69,9 @@ class LitClassifier(L.LightningModule):
         self._reset_epoch_sums()
 
     def _reset_epoch_sums(self) -> None:
-        # Summed on the device per step and read once per epoch: no host sync in the hot loop.
-        self._loss_sum = torch.zeros((), device=self.device)
-        self._correct = torch.zeros((), device=self.device)
-        self._seen = 0
-        self._grad_sq = torch.zeros(len(self._weights), device=self.device)
-        self._grad_steps = 0
+        # [loss sum, correct, seen, optimizer steps, squared-gradient-norm sum per weight], kept on the
+        # device and read once per epoch: no host sync in the hot loop.
+        self._epoch_sums = torch.zeros(4 + len(self._weights), device=self.device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -87,7 +84,12 @@ class LitClassifier(L.LightningModule):
         """One optimizer step per mini-batch of ``batch``: one (x, y) pair, or a list of them."""
         hp = self.hparams
         optimizer = self.optimizers(use_pl_optimizer=self._lightning_steps)
-        for step, (x, y) in enumerate(batch if isinstance(batch, list) else [batch]):
+        batches = batch if isinstance(batch, list) else [batch]
+        # Locals, not attributes: nn.Module.__setattr__ would cost microseconds on every update.
+        loss_sum = correct = torch.zeros((), device=self.device)
+        grad_sq = torch.zeros(len(self._weights), device=self.device)
+        seen = 0
+        for step, (x, y) in enumerate(batches):
             logits = self.net(x)
             loss = F.cross_entropy(logits, y)
             if not torch.isfinite(loss):
@@ -95,9 +97,9 @@ class LitClassifier(L.LightningModule):
                     f"{hp.arch}: training loss became {loss.item()} at epoch {self.current_epoch}, "
                     f"step {step}; lower train.lr or enable train.gradient_clip_val"
                 )
-            self._loss_sum += loss.detach() * len(y)
-            self._correct += (logits.argmax(1) == y).sum()
-            self._seen += len(y)
+            loss_sum = loss_sum + loss.detach() * len(y)
+            correct = correct + (logits.argmax(1) == y).sum()
+            seen += len(y)
             if hp.l1:
                 loss = loss + hp.l1 * sum(p.abs().sum() for _, p in self._weights)
             optimizer.zero_grad(set_to_none=True)
@@ -106,11 +108,12 @@ class LitClassifier(L.LightningModule):
             else:
                 loss.backward()
             grads = [p.grad if p.grad is not None else torch.zeros_like(p) for _, p in self._weights]
-            self._grad_sq += torch.stack(torch._foreach_norm(grads))
-            self._grad_steps += 1
+            grad_sq = grad_sq + torch.stack(torch._foreach_norm(grads))
             if hp.gradient_clip_val:
                 self.clip_gradients(optimizer, hp.gradient_clip_val, hp.gradient_clip_algorithm)
             optimizer.step()
+        counts = torch.tensor([seen, len(batches)], device=self.device)
+        self._epoch_sums += torch.cat([loss_sum[None], correct[None], counts, grad_sq])
 
     def on_train_epoch_start(self) -> None:
         self._reset_epoch_sums()
@@ -123,11 +126,7 @@ class LitClassifier(L.LightningModule):
         schedule = self.lr_schedulers()
         if schedule is not None:
             schedule.step()
-        counts = torch.tensor([self._seen, self._grad_steps], device=self.device, dtype=torch.float32)
-        sums = self._sum_over_processes(
-            torch.cat([self._loss_sum[None], self._correct[None], counts, self._grad_sq])
-        )
-        loss, correct, seen, steps, *grad_sq = sums.tolist()
+        loss, correct, seen, steps, *grad_sq = self._sum_over_processes(self._epoch_sums).tolist()
         self.epoch_metrics = {"train/loss": loss / max(seen, 1), "train/acc": correct / max(seen, 1)}
         if steps:
             self.epoch_metrics.update(
