@@ -11,6 +11,7 @@ import pytest
 
 from sounding import stages, tracking
 from sounding.errors import BadInput
+from sounding.report import leaderboard
 from sounding.tuning import storage_url, study_name, tune
 from tests.conftest import run_cli, tiny_params, write_params
 
@@ -160,6 +161,7 @@ def test_train_with_tuned_values_logs_them_and_refuses_another_dataset(prepared:
         tuned="best.json",
     )
     assert metrics["tuned"] == {"models.mlp.dropout": 0.25}
+    assert "| dropout 0.25 |" in leaderboard([metrics], "mnist1d")
     run = tracking.client(params.tracking.uri).get_run(metrics["seeds"][0]["run_id"])
     assert run.data.params["models.mlp.dropout"] == "0.25"
 

@@ -2,7 +2,7 @@
 
 One study per architecture, data and search configuration, in an RDB storage (a sqlite file by default,
 PostgreSQL for workers on several machines). Each trial is the same ``training.fit`` as ``sounding train``
-(with ``tune.epochs`` and without the test set), fed to Optuna's Lightning pruning callback epoch by
+(with its tuning epochs and without the test set), fed to Optuna's Lightning pruning callback epoch by
 epoch, and tracked as a nested MLflow run under one parent run per study.
 
 Exact trial budget with several workers: Optuna's ``MaxTrialsCallback`` counts after a trial ends, so two
@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sounding.config import Params, Range
+from sounding.config import Params, Range, TrainParams
 from sounding.errors import BadInput
 from sounding.files import write_json
 
@@ -41,8 +41,7 @@ def study_name(params: Params, arch: str, data_sha256: str) -> str:
     """``ARCH-<data sha256>-<search hash>``: a change of data or of what a trial means starts a new study."""
     search = params.section_hash(
         f"models.{arch}",
-        "train",
-        "tune.epochs",
+        *(f"train.{key}" for key in sorted(TrainParams.model_fields) if key not in ("archs", "n_seeds")),
         "tune.pruner",
         "tune.warmup_epochs",
         "tune.startup_trials",
@@ -51,6 +50,7 @@ def study_name(params: Params, arch: str, data_sha256: str) -> str:
         "compute",
         "seed",
     )
+    search = hashlib.sha256(f"{search}-{params.tune_epochs(arch)}".encode()).hexdigest()
     return f"{arch}-{data_sha256[:12]}-{search[:8]}"
 
 
@@ -88,9 +88,9 @@ def _current(params: Params, key: str) -> Any:
     return node
 
 
-def trial_params(params: Params, overrides: dict[str, Any]) -> Params:
-    """The params one trial trains with: the overrides, ``tune.epochs`` epochs, one seed."""
-    return params.with_overrides({**overrides, "train.epochs": params.tune.epochs, "train.n_seeds": 1})
+def trial_params(params: Params, arch: str, overrides: dict[str, Any]) -> Params:
+    """The params one trial of ``arch`` trains with: the overrides, its tuning epochs, one seed."""
+    return params.with_overrides({**overrides, "train.epochs": params.tune_epochs(arch), "train.n_seeds": 1})
 
 
 def experiment(params: Params) -> str:
@@ -241,7 +241,7 @@ def _objective(job: TuneJob, params: Params, data: Any, lock: BudgetLock):
         for name, (key, r) in space.items():
             suggest = trial.suggest_int if r.is_int else trial.suggest_float
             overrides[key] = suggest(name, r.low, r.high, log=r.log)
-        p = trial_params(params, overrides)
+        p = trial_params(params, job.arch, overrides)
         # Named from the trial's params: a retried trial (same params) resumes the dead one's checkpoint.
         run_dir = Path(job.out_dir) / "trials" / fingerprint(p, job.arch, p.seed, data.sha256)
         tags = {"stage": "tune", "arch": job.arch, "study": job.study, "optuna_trial": str(trial.number)}
@@ -465,7 +465,7 @@ def _summarise(
         "baseline_value": baseline,
         "counts": counts,
         "epochs_run": sum(len(t.intermediate_values) for t in trials),
-        "epochs_budget": params.tune.n_trials * params.tune.epochs,
+        "epochs_budget": params.tune.n_trials * params.tune_epochs(arch),
         "wall_s": wall_s,
         "fit_s": fit_s,
         "workers": params.tune.workers,
