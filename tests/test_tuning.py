@@ -187,3 +187,13 @@ def test_bad_search_settings_exit_2_before_any_work(tmp_path: Path, override: st
     result = run_cli("tune", "mlp", "-S", override, cwd=tmp_path)
     assert result.returncode == 2 and message in result.stderr, result.stderr
     assert not (tmp_path / "tuning").exists()
+
+
+def test_trials_train_as_long_as_train_unless_the_architecture_has_its_own_epochs(prepared: Path) -> None:
+    params = tune_params(
+        **{"tune.epochs": None, "train.epochs": 2, "tune.n_trials": 2, "tune.pruner": "none"}
+    )
+    assert params.tune_epochs("mlp") == 2
+    assert params.with_overrides({"tune.epochs_by_arch": {"mlp": 4}}).tune_epochs("mlp") == 4
+    summary = tune(params, "mlp", prepared, "tuning/mlp", progress=False)
+    assert summary["epochs_run"] == summary["epochs_budget"] == 4

@@ -134,14 +134,16 @@ def _fast_sqlite(engine: Any) -> None:
     engine.dispose()  # connections opened while creating the schema reconnect with the pragmas
 
 
-def _make_pruner(params: Params):
+def _make_pruner(params: Params, arch: str):
     import optuna
 
     t = params.tune
     if t.pruner == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=t.startup_trials, n_warmup_steps=t.warmup_epochs)
     if t.pruner == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=max(t.warmup_epochs, 1), max_resource=t.epochs)
+        return optuna.pruners.HyperbandPruner(
+            min_resource=max(t.warmup_epochs, 1), max_resource=params.tune_epochs(arch)
+        )
     return optuna.pruners.NopPruner()
 
 
@@ -302,7 +304,7 @@ def run_worker(
         study_name=job.study,
         storage=storage or _make_storage(params, job.storage),
         sampler=_make_sampler(params, worker),
-        pruner=_make_pruner(params),
+        pruner=_make_pruner(params, job.arch),
     )
     lock = BudgetLock(job.storage, job.study)
     objective = _objective(job, params, data, lock)
