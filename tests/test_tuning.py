@@ -189,11 +189,13 @@ def test_bad_search_settings_exit_2_before_any_work(tmp_path: Path, override: st
     assert not (tmp_path / "tuning").exists()
 
 
-def test_trials_train_as_long_as_train_unless_the_architecture_has_its_own_epochs(prepared: Path) -> None:
-    params = tune_params(
-        **{"tune.epochs": None, "train.epochs": 2, "tune.n_trials": 2, "tune.pruner": "none"}
-    )
+@pytest.mark.parametrize("pruner", ["none", "hyperband", "median"])
+def test_trials_train_as_long_as_train_unless_the_architecture_has_its_own_epochs(
+    prepared: Path, pruner: str
+) -> None:
+    overrides = {"tune.epochs": None, "train.epochs": 2, "tune.n_trials": 2, "tune.pruner": pruner}
+    params = tune_params(**overrides)
     assert params.tune_epochs("mlp") == 2
     assert params.with_overrides({"tune.epochs_by_arch": {"mlp": 4}}).tune_epochs("mlp") == 4
     summary = tune(params, "mlp", prepared, "tuning/mlp", progress=False)
-    assert summary["epochs_run"] == summary["epochs_budget"] == 4
+    assert summary["epochs_budget"] == 4 and 2 <= summary["epochs_run"] <= 4
