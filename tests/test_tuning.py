@@ -50,7 +50,9 @@ def test_tune_writes_best_params_counts_plots_and_nested_mlflow_runs(prepared: P
     for name in ("history", "importances", "intermediate", "parallel"):
         assert Path(f"tuning/mlp/plots/{name}.png").stat().st_size > 1000
 
-    trial0 = _study(params, "mlp", prepared).trials[0]  # the baseline: params as they are
+    trials = _study(params, "mlp", prepared).trials
+    assert best["fit_s"] == pytest.approx(sum(t.user_attrs["fit_s"] for t in trials))  # the baseline counts
+    trial0 = trials[0]  # the baseline: params as they are
     assert trial0.params == {"dropout": 0.0, "weight_decay": 5e-4, "gradient_clip_val": 0.0}
 
     client = tracking.client(params.tracking.uri)

@@ -413,7 +413,9 @@ def tune(
             study.set_user_attr("mlflow_run_id", parent)
     deadline = time.time() + params.tune.timeout if params.tune.timeout else None
     job = TuneJob(params.model_dump_json(), arch, str(data_dir), str(out_dir), url, name, parent, deadline)
-    first, start = len(study.trials), time.perf_counter()
+    # Trials finished before this call (an enqueued baseline or retry has not run yet: it is not one).
+    done_before = {t.number for t in study.trials if t.state.is_finished()}
+    start = time.perf_counter()
     with tracking.tracked_run(params, f"{arch}-tune", {}, run_id=parent, experiment=experiment(params)):
         if params.tune.workers == 1:
             run_worker(job, 0, progress=progress, storage=storage, data=data)
@@ -421,7 +423,7 @@ def tune(
             _spawn_workers(job, params.tune.workers)
         wall_s = time.perf_counter() - start
         study = optuna.load_study(study_name=name, storage=storage)
-        summary = _summarise(params, arch, data.sha256, study, space, first, wall_s)
+        summary = _summarise(params, arch, data.sha256, study, space, done_before, wall_s)
         summary["storage"] = public_url(url)
         write_json(out_dir / "best.json", summary)
         pngs = _plots(study, out_dir / "plots")
@@ -439,10 +441,16 @@ def tune(
 
 
 def _summarise(
-    params: Params, arch: str, data_sha256: str, study: Any, space: dict, first: int, wall_s: float
+    params: Params,
+    arch: str,
+    data_sha256: str,
+    study: Any,
+    space: dict,
+    done_before: set[int],
+    wall_s: float,
 ) -> dict[str, Any]:
     """best.json: the best trial, its params as dotted overrides, trial counts, epochs, and the time this
-    call spent outside training (``wall_s`` vs ``fit_s`` of the trials it ran, ``first`` onwards)."""
+    call spent outside training (``wall_s`` vs ``fit_s`` of the trials it ran: those not in ``done_before``)."""
     from optuna.trial import TrialState
 
     trials = study.get_trials(deepcopy=False)
@@ -454,7 +462,7 @@ def _summarise(
     baseline = next(
         (t.value for t in trials if t.user_attrs.get("baseline") and t.state == TrialState.COMPLETE), None
     )
-    fit_s = sum(t.user_attrs.get("fit_s", 0.0) for t in trials[first:])
+    fit_s = sum(t.user_attrs.get("fit_s", 0.0) for t in trials if t.number not in done_before)
     return {
         "arch": arch,
         "enabled": True,
