@@ -1,0 +1,53 @@
+"""Faults injected into real processes: kills during checkpoint writes."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from sounding import tracking
+from tests.conftest import SOUNDING, run_cli, tiny_params, write_params
+
+pytestmark = pytest.mark.slow
+
+
+def test_repeated_kill_9_never_leaves_a_torn_checkpoint_and_training_still_completes(tmp_path: Path) -> None:
+    """An MLP on 540 samples spends a large share of each epoch writing its checkpoint, so kills at
+    random moments land during writes. Every ``last.ckpt`` left behind must load, and the run continues."""
+    epochs = 600
+    params = write_params(tmp_path / "params.yaml", tiny_params(**{"train.epochs": epochs}))
+    run_cli("prepare", "--params", str(params), cwd=tmp_path, check=True)
+    rng, kills, last_epoch, last_write = random.Random(0), 0, -1, 0
+    for _ in range(6):
+        proc = subprocess.Popen([SOUNDING, "train", "mlp", "-q"], cwd=tmp_path, stdout=subprocess.DEVNULL)
+        deadline = time.time() + 120
+        while time.time() < deadline and proc.poll() is None:  # until this process writes a checkpoint
+            stamps = [c.stat().st_mtime_ns for c in tmp_path.glob("checkpoints/mlp/*/last.ckpt")]
+            if stamps and stamps[0] > last_write:
+                break
+            time.sleep(0.01)
+        time.sleep(rng.uniform(0.0, 0.3))  # then a random moment: ~3 ms epochs, a write in each
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+            kills += 1
+        proc.wait()
+        for ckpt in tmp_path.glob("checkpoints/mlp/*/last.ckpt"):
+            epoch = torch.load(ckpt, weights_only=True, map_location="cpu")["epoch"]
+            assert epoch >= last_epoch  # never rolled back
+            last_epoch, last_write = epoch, ckpt.stat().st_mtime_ns
+    assert kills >= 4 and last_epoch >= 0
+
+    run_cli("train", "mlp", "-q", cwd=tmp_path, check=True)
+    (ckpt,) = tmp_path.glob("checkpoints/mlp/*/last.ckpt")
+    run_id = json.loads((ckpt.parent / "run.json").read_text())["run_id"]
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert tracking.logged_steps(uri, run_id, "epoch") == list(range(epochs))  # no epoch lost or repeated
+    assert json.loads((tmp_path / "metrics" / "mlp.json").read_text())["seeds"][0]["run_id"] == run_id
