@@ -150,6 +150,14 @@ def test_mlflow_environment_variables_configure_the_client_and_an_override_still
     assert load_params(path, ["tracking.uri=sqlite:///x.db"]).tracking.uri == "sqlite:///x.db"
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks a machine without a GPU")
+def test_train_on_a_gpu_that_is_not_there_exits_2_before_tracking(tmp_path: Path, prepared: Path) -> None:
+    write_params(tmp_path / "params.yaml", tiny_params())
+    result = run_cli("train", "cnn", "--data", str(prepared), "-S", "compute.accelerator=gpu", cwd=tmp_path)
+    assert result.returncode == 2 and "compute:" in result.stderr, result.stderr
+    assert not (tmp_path / "mlflow.db").exists()
+
+
 # --- slow: real processes -------------------------------------------------------------------------------
 
 
