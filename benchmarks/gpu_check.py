@@ -26,14 +26,12 @@ import tempfile
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
-from torch.utils.flop_counter import FlopCounterMode
 
-from benchmarks.common import machine
+from benchmarks.common import machine, prepared_default_data
+from benchmarks.flops import step_flops
 from sounding.config import Params
-from sounding.data.prepare import load_prepared, prepare
 from sounding.files import write_json
-from sounding.training import build_system, fit
+from sounding.training import fit
 
 logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
 
@@ -61,16 +59,6 @@ def peak_tflops(name: str) -> tuple[float | None, str]:
         if key in name:
             return value, f"spec sheet ({key}, dense bf16)"
     return None, "unknown: set GPU_PEAK_TFLOPS"
-
-
-def train_flops_per_sample(params: Params, arch: str, data, batch_size: int) -> float:
-    """FLOPs of one forward + backward pass per training sample (counted on the CPU, float32)."""
-    net = build_system(params, arch, data).net.train()
-    x = torch.as_tensor(data.train.x[:batch_size])
-    y = torch.as_tensor(data.train.y[:batch_size])
-    with FlopCounterMode(display=False) as counter:
-        F.cross_entropy(net(x), y).backward()
-    return counter.get_total_flops() / len(y)
 
 
 def steady_samples_per_s(history: list[dict], n_train: int) -> float:
@@ -110,8 +98,7 @@ def main() -> int:
     base = Params().with_overrides({"train.n_seeds": 1, "compute.devices": 1})
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        prepare(base.data, base.seed, Path(tmp) / "data")
-        data = load_prepared(Path(tmp) / "data")
+        data = prepared_default_data(Path(tmp))
         print(f"data: MNIST-1D, {len(data.train.y)} training samples\n")
         header = (
             f"{'arch':5} {'batch':>5} {'GPU bf16 samples/s':>19} {'CPU fp32 samples/s':>19} {'GPU/CPU':>8} "
@@ -134,7 +121,7 @@ def main() -> int:
                 )
                 gpu = run(gpu_params, arch, data, Path(tmp) / f"{arch}-{batch}-gpu")
                 cpu = run(cpu_params, arch, data, Path(tmp) / f"{arch}-{batch}-cpu")
-                flops = train_flops_per_sample(cpu_params, arch, data, batch)
+                flops = step_flops(cpu_params, arch, data) / batch  # per sample, counted on the CPU
                 tflops = flops * gpu["samples_per_s"] / 1e12
                 share = 100 * tflops / peak if peak else None
                 rows.append(
