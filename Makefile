@@ -9,13 +9,17 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 MLFLOW_URI ?= sqlite:///mlflow.db
 UI_PORT ?= 5000
+# `make mlflow-server`: a database that exists (createdb mlflow), and the folder the server keeps artifacts in.
+MLFLOW_BACKEND_URI ?= postgresql://postgres@127.0.0.1:5432/mlflow
+MLFLOW_ARTIFACTS_DESTINATION ?= ./mlartifacts
+SERVER_PORT ?= 5000
 export PATH := $(abspath $(BIN)):$(PATH)
 export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := true
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
 help: ## List the targets
-	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -47,8 +51,13 @@ ui: $(STAMP) ## MLflow UI on 127.0.0.1 (UI_PORT=5000) over the project's trackin
 	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(BIN)/mlflow ui --backend-store-uri $(MLFLOW_URI) \
 		--host 127.0.0.1 --port $(UI_PORT) --workers 1
 
+mlflow-server: $(STAMP) ## MLflow server on 127.0.0.1 (SERVER_PORT=5000): PostgreSQL store, proxied artifacts; see docs/cluster.md
+	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(BIN)/mlflow server --backend-store-uri $(MLFLOW_BACKEND_URI) \
+		--artifacts-destination $(MLFLOW_ARTIFACTS_DESTINATION) --serve-artifacts \
+		--host 127.0.0.1 --port $(SERVER_PORT) --workers 2
+
 clean: ## Remove caches and resume checkpoints (never DVC-tracked data, models or the MLflow store)
 	rm -rf checkpoints .pytest_cache .ruff_cache benchmarks/out
 	find . -name __pycache__ -type d -not -path './$(VENV)/*' -prune -exec rm -rf {} +
 
-.PHONY: help venv run test test-fast bench lint ui clean
+.PHONY: help venv run test test-fast bench lint ui mlflow-server clean

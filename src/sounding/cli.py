@@ -87,11 +87,20 @@ def train(
         tuned=tuned,
     )
     applied = ", ".join(f"{k}={v:.3g}" for k, v in result["tuned"].items())
+    # Under several processes every rank reports the metrics it holds (synchronised: they must agree).
+    rank = f"[rank {result['rank']}/{result['processes']}] " if result["processes"] > 1 else ""
     typer.echo(
         (f"{arch}: tuned {applied}\n" if applied else "")
-        + f"{arch}: test accuracy {result['test_acc']:.4f} ± {result['test_acc_std']:.4f} "
+        + f"{rank}{arch}: test accuracy {result['test_acc']:.4f} ± {result['test_acc_std']:.4f} "
         f"over {len(result['seeds'])} seed(s)"
     )
+    if rank:
+        for s in result["seeds"]:
+            keys = ("test/acc", "test/loss", "val/acc", "train/loss")
+            shown = ", ".join(f"{k} {s[k]:.6g}" for k in keys if s.get(k) is not None)
+            typer.echo(
+                f"{rank}{arch} seed {s['seed']}: {shown}; resumed after {s['resumed_epochs']} epoch(s)"
+            )
 
 
 @app.command()

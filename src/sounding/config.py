@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -500,8 +501,14 @@ def validate_params(raw: Any, source: str = "params") -> Params:
         raise BadInput(f"invalid parameters in {source}:\n{_format_errors(exc)}") from None
 
 
+ENVIRONMENT = {"MLFLOW_TRACKING_URI": "tracking.uri", "MLFLOW_EXPERIMENT_NAME": "tracking.experiment"}
+"""MLflow's own environment variables, when set, replace these params (a ``-S`` override still wins): a
+cluster job's environment names the shared MLflow server while ``params.yaml`` keeps the local store."""
+
+
 def load_params(path: str | Path = "params.yaml", overrides: list[str] | None = None) -> Params:
-    """Read ``path``, apply ``key.path=value`` overrides, and validate."""
+    """Read ``path``, apply the ``ENVIRONMENT`` variables that are set, then ``key.path=value`` overrides,
+    and validate."""
     path = Path(path)
     if not path.is_file():
         raise BadInput(f"params file {path} not found (pass --params PATH)")
@@ -511,6 +518,9 @@ def load_params(path: str | Path = "params.yaml", overrides: list[str] | None = 
         raise BadInput(f"{path} is not valid YAML: {exc}") from exc
     if not isinstance(raw, dict):
         raise BadInput(f"{path}: expected a mapping of sections at the top level")
+    for variable, key in ENVIRONMENT.items():
+        if os.environ.get(variable):
+            _set_path(raw, key, os.environ[variable])
     for key, value in parse_overrides(overrides or []).items():
         _set_path(raw, key, value)
     return validate_params(raw, source=str(path))

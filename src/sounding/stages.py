@@ -46,14 +46,16 @@ def train_architecture(
     confusion-matrix CSVs for ``dvc plots`` plus PNGs. Each seed is one MLflow run ``ARCH-seedN`` tagged
     with ``stage`` (the ``pretrain`` stage trains through here too). ``tuned`` is a ``sounding tune``
     result (``best.json``) whose values replace those of params.
-    """
-    import torch
 
-    from sounding import plots, tracking
+    Under several processes (``torchrun``, ``srun``; ``compute.strategy: ddp``) every rank trains and
+    tests, and only rank zero creates the MLflow runs and writes files; every rank returns the same
+    metrics (synchronised across ranks), with ``rank`` and ``processes``.
+    """
+    from contextlib import nullcontext
+
+    from sounding import tracking
     from sounding.data.prepare import load_prepared
-    from sounding.models.classifier import LitClassifier
-    from sounding.serving import log_pyfunc
-    from sounding.training import build_system, fingerprint, fit
+    from sounding.training import build_system, fingerprint, fit, process_rank
 
     model_dir, plots_dir = Path(model_dir), Path(plots_dir)
     data = load_prepared(data_dir)
@@ -63,50 +65,33 @@ def train_architecture(
 
         params, tuned_values = apply_tuned(params, arch, tuned, data.sha256)
     build_system(params, arch, data)  # a shape the architecture cannot take fails here, before any training
-    uri = params.tracking.uri
+    rank, processes = process_rank(params)  # a compute section that cannot run here fails here too
     per_seed = []
+    model_uri = None
     for i, seed in enumerate(params.seeds()):
         run_dir = Path(checkpoints) / arch / fingerprint(params, arch, seed, data.sha256)
         tags = {"stage": stage, "arch": arch, "seed": str(seed), "data_sha256": data.sha256}
-        with tracking.resumable_run(params, run_dir, f"{arch}-seed{seed}", tags) as run_id:
+        # Other ranks take part in training and testing (collective calls) but create no run.
+        run = tracking.resumable_run(params, run_dir, f"{arch}-seed{seed}", tags) if rank == 0 else None
+        with run or nullcontext(None) as run_id:
             result = fit(params, arch, seed, data, run_dir, run_id=run_id, progress=progress)
-            system = LitClassifier.load_from_checkpoint(
-                result.checkpoint, weights_only=True, map_location="cpu"
-            )
-            with torch.no_grad():
-                predicted = system.net.eval()(torch.as_tensor(data.test.x)).argmax(1).numpy()
-            cm = np.zeros((data.spec.num_classes,) * 2, dtype=np.int64)
-            np.add.at(cm, (data.test.y, predicted), 1)
-            seed_dir = plots_dir / f"seed-{seed}"
-            pngs = [
-                plots.learning_curves(
-                    result.history, f"{arch} seed {seed}", seed_dir / "learning_curves.png"
-                ),
-                plots.confusion_matrix(cm, f"{arch} seed {seed}: test confusion", seed_dir / "confusion.png"),
-                plots.grad_norm_heatmap(
-                    result.history,
-                    f"{arch} seed {seed}: gradient norm per layer",
-                    seed_dir / "grad_norms.png",
-                ),
-            ]
             final = {k: v for k, v in result.metrics.items() if k.startswith("test/")}
             final.update(
                 n_params=result.n_params, train_time_s=result.train_time_s, samples_per_s=result.samples_per_s
             )
-            tracking.log_metrics(uri, run_id, final, step=len(result.history))
-            tracking.log_artifacts(uri, run_id, [p for p in pngs if p], "plots")
-            tracking.log_artifacts(uri, run_id, [Path(result.checkpoint)], "checkpoint")
-            if i == 0:
-                _write_model(system, data, result.checkpoint, model_dir)
-                model_uri = log_pyfunc(run_id, uri, model_dir, data.test.x[:2])
-                _write_plot_data(result.history, data.test.y, predicted, plots_dir)
+            if rank == 0:
+                uri = _publish_seed(params, arch, seed, data, result, final, model_dir, plots_dir, i == 0)
+                model_uri = model_uri or uri
         per_seed.append(
             {
                 "seed": seed,
                 "run_id": run_id,
                 **final,
+                "val/acc": result.metrics.get("val/acc"),
+                "train/loss": result.metrics.get("train/loss"),
                 "epochs": len(result.history),
                 "selected_epoch": int(result.metrics["selected_epoch"]),
+                "resumed_epochs": result.resumed_epochs,
                 "device": result.device,
             }
         )
@@ -122,6 +107,7 @@ def train_architecture(
         "train_time_s": statistics.fmean(s["train_time_s"] for s in per_seed),
         "samples_per_s": statistics.fmean(s["samples_per_s"] for s in per_seed),
         "device": per_seed[0]["device"],
+        "processes": processes,
         "epochs": params.train.epochs,
         "data_sha256": data.sha256,
         "model_uri": model_uri,
@@ -129,8 +115,53 @@ def train_architecture(
         "tuned": tuned_values,
         "seeds": per_seed,
     }
-    write_json(metrics_path, metrics)
-    return metrics
+    if rank == 0:
+        write_json(metrics_path, metrics)
+    return {**metrics, "rank": rank}
+
+
+def _publish_seed(
+    params: Params,
+    arch: str,
+    seed: int,
+    data: Any,
+    result: Any,
+    final: dict[str, float],
+    model_dir: Path,
+    plots_dir: Path,
+    first: bool,
+) -> str | None:
+    """Rank zero's outputs of one seed: plots and final metrics in its MLflow run, and for the first seed
+    the model files, the pyfunc model (whose URI is returned) and the plot data for DVC."""
+    import torch
+
+    from sounding import plots, tracking
+    from sounding.models.classifier import LitClassifier
+    from sounding.serving import log_pyfunc
+
+    uri, run_id = params.tracking.uri, result.run_id
+    system = LitClassifier.load_from_checkpoint(result.checkpoint, weights_only=True, map_location="cpu")
+    with torch.no_grad():
+        predicted = system.net.eval()(torch.as_tensor(data.test.x)).argmax(1).numpy()
+    cm = np.zeros((data.spec.num_classes,) * 2, dtype=np.int64)
+    np.add.at(cm, (data.test.y, predicted), 1)
+    seed_dir = plots_dir / f"seed-{seed}"
+    pngs = [
+        plots.learning_curves(result.history, f"{arch} seed {seed}", seed_dir / "learning_curves.png"),
+        plots.confusion_matrix(cm, f"{arch} seed {seed}: test confusion", seed_dir / "confusion.png"),
+        plots.grad_norm_heatmap(
+            result.history, f"{arch} seed {seed}: gradient norm per layer", seed_dir / "grad_norms.png"
+        ),
+    ]
+    tracking.log_metrics(uri, run_id, final, step=len(result.history))
+    tracking.log_artifacts(uri, run_id, [p for p in pngs if p], "plots")
+    tracking.log_artifacts(uri, run_id, [Path(result.checkpoint)], "checkpoint")
+    if not first:
+        return None
+    _write_model(system, data, result.checkpoint, model_dir)
+    model_uri = log_pyfunc(run_id, uri, model_dir, data.test.x[:2])
+    _write_plot_data(result.history, data.test.y, predicted, plots_dir)
+    return model_uri
 
 
 def _write_model(system: Any, data: Any, checkpoint: str, model_dir: Path) -> None:

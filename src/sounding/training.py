@@ -13,6 +13,8 @@ import functools
 import hashlib
 import json
 import logging
+import os
+import sys
 import time
 import warnings
 from dataclasses import dataclass
@@ -36,6 +38,8 @@ from sounding.models.factory import net_kwargs
 for _name in ("lightning.pytorch", "lightning.fabric"):
     logging.getLogger(_name).setLevel(logging.WARNING)
 warnings.filterwarnings("ignore", message=r".*LeafSpec.*is deprecated")
+# Validation metrics are sums already reduced over processes (LitClassifier): no sync_dist needed.
+warnings.filterwarnings("ignore", message=r".*sync_dist=True.*when logging on epoch level in distributed")
 
 
 @dataclass
@@ -52,16 +56,22 @@ class FitResult:
     train_time_s: float
     samples_per_s: float
     device: str
+    resumed_epochs: int = 0
+    """Epochs already done in the checkpoint this fit resumed from (0 for a fresh start)."""
 
 
 class EpochSeed(Callback):
-    """Re-seed torch's RNG (dropout, noise) from (seed, epoch) at each epoch start, for exact resumes."""
+    """Re-seed torch's RNG (dropout, noise) from (seed, epoch) at each epoch start, for exact resumes.
+
+    Under several processes each rank gets its own stream (rank 0 keeps the single-process one), so ranks
+    do not draw the same dropout masks for their different samples.
+    """
 
     def __init__(self, seed: int) -> None:
         self.seed = seed
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        torch.manual_seed(self.seed * 100_003 + trainer.current_epoch)
+        torch.manual_seed(self.seed * 100_003 + trainer.current_epoch + 7_919_000 * trainer.global_rank)
 
 
 class EpochCheckpoint(Checkpoint):
@@ -79,6 +89,7 @@ class EpochCheckpoint(Checkpoint):
         self.history: list[dict[str, float]] = []
         self.train_time_s = 0.0
         self.best: dict[str, Any] = {"epoch": -1, "val/acc": -1.0, "state": None}
+        self.resumed_epochs = 0
         self._epoch_start = 0.0
         self._logged: set[int] = set()
         self._pending: list[dict[str, float]] = []
@@ -95,6 +106,7 @@ class EpochCheckpoint(Checkpoint):
         self._last_flush = time.monotonic()
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.resumed_epochs = len(self.history)  # restored from the checkpoint before this hook
         if self._tracking(trainer):
             self._logged = set(tracking.logged_steps(self.uri, self.run_id, "epoch"))
             self._pending = [row for row in self.history if int(row["epoch"]) not in self._logged]
@@ -230,6 +242,51 @@ def make_trainer(
     )
 
 
+def process_rank(params: Params) -> tuple[int, int]:
+    """(global rank, world size) that ``fit`` will run with in this process, as Lightning derives them
+    from the launcher's environment (torchrun, SLURM's srun, MPI, or Lightning's own launcher); (0, 1) for
+    one process. Known before any training starts, so that only rank zero creates MLflow runs and writes
+    files. A compute section that cannot run here (``accelerator: gpu`` with no GPU, ``devices`` unlike
+    the launcher's processes per node) is reported as bad input.
+    """
+    from lightning.fabric.plugins.environments import TorchElasticEnvironment
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+    from sounding.errors import BadInput
+
+    try:
+        trainer = make_trainer(params, [])
+        env = getattr(trainer.strategy, "cluster_environment", None)
+        if env is not None:  # Lightning checks this only when it launches the processes itself
+            env.validate_settings(num_devices=trainer.num_devices, num_nodes=trainer.num_nodes)
+    except (MisconfigurationException, ValueError, RuntimeError) as exc:  # RuntimeError: srun's variables
+        raise BadInput(f"compute: {exc}") from None
+    launched = int(os.environ.get("WORLD_SIZE", "1")) if TorchElasticEnvironment.detect() else 1
+    if launched > 1 and trainer.world_size == 1:  # each copy would train alone and track its own run
+        raise BadInput(
+            f"compute: torchrun started {launched} processes but compute asks for one (strategy "
+            f"{params.compute.strategy}, devices {params.compute.devices}); set compute.strategy=ddp and "
+            "compute.devices to --nproc_per_node"
+        )
+    relaunches = trainer.world_size > 1 and env is not None and not env.creates_processes_externally
+    if relaunches and not _is_cli(sys.argv[0]):
+        # Lightning's own launcher would start one copy of this process's command per extra device: a
+        # copy of the `sounding` command is one more rank, a copy of anything else (a Prefect flow, a
+        # notebook, pytest) reruns it whole.
+        raise BadInput(
+            f"compute: {trainer.world_size} processes requested (strategy {params.compute.strategy}, devices "
+            f"{params.compute.devices}, num_nodes {params.compute.num_nodes}) from {sys.argv[0]!r}, which "
+            "Lightning would re-execute once per device; launch `sounding train` itself with torchrun or "
+            "srun, in its own process (docs/cluster.md)"
+        )
+    return trainer.global_rank, trainer.world_size
+
+
+def _is_cli(argv0: str) -> bool:
+    path = Path(argv0)
+    return path.stem == "sounding" or path.parts[-2:] == ("sounding", "cli.py")
+
+
 def resume_fit(
     trainer: L.Trainer, system: L.LightningModule, datamodule: L.LightningDataModule, checkpoint: Path
 ) -> None:
@@ -305,6 +362,7 @@ def fit(
         train_time_s=recorder.train_time_s,
         samples_per_s=samples / recorder.train_time_s if recorder.train_time_s else 0.0,
         device=str(trainer.strategy.root_device),
+        resumed_epochs=recorder.resumed_epochs,
     )
 
 

@@ -239,6 +239,8 @@ def _objective(job: TuneJob, params: Params, data: Any, lock: BudgetLock):
     def objective(trial: optuna.Trial) -> float:
         lock.release()  # the trial is RUNNING in the storage: other workers may count it now
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+        if os.environ.get("CUDA_VISIBLE_DEVICES"):
+            trial.set_user_attr("cuda_visible_devices", os.environ["CUDA_VISIBLE_DEVICES"])
         overrides = {}
         for name, (key, r) in space.items():
             suggest = trial.suggest_int if r.is_int else trial.suggest_float
@@ -342,12 +344,45 @@ def _progress_bar(study: Any, total: int):
     return tqdm(total=total, desc=f"tune {study.study_name}", unit="trial", leave=False, disable=None)
 
 
+def worker_gpus(params: Params, workers: int) -> list[str | None]:
+    """The GPU each local worker sees (its ``CUDA_VISIBLE_DEVICES``): the GPUs visible to this process
+    dealt round-robin, so N workers on a machine with G GPUs use all of them, N // G or more per GPU.
+    ``None`` (inherit) when training runs on the CPU or there is no GPU."""
+    if params.compute.accelerator == "cpu":
+        return [None] * workers
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        gpus = [g.strip() for g in visible.split(",") if g.strip()]
+    else:
+        import torch
+
+        gpus = [str(i) for i in range(torch.cuda.device_count())]  # NVML: no CUDA context in this process
+    return [gpus[i % len(gpus)] if gpus else None for i in range(workers)]
+
+
+def _start(proc: Any, gpu: str | None) -> None:
+    """Start a spawned process with ``CUDA_VISIBLE_DEVICES=gpu`` (a spawned child copies the environment
+    as it is when it starts)."""
+    if gpu is None:
+        proc.start()
+        return
+    saved = os.environ.get("CUDA_VISIBLE_DEVICES")
+    os.environ["CUDA_VISIBLE_DEVICES"] = gpu
+    try:
+        proc.start()
+    finally:
+        if saved is None:
+            del os.environ["CUDA_VISIBLE_DEVICES"]
+        else:
+            os.environ["CUDA_VISIBLE_DEVICES"] = saved
+
+
 def _spawn_workers(job: TuneJob, workers: int) -> None:
     # spawn, not fork: torch and the sqlalchemy engines of this process must not be inherited.
     ctx = multiprocessing.get_context("spawn")
     procs = [ctx.Process(target=run_worker, args=(job, i), name=f"tune-worker-{i}") for i in range(workers)]
-    for proc in procs:
-        proc.start()
+    for proc, gpu in zip(procs, worker_gpus(job.params, workers), strict=True):
+        _start(proc, gpu)
     try:
         for proc in procs:
             proc.join()
