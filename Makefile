@@ -9,6 +9,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 MLFLOW_URI ?= sqlite:///mlflow.db
 UI_PORT ?= 5000
+PREFECT_PORT ?= 4200
+CRON ?= 0 3 * * *
 export PATH := $(abspath $(BIN)):$(PATH)
 export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := true
@@ -37,15 +39,18 @@ test-fast: $(STAMP) ## Run the fast tier only
 	$(BIN)/pytest -q
 
 lint: $(STAMP) ## Ruff lint and format check
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks pipelines
+	$(BIN)/ruff format --check src tests benchmarks pipelines
 
 ui: $(STAMP) ## MLflow UI on 127.0.0.1 (UI_PORT=5000) over the project's tracking store
 	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(BIN)/mlflow ui --backend-store-uri $(MLFLOW_URI) \
 		--host 127.0.0.1 --port $(UI_PORT) --workers 1
 
+scheduler: $(STAMP) ## Prefect server on 127.0.0.1 (PREFECT_PORT=4200) serving the retraining flow (CRON="0 3 * * *")
+	$(BIN)/python -m pipelines.server --port $(PREFECT_PORT) -- $(BIN)/sounding schedule --cron "$(CRON)"
+
 clean: ## Remove caches and resume checkpoints (never DVC-tracked data, models or the MLflow store)
 	rm -rf checkpoints .pytest_cache .ruff_cache benchmarks/out
 	find . -name __pycache__ -type d -not -path './$(VENV)/*' -prune -exec rm -rf {} +
 
-.PHONY: help venv run test test-fast lint ui clean
+.PHONY: help venv run test test-fast lint ui scheduler clean

@@ -372,6 +372,23 @@ class TransferParams(Section):
         )
 
 
+class RetrainParams(Section):
+    """The Prefect retraining flow (``pipelines/retrain.py``, ``sounding schedule``)."""
+
+    task_runner: Literal["processes", "threads"] = "processes"
+    """How the architectures run side by side on one machine. ``processes``: each worker process has its
+    own torch random state, so results equal the CLI's. ``threads``: no process start-up, but the trainings
+    share torch's global random state, so parallel results are not bit-reproducible. Dask or Ray on a
+    cluster: see the README."""
+    max_workers: PositiveInt = 2
+    """Tasks (tuning, training, pretraining) running at once."""
+    retries: Annotated[int, Field(ge=0)] = 3
+    """Retries of a task that failed for a transient reason (an MLflow server that does not answer).
+    Bad input is never retried."""
+    retry_delay_s: NonNegative = 10.0
+    """First retry delay; each further retry waits twice as long (exponential backoff)."""
+
+
 class TrackingParams(Section):
     """MLflow. The default is a sqlite file at the repository root: no server needed."""
 
@@ -393,6 +410,7 @@ class Params(Section):
     transfer: TransferParams = TransferParams()
     compute: ComputeParams = ComputeParams()
     tracking: TrackingParams = TrackingParams()
+    retrain: RetrainParams = RetrainParams()
 
     def seeds(self) -> list[int]:
         """The training seeds: ``seed``, ``seed + 1``, … (``train.n_seeds`` of them)."""

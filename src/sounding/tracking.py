@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
 from functools import cache
@@ -36,6 +37,16 @@ def git_sha() -> str:
         return sha + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
+
+
+def orchestration_tags() -> dict[str, str]:
+    """``prefect.flow_run_id`` and ``prefect.deployment`` of the Prefect flow run this code runs in, if any."""
+    if "prefect" not in sys.modules:  # not under Prefect; importing it would cost a second for nothing
+        return {}
+    from prefect.runtime import deployment, flow_run
+
+    tags = {"prefect.flow_run_id": flow_run.id, "prefect.deployment": deployment.name}
+    return {k: str(v) for k, v in tags.items() if v}
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, str]:
@@ -117,7 +128,7 @@ def tracked_run(
     uri = params.tracking.uri
     c = client(uri)
     if run_id is None:
-        all_tags = {"git_sha": git_sha(), "mlflow.runName": run_name, **tags}
+        all_tags = {"git_sha": git_sha(), "mlflow.runName": run_name, **orchestration_tags(), **tags}
         if parent_run_id:
             all_tags["mlflow.parentRunId"] = parent_run_id
         run = c.create_run(
