@@ -7,8 +7,8 @@ report. Each task calls the library function its ``sounding`` command calls, wit
 A task's cache key is a content fingerprint: the params keys that ``dvc.yaml`` lists for its stage, a hash
 of the package source, the content hashes of the upstream results it reads (the data sha256, the tuned
 values, the metrics) and the workspace. A run with nothing changed therefore trains nothing, and changing
-one architecture's params retrains that architecture only. A key is only offered while the task's outputs
-are on disk. Cached results are small JSON records under ``.sounding/prefect``, never pickles.
+one architecture's params retrains that architecture (and the stages that read its results) only. A key is
+only offered while the task's outputs are on disk. Cached results are small JSON records under ``.sounding/prefect``, never pickles.
 """
 
 from __future__ import annotations

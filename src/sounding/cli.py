@@ -343,13 +343,22 @@ def schedule(
     try:
         CronSchedule(cron=cron)
     except ValidationError as exc:
-        raise BadInput(f"--cron {cron!r} is not a cron expression: {exc.errors()[0]['msg']}") from None
-    if not get_current_settings().api.url:
+        raise BadInput(
+            f"--cron {cron!r} is not a cron expression: "
+            f"{exc.errors()[0]['msg'].removeprefix('Value error, ')}"
+        ) from None
+    url = get_current_settings().api.url
+    if not url:
         raise BadInput(
             "PREFECT_API_URL is not set: Prefect's temporary (ephemeral) server cannot run schedules. "
             "Start one with `prefect server start --host 127.0.0.1` and set "
             "PREFECT_API_URL=http://127.0.0.1:4200/api, or run `make scheduler`."
         )
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        if (problem := client.api_healthcheck()) is not None:
+            raise BadInput(f"no Prefect server answers at PREFECT_API_URL={url} ({problem})")
     flow.serve(
         name=name,
         cron=cron,

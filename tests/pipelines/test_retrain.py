@@ -190,3 +190,15 @@ def test_task_runner_follows_params() -> None:
         flow_params(**{"retrain.task_runner": "processes", "retrain.max_workers": 3})
     )
     assert type(runner).__name__ == "ProcessPoolTaskRunner" and runner._max_workers == 3
+
+
+def test_schedule_refuses_what_cannot_schedule(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    write_params(tmp_path / "params.yaml", flow_params())
+    bad_cron = run_cli("schedule", "--cron", "at three", cwd=tmp_path)
+    assert bad_cron.returncode == 2 and "not a cron expression" in bad_cron.stderr
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    ephemeral = run_cli("schedule", cwd=tmp_path)
+    assert ephemeral.returncode == 2 and "cannot run schedules" in ephemeral.stderr
+    monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:9/api")  # nothing listens on the discard port
+    unanswered = run_cli("schedule", cwd=tmp_path)
+    assert unanswered.returncode == 2 and "no Prefect server answers" in unanswered.stderr
