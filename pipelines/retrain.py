@@ -7,8 +7,8 @@ report. Each task calls the library function its ``sounding`` command calls, wit
 A task's cache key is a content fingerprint: the params keys that ``dvc.yaml`` lists for its stage, a hash
 of the package source, the content hashes of the upstream results it reads (the data sha256, the tuned
 values, the metrics) and the workspace. A run with nothing changed therefore trains nothing, and changing
-one architecture's params retrains that architecture (and the stages that read its results) only. A key is
-only offered while the task's outputs are on disk. Cached results are small JSON records under ``.sounding/prefect``, never pickles.
+one architecture's params retrains that architecture (and the stages that read its results) only. A stage
+whose outputs are missing runs whatever its key. Cached results are small JSON records under ``.sounding/prefect``, never pickles.
 """
 
 from __future__ import annotations
@@ -61,15 +61,12 @@ def _files_digest(paths: list[str]) -> str:
     return _digest({p: sha256_file(p) for p in paths if Path(p).is_file()})
 
 
-def _cache_key(context: Any, parameters: dict[str, Any]) -> str | None:
-    """The stage, its params, the code version, the content of the files it reads and the workspace; none
-    while an output is missing (a deleted model is trained again, not restored from a record of it)."""
+def _cache_key(context: Any, parameters: dict[str, Any]) -> str:
+    """The stage, its params, the code version, the content of the files it reads, and the workspace."""
     from sounding.training import code_version
 
     params: Params = parameters["params"]
     stage, arch = parameters["stage"], parameters["arch"]
-    if not all(Path(p).exists() for p in parameters["outputs"]):
-        return None
     return _digest(
         {
             "stage": stage,
@@ -102,7 +99,7 @@ stage_task = task(
     task_run_name=_run_name,
 )
 """Every stage's task options. ``inputs`` are the files a stage reads (their content is in the cache key),
-``outputs`` those it writes, as in dvc.yaml. ``_configured`` adds retries, storage and ``force``."""
+``outputs`` those it writes, as in dvc.yaml. ``_configured`` adds retries, storage and cache refresh."""
 
 
 @stage_task
@@ -175,14 +172,17 @@ def report(params: Params, stage: str, arch: str, inputs: list[str], outputs: li
     return {"leaderboard": str(write_report("metrics", params.train.archs, params.data.source, "reports"))}
 
 
-def _configured(stage_fn: Any, params: Params, force: bool) -> Any:
-    """The task with the retry policy of params, the workspace's result store, and ``force``."""
+def _configured(stage_fn: Any, params: Params, force: bool, outputs: list[str]) -> Any:
+    """The task with the retry policy of params and the workspace's result store. It ignores its cached
+    result with ``force``, and while one of its outputs is missing: a deleted model is trained again, not
+    restored from a record saying it exists (only this stage writes them, so checking before it starts
+    is enough)."""
     r = params.retrain
     return stage_fn.with_options(
         retries=r.retries,
         retry_delay_seconds=exponential_backoff(backoff_factor=r.retry_delay_s) if r.retries else 0,
         result_storage=(STATE_DIR / "prefect").resolve(),
-        refresh_cache=force,
+        refresh_cache=force or not all(Path(p).exists() for p in outputs),
     )
 
 
@@ -251,7 +251,7 @@ def _submit_stages(params: Params, force: bool) -> dict[str, Any]:
     def submit(stage_fn: Any, arch: str, inputs: list[str], outputs: list[str], after: list) -> Any:
         stage = stage_fn.name
         parameters = {"params": params, "stage": stage, "arch": arch, "inputs": inputs, "outputs": outputs}
-        future = runner.submit(_configured(stage_fn, params, force), parameters, wait_for=after)
+        future = runner.submit(_configured(stage_fn, params, force, outputs), parameters, wait_for=after)
         futures[f"{stage}-{arch}" if arch else stage] = future
         return future
 

@@ -19,7 +19,8 @@ def prefect_harness():
 
 def flow_params(**overrides: object) -> Params:
     """``tiny_params`` shrunk further for whole-flow runs: two architectures, two tuning trials of two
-    epochs, transfer of the MLP at two budgets; threads, and retries without delay."""
+    epochs, transfer of the MLP at two budgets; tasks one at a time in the test's process (monkeypatches reach
+    them), retries without delay."""
     base = {
         "train.archs": ["linear", "cnn"],
         "train.epochs": 2,
@@ -28,6 +29,7 @@ def flow_params(**overrides: object) -> Params:
         "transfer.archs": ["mlp"],
         "transfer.budgets": [0.5, 1.0],
         "retrain.task_runner": "threads",
+        "retrain.max_workers": 1,
         "retrain.retry_delay_s": 0,
     }
     base.update(overrides)

@@ -117,7 +117,7 @@ def _report_flow(params: Params):
 
     @flow
     def report_only() -> dict:
-        task = pipeline._configured(pipeline.report, params, force=False)
+        task = pipeline._configured(pipeline.report, params, False, ["reports/leaderboard.md"])
         return task(params, "report", "", [], ["reports/leaderboard.md"])
 
     return report_only
@@ -165,21 +165,23 @@ def test_bad_params_fail_before_any_work(prefect_harness: None, tmp_path: Path) 
     assert result.returncode == 2 and "unknown architecture" in result.stderr
 
 
-def test_cache_key_covers_the_stage_params_inputs_and_outputs(tmp_path: Path) -> None:
+def test_cache_key_covers_the_stage_params_and_inputs_and_missing_outputs_refresh(tmp_path: Path) -> None:
     params = flow_params()
     (tmp_path / "best.json").write_text("{}")
 
-    def key(p: Params, arch: str = "cnn", outputs: tuple[str, ...] = ("best.json",)) -> str | None:
-        parameters = {"params": p, "stage": "tune", "arch": arch, "inputs": ["best.json"], "outputs": outputs}
+    def key(p: Params, arch: str = "cnn") -> str:
+        parameters = {"params": p, "stage": "tune", "arch": arch, "inputs": ["best.json"], "outputs": []}
         return pipeline._cache_key(None, parameters)
 
     base = key(params)
-    assert base is not None and key(params) == base
+    assert key(params) == base
     assert key(params.with_overrides({"models.mlp.hidden": 7})) == base  # another architecture's section
     assert key(params.with_overrides({"models.cnn.channels": 7})) != base
     assert key(params.with_overrides({"retrain.max_workers": 1})) == base  # not a result-shaping key
     assert key(params, arch="linear") != base
-    assert key(params, outputs=("missing",)) is None
+    assert not pipeline._configured(pipeline.tune, params, False, ["best.json"]).refresh_cache
+    assert pipeline._configured(pipeline.tune, params, False, ["best.json", "missing"]).refresh_cache
+    assert pipeline._configured(pipeline.tune, params, True, ["best.json"]).refresh_cache
     (tmp_path / "best.json").write_text('{"changed": 1}')
     assert key(params) != base
 
@@ -190,6 +192,8 @@ def test_task_runner_follows_params() -> None:
         flow_params(**{"retrain.task_runner": "processes", "retrain.max_workers": 3})
     )
     assert type(runner).__name__ == "ProcessPoolTaskRunner" and runner._max_workers == 3
+    with pytest.raises(BadInput, match="not thread-safe"):
+        flow_params(**{"retrain.max_workers": 2})
 
 
 def test_schedule_refuses_what_cannot_schedule(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
