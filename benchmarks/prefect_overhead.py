@@ -6,7 +6,7 @@ checkpoint, no Optuna study, no cached result: the flow runs with ``force``). Th
 at a time (a one-thread runner), so the ratio is Prefect's own cost, not parallelism. It talks to a real
 ``prefect server`` on 127.0.0.1, whose start-up is timed and reported on its own.
 
-    python -m benchmarks.prefect_overhead [--pairs 3] [--epochs 5]
+    python -m benchmarks.prefect_overhead [--pairs 5] [--epochs 10]
 """
 
 from __future__ import annotations
@@ -70,8 +70,8 @@ def in_clean(workspace: Path, run: Callable[[], object]) -> Callable[[], None]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--pairs", type=int, default=3)
-    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--pairs", type=int, default=5)
+    parser.add_argument("--epochs", type=int, default=10)
     args = parser.parse_args()
     params = Params().with_overrides(
         {

@@ -43,10 +43,18 @@ def orchestration_tags() -> dict[str, str]:
     """``prefect.flow_run_id`` and ``prefect.deployment`` of the Prefect flow run this code runs in, if any."""
     if "prefect" not in sys.modules:  # not under Prefect; importing it would cost a second for nothing
         return {}
-    from prefect.runtime import deployment, flow_run
+    from prefect.runtime import flow_run
 
-    tags = {"prefect.flow_run_id": flow_run.id, "prefect.deployment": deployment.name}
-    return {k: str(v) for k, v in tags.items() if v}
+    return _flow_run_tags(flow_run.id) if flow_run.id else {}
+
+
+@cache
+def _flow_run_tags(flow_run_id: str) -> dict[str, str]:
+    # Looking the deployment up is an API call; a flow run's deployment never changes.
+    from prefect.runtime import deployment
+
+    name = deployment.name
+    return {"prefect.flow_run_id": flow_run_id, **({"prefect.deployment": name} if name else {})}
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, str]:

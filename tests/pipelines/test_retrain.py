@@ -1,7 +1,7 @@
 """The retraining flow on tiny params, against one session-wide Prefect test server.
 
 The tests of ``workspace`` share one workspace and run in file order: a first run, a rerun with nothing
-changed, a change to one architecture, then two flows started at once.
+changed, a change to one architecture, two flows started at once, a failed run and the run after it.
 """
 
 from __future__ import annotations
