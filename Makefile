@@ -38,6 +38,9 @@ test: $(STAMP) ## Run the whole test suite: fast tier, then the slow end-to-end 
 test-fast: $(STAMP) ## Run the fast tier only
 	$(BIN)/pytest -q
 
+bench: $(STAMP) ## Run every benchmark (about 25 minutes) and write benchmarks/results.md
+	$(BIN)/python -m benchmarks
+
 lint: $(STAMP) ## Ruff lint and format check
 	$(BIN)/ruff check src tests benchmarks pipelines
 	$(BIN)/ruff format --check src tests benchmarks pipelines
@@ -53,4 +56,4 @@ clean: ## Remove caches and resume checkpoints (never DVC-tracked data, models o
 	rm -rf checkpoints .pytest_cache .ruff_cache benchmarks/out
 	find . -name __pycache__ -type d -not -path './$(VENV)/*' -prune -exec rm -rf {} +
 
-.PHONY: help venv run test test-fast lint ui scheduler clean
+.PHONY: help venv run test test-fast bench lint ui scheduler clean

@@ -11,6 +11,8 @@ import platform
 import statistics
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -50,3 +52,30 @@ def interleaved(
 def ratio(times_a: list[float], times_b: list[float]) -> float:
     """Median of the per-pair ratios a/b."""
     return statistics.median(x / y for x, y in zip(times_a, times_b, strict=True))
+
+
+@dataclass
+class Figure:
+    """One row of ``benchmarks/results.md``: a measured figure against its target."""
+
+    number: int
+    name: str
+    value: float | None
+    target: str
+    passed: bool | None
+    detail: str = ""
+
+    def row(self) -> str:
+        verdict = {True: "pass", False: "falls short", None: "–"}[self.passed]
+        value = "–" if self.value is None else f"{self.value:.3g}"
+        return f"| {self.number} | {self.name} | {value} | {self.target} | {verdict} | {self.detail} |"
+
+
+def prepared_default_data(workdir: Path):
+    """The default MNIST-1D, prepared under ``workdir``: what the benchmarks train on."""
+    from sounding.config import Params
+    from sounding.data.prepare import load_prepared, prepare
+
+    params = Params()
+    prepare(params.data, params.seed, workdir / "data")
+    return load_prepared(workdir / "data")

@@ -12,16 +12,50 @@ from __future__ import annotations
 import argparse
 import logging
 import shutil
+import statistics
 import tempfile
 from pathlib import Path
 
-from benchmarks.common import interleaved, machine, ratio
+from benchmarks.common import Figure, interleaved, machine, prepared_default_data, ratio
 from sounding import tracking
 from sounding.config import Params
-from sounding.data.prepare import load_prepared, prepare
 from sounding.training import fit
 
 logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+
+
+def measure(arch: str = "mlp", epochs: int = 20, pairs: int = 5) -> list[Figure]:
+    """Figure 4: training with MLflow tracking ÷ without."""
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        params = Params().with_overrides(
+            {
+                "train.epochs": epochs,
+                "compute.accelerator": "cpu",
+                "tracking.uri": f"sqlite:///{work / 'mlflow.db'}",
+            }
+        )
+        data = prepared_default_data(work)
+
+        def untracked() -> None:
+            shutil.rmtree(work / "a", ignore_errors=True)
+            fit(params, arch, params.seed, data, work / "a", progress=False)
+
+        def tracked() -> None:
+            shutil.rmtree(work / "b", ignore_errors=True)
+            with tracking.tracked_run(params, f"{arch}-bench", {"stage": "bench"}) as run_id:
+                fit(params, arch, params.seed, data, work / "b", run_id=run_id, progress=False)
+
+        print(f"machine: {machine()}")
+        with_t, without = interleaved(tracked, untracked, pairs)
+    r = ratio(with_t, without)
+    detail = (
+        f"{arch}, {epochs} epochs: {statistics.median(with_t):.2f} s vs {statistics.median(without):.2f} s"
+    )
+    print(
+        f"with MLflow ÷ without: {r:.3f} ({detail}); target ≤ 1.02: {'pass' if r <= 1.02 else 'FALLS SHORT'}"
+    )
+    return [Figure(4, "training with MLflow ÷ without", r, "≤ 1.02", r <= 1.02, detail)]
 
 
 def main() -> None:
@@ -30,35 +64,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--pairs", type=int, default=5)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
-        params = Params().with_overrides(
-            {
-                "train.epochs": args.epochs,
-                "compute.accelerator": "cpu",
-                "tracking.uri": f"sqlite:///{work / 'mlflow.db'}",
-            }
-        )
-        prepare(params.data, params.seed, work / "data")
-        data = load_prepared(work / "data")
-
-        def untracked() -> None:
-            shutil.rmtree(work / "a", ignore_errors=True)
-            fit(params, args.arch, params.seed, data, work / "a", progress=False)
-
-        def tracked() -> None:
-            shutil.rmtree(work / "b", ignore_errors=True)
-            with tracking.tracked_run(params, f"{args.arch}-bench", {"stage": "bench"}) as run_id:
-                fit(params, args.arch, params.seed, data, work / "b", run_id=run_id, progress=False)
-
-        print(f"machine: {machine()}")
-        with_t, without = interleaved(tracked, untracked, args.pairs)
-        r = ratio(with_t, without)
-        print(
-            f"{args.arch}, {args.epochs} epochs, {args.pairs} pairs: with MLflow {sorted(with_t)[args.pairs // 2]:.3f} s, "
-            f"without {sorted(without)[args.pairs // 2]:.3f} s, ratio {r:.3f} (target ≤ 1.02: "
-            f"{'pass' if r <= 1.02 else 'FALLS SHORT'})"
-        )
+    measure(args.arch, args.epochs, args.pairs)
 
 
 if __name__ == "__main__":

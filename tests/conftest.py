@@ -42,6 +42,7 @@ def tiny_params(**overrides: object) -> Params:
         "transfer.evals": 2,
         "tune.n_trials": 3,
         "tune.epochs": 3,
+        "tune.epochs_by_arch": {},
     }
     base.update(overrides)
     return Params().with_overrides(base)

@@ -11,6 +11,7 @@ import pytest
 
 from sounding import stages, tracking
 from sounding.errors import BadInput
+from sounding.report import leaderboard
 from sounding.tuning import storage_url, study_name, tune
 from tests.conftest import run_cli, tiny_params, write_params
 
@@ -49,7 +50,9 @@ def test_tune_writes_best_params_counts_plots_and_nested_mlflow_runs(prepared: P
     for name in ("history", "importances", "intermediate", "parallel"):
         assert Path(f"tuning/mlp/plots/{name}.png").stat().st_size > 1000
 
-    trial0 = _study(params, "mlp", prepared).trials[0]  # the baseline: params as they are
+    trials = _study(params, "mlp", prepared).trials
+    assert best["fit_s"] == pytest.approx(sum(t.user_attrs["fit_s"] for t in trials))  # the baseline counts
+    trial0 = trials[0]  # the baseline: params as they are
     assert trial0.params == {"dropout": 0.0, "weight_decay": 5e-4, "gradient_clip_val": 0.0}
 
     client = tracking.client(params.tracking.uri)
@@ -160,6 +163,7 @@ def test_train_with_tuned_values_logs_them_and_refuses_another_dataset(prepared:
         tuned="best.json",
     )
     assert metrics["tuned"] == {"models.mlp.dropout": 0.25}
+    assert "| dropout 0.25 |" in leaderboard([metrics], "mnist1d")
     run = tracking.client(params.tracking.uri).get_run(metrics["seeds"][0]["run_id"])
     assert run.data.params["models.mlp.dropout"] == "0.25"
 
@@ -185,3 +189,15 @@ def test_bad_search_settings_exit_2_before_any_work(tmp_path: Path, override: st
     result = run_cli("tune", "mlp", "-S", override, cwd=tmp_path)
     assert result.returncode == 2 and message in result.stderr, result.stderr
     assert not (tmp_path / "tuning").exists()
+
+
+@pytest.mark.parametrize("pruner", ["none", "hyperband", "median"])
+def test_trials_train_as_long_as_train_unless_the_architecture_has_its_own_epochs(
+    prepared: Path, pruner: str
+) -> None:
+    overrides = {"tune.epochs": None, "train.epochs": 2, "tune.n_trials": 2, "tune.pruner": pruner}
+    params = tune_params(**overrides)
+    assert params.tune_epochs("mlp") == 2
+    assert params.with_overrides({"tune.epochs_by_arch": {"mlp": 4}}).tune_epochs("mlp") == 4
+    summary = tune(params, "mlp", prepared, "tuning/mlp", progress=False)
+    assert summary["epochs_budget"] == 4 and 2 <= summary["epochs_run"] <= 4

@@ -29,18 +29,25 @@ def leaderboard(rows: list[dict], source: str) -> str:
         "",
         f"Data: `{source}`, test accuracy as mean ± std over seeds. Published: Greydanus & Kobak (MNIST-1D).",
         "",
-        "| rank | architecture | params | test acc | macro-F1 | published | seeds | train time (s) | samples/s | device |",
-        "|---:|---|---:|---|---:|---:|---:|---:|---:|---|",
+        "| rank | architecture | params | test acc | macro-F1 | published | seeds | train time (s) | samples/s "
+        "| device | tuned |",
+        "|---:|---|---:|---|---:|---:|---:|---:|---:|---|---|",
     ]
     for rank, r in enumerate(sorted(rows, key=lambda r: -r["test_acc"]), start=1):
         published = PUBLISHED_MNIST1D.get(r["arch"]) if source == "mnist1d" else None
         lines.append(
             f"| {rank} | {r['arch']} | {r['n_params']:,} | {r['test_acc']:.3f} ± {r['test_acc_std']:.3f} "
             f"| {r['test_f1_macro']:.3f} | {f'{published:.2f}' if published else '–'} | {len(r['seeds'])} "
-            f"| {r['train_time_s']:.1f} | {r['samples_per_s']:,.0f} | {r['device']} |"
+            f"| {r['train_time_s']:.1f} | {r['samples_per_s']:,.0f} | {r['device']} | {_tuned(r)} |"
         )
     lines += ["", "![test accuracy by architecture](leaderboard.png)", ""]
     return "\n".join(lines)
+
+
+def _tuned(row: dict) -> str:
+    """The values ``sounding tune`` chose, e.g. ``dropout 0.12, weight_decay 3.1e-05``; ``–`` if none."""
+    tuned = row.get("tuned") or {}
+    return ", ".join(f"{key.rsplit('.', 1)[-1]} {value:.2g}" for key, value in tuned.items()) or "–"
 
 
 def gan_section(gan: dict) -> str:

@@ -2,7 +2,7 @@
 
 One study per architecture, data and search configuration, in an RDB storage (a sqlite file by default,
 PostgreSQL for workers on several machines). Each trial is the same ``training.fit`` as ``sounding train``
-(with ``tune.epochs`` and without the test set), fed to Optuna's Lightning pruning callback epoch by
+(with its tuning epochs and without the test set), fed to Optuna's Lightning pruning callback epoch by
 epoch, and tracked as a nested MLflow run under one parent run per study.
 
 Exact trial budget with several workers: Optuna's ``MaxTrialsCallback`` counts after a trial ends, so two
@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sounding.config import Params, Range
+from sounding.config import Params, Range, TrainParams
 from sounding.errors import BadInput
 from sounding.files import write_json
 
@@ -41,8 +41,7 @@ def study_name(params: Params, arch: str, data_sha256: str) -> str:
     """``ARCH-<data sha256>-<search hash>``: a change of data or of what a trial means starts a new study."""
     search = params.section_hash(
         f"models.{arch}",
-        "train",
-        "tune.epochs",
+        *(f"train.{key}" for key in sorted(TrainParams.model_fields) if key not in ("archs", "n_seeds")),
         "tune.pruner",
         "tune.warmup_epochs",
         "tune.startup_trials",
@@ -51,6 +50,7 @@ def study_name(params: Params, arch: str, data_sha256: str) -> str:
         "compute",
         "seed",
     )
+    search = hashlib.sha256(f"{search}-{params.tune_epochs(arch)}".encode()).hexdigest()
     return f"{arch}-{data_sha256[:12]}-{search[:8]}"
 
 
@@ -88,9 +88,9 @@ def _current(params: Params, key: str) -> Any:
     return node
 
 
-def trial_params(params: Params, overrides: dict[str, Any]) -> Params:
-    """The params one trial trains with: the overrides, ``tune.epochs`` epochs, one seed."""
-    return params.with_overrides({**overrides, "train.epochs": params.tune.epochs, "train.n_seeds": 1})
+def trial_params(params: Params, arch: str, overrides: dict[str, Any]) -> Params:
+    """The params one trial of ``arch`` trains with: the overrides, its tuning epochs, one seed."""
+    return params.with_overrides({**overrides, "train.epochs": params.tune_epochs(arch), "train.n_seeds": 1})
 
 
 def experiment(params: Params) -> str:
@@ -134,14 +134,16 @@ def _fast_sqlite(engine: Any) -> None:
     engine.dispose()  # connections opened while creating the schema reconnect with the pragmas
 
 
-def _make_pruner(params: Params):
+def _make_pruner(params: Params, arch: str):
     import optuna
 
     t = params.tune
     if t.pruner == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=t.startup_trials, n_warmup_steps=t.warmup_epochs)
     if t.pruner == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=max(t.warmup_epochs, 1), max_resource=t.epochs)
+        return optuna.pruners.HyperbandPruner(
+            min_resource=max(t.warmup_epochs, 1), max_resource=params.tune_epochs(arch)
+        )
     return optuna.pruners.NopPruner()
 
 
@@ -241,7 +243,7 @@ def _objective(job: TuneJob, params: Params, data: Any, lock: BudgetLock):
         for name, (key, r) in space.items():
             suggest = trial.suggest_int if r.is_int else trial.suggest_float
             overrides[key] = suggest(name, r.low, r.high, log=r.log)
-        p = trial_params(params, overrides)
+        p = trial_params(params, job.arch, overrides)
         # Named from the trial's params: a retried trial (same params) resumes the dead one's checkpoint.
         run_dir = Path(job.out_dir) / "trials" / fingerprint(p, job.arch, p.seed, data.sha256)
         tags = {"stage": "tune", "arch": job.arch, "study": job.study, "optuna_trial": str(trial.number)}
@@ -302,7 +304,7 @@ def run_worker(
         study_name=job.study,
         storage=storage or _make_storage(params, job.storage),
         sampler=_make_sampler(params, worker),
-        pruner=_make_pruner(params),
+        pruner=_make_pruner(params, job.arch),
     )
     lock = BudgetLock(job.storage, job.study)
     objective = _objective(job, params, data, lock)
@@ -411,7 +413,9 @@ def tune(
             study.set_user_attr("mlflow_run_id", parent)
     deadline = time.time() + params.tune.timeout if params.tune.timeout else None
     job = TuneJob(params.model_dump_json(), arch, str(data_dir), str(out_dir), url, name, parent, deadline)
-    first, start = len(study.trials), time.perf_counter()
+    # Trials finished before this call (an enqueued baseline or retry has not run yet: it is not one).
+    done_before = {t.number for t in study.trials if t.state.is_finished()}
+    start = time.perf_counter()
     with tracking.tracked_run(params, f"{arch}-tune", {}, run_id=parent, experiment=experiment(params)):
         if params.tune.workers == 1:
             run_worker(job, 0, progress=progress, storage=storage, data=data)
@@ -419,7 +423,7 @@ def tune(
             _spawn_workers(job, params.tune.workers)
         wall_s = time.perf_counter() - start
         study = optuna.load_study(study_name=name, storage=storage)
-        summary = _summarise(params, arch, data.sha256, study, space, first, wall_s)
+        summary = _summarise(params, arch, data.sha256, study, space, done_before, wall_s)
         summary["storage"] = public_url(url)
         write_json(out_dir / "best.json", summary)
         pngs = _plots(study, out_dir / "plots")
@@ -437,10 +441,16 @@ def tune(
 
 
 def _summarise(
-    params: Params, arch: str, data_sha256: str, study: Any, space: dict, first: int, wall_s: float
+    params: Params,
+    arch: str,
+    data_sha256: str,
+    study: Any,
+    space: dict,
+    done_before: set[int],
+    wall_s: float,
 ) -> dict[str, Any]:
     """best.json: the best trial, its params as dotted overrides, trial counts, epochs, and the time this
-    call spent outside training (``wall_s`` vs ``fit_s`` of the trials it ran, ``first`` onwards)."""
+    call spent outside training (``wall_s`` vs ``fit_s`` of the trials it ran: those not in ``done_before``)."""
     from optuna.trial import TrialState
 
     trials = study.get_trials(deepcopy=False)
@@ -452,7 +462,7 @@ def _summarise(
     baseline = next(
         (t.value for t in trials if t.user_attrs.get("baseline") and t.state == TrialState.COMPLETE), None
     )
-    fit_s = sum(t.user_attrs.get("fit_s", 0.0) for t in trials[first:])
+    fit_s = sum(t.user_attrs.get("fit_s", 0.0) for t in trials if t.number not in done_before)
     return {
         "arch": arch,
         "enabled": True,
@@ -465,7 +475,7 @@ def _summarise(
         "baseline_value": baseline,
         "counts": counts,
         "epochs_run": sum(len(t.intermediate_values) for t in trials),
-        "epochs_budget": params.tune.n_trials * params.tune.epochs,
+        "epochs_budget": params.tune.n_trials * params.tune_epochs(arch),
         "wall_s": wall_s,
         "fit_s": fit_s,
         "workers": params.tune.workers,

@@ -77,6 +77,8 @@ class LitGAN(L.LightningModule):
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
         hp = self.hparams
         return [
-            torch.optim.Adam(self.generator.parameters(), lr=hp.lr_g, betas=tuple(hp.betas)),
-            torch.optim.Adam(self.discriminator.parameters(), lr=hp.lr_d, betas=tuple(hp.betas)),
+            torch.optim.Adam(self.generator.parameters(), lr=hp.lr_g, betas=tuple(hp.betas), foreach=True),
+            torch.optim.Adam(
+                self.discriminator.parameters(), lr=hp.lr_d, betas=tuple(hp.betas), foreach=True
+            ),
         ]

@@ -1,0 +1,71 @@
+"""`make bench`: every benchmark in turn, then `benchmarks/results.md` (figure, ratio, target, verdict).
+
+python -m benchmarks [--skip pipeline] [--only flops,threads]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import os
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from benchmarks.common import Figure, machine
+
+SUITE = [
+    "lightning_overhead",
+    "flops",
+    "pruning",
+    "tracking_overhead",
+    "prefect_overhead",
+    "threads",
+    "pipeline",
+]
+"""Modules in the order of the figures they produce; each has ``measure() -> list[Figure]``."""
+
+
+def write_results(figures: list[Figure], started: str, out: Path) -> str:
+    lines = [
+        "# Benchmark results",
+        "",
+        f"Measured {started} by `make bench` on: {machine()}; Python {platform.python_version()}, "
+        f"torch {torch.__version__}. Every ratio is the median over interleaved pairs measured in one run.",
+        "",
+        "| # | figure | measured | target | verdict | detail |",
+        "|---:|---|---:|---|---|---|",
+        *(f.row() for f in sorted(figures, key=lambda f: f.number)),
+        "",
+    ]
+    text = "\n".join(lines)
+    out.write_text(text)
+    return text
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--skip", default="", help="comma-separated modules to leave out")
+    parser.add_argument("--only", default="", help="comma-separated modules to run")
+    args = parser.parse_args()
+    chosen = [
+        m for m in SUITE if (not args.only or m in args.only.split(",")) and m not in args.skip.split(",")
+    ]
+    started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    figures: list[Figure] = []
+    for name in chosen:
+        if importlib.util.find_spec(f"benchmarks.{name}") is None:
+            print(f"== {name}: not present, skipped")
+            continue
+        print(f"== {name}", flush=True)
+        figures += importlib.import_module(f"benchmarks.{name}").measure()
+    out = Path(__file__).parent / "results.md"
+    print(write_results(figures, started, out))
+    print(f"written to {out} (load average now {', '.join(f'{x:.2f}' for x in os.getloadavg())})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,65 @@
+"""Training samples/s at 1 and at 2 torch threads, per architecture, interleaved (median of pairs).
+
+The default ``compute.threads`` should be the faster setting; the figure is the 2-thread ÷ 1-thread speed.
+
+    python -m benchmarks.threads [--epochs 5] [--pairs 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+
+from benchmarks.common import Figure, interleaved, machine, prepared_default_data, ratio
+from sounding.config import ARCHS, Params
+from sounding.training import fit
+
+
+def measure(epochs: int = 5, pairs: int = 3) -> list[Figure]:
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    default = Params().compute.threads
+    figures = []
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        data = prepared_default_data(work)
+        print(f"machine: {machine()}")
+
+        def run(arch: str, threads: int) -> None:
+            params = Params().with_overrides(
+                {"train.epochs": epochs, "compute.accelerator": "cpu", "compute.threads": threads}
+            )
+            shutil.rmtree(work / "run", ignore_errors=True)
+            fit(params, arch, params.seed, data, work / "run", progress=False, evaluate=False)
+
+        for arch in ARCHS:
+            one, two = interleaved(lambda a=arch: run(a, 1), lambda a=arch: run(a, 2), pairs)
+            speedup = ratio(one, two)  # time at 1 ÷ time at 2 = speed at 2 ÷ speed at 1
+            faster = 2 if speedup > 1 else 1
+            detail = f"2 threads {speedup:.2f}× the speed of 1; default {default}"
+            print(f"{arch}: {detail}")
+            figures.append(
+                Figure(
+                    8,
+                    f"samples/s at 2 ÷ 1 threads, {arch}",
+                    speedup,
+                    "default = faster",
+                    faster == default,
+                    detail,
+                )
+            )
+    return figures
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--pairs", type=int, default=3)
+    args = parser.parse_args()
+    measure(args.epochs, args.pairs)
+
+
+if __name__ == "__main__":
+    main()
