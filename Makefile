@@ -13,6 +13,8 @@ UI_PORT ?= 5000
 MLFLOW_BACKEND_URI ?= postgresql://postgres@127.0.0.1:5432/mlflow
 MLFLOW_ARTIFACTS_DESTINATION ?= ./mlartifacts
 SERVER_PORT ?= 5000
+PREFECT_PORT ?= 4200
+CRON ?= 0 3 * * *
 export PATH := $(abspath $(BIN)):$(PATH)
 export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := true
@@ -44,8 +46,8 @@ bench: $(STAMP) ## Run every benchmark (about 25 minutes) and write benchmarks/r
 	$(BIN)/python -m benchmarks
 
 lint: $(STAMP) ## Ruff lint and format check
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks pipelines
+	$(BIN)/ruff format --check src tests benchmarks pipelines
 
 ui: $(STAMP) ## MLflow UI on 127.0.0.1 (UI_PORT=5000) over the project's tracking store
 	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(BIN)/mlflow ui --backend-store-uri $(MLFLOW_URI) \
@@ -56,8 +58,11 @@ mlflow-server: $(STAMP) ## MLflow server on 127.0.0.1 (SERVER_PORT=5000): Postgr
 		--artifacts-destination $(MLFLOW_ARTIFACTS_DESTINATION) --serve-artifacts \
 		--host 127.0.0.1 --port $(SERVER_PORT) --workers 2
 
+scheduler: $(STAMP) ## Prefect server on 127.0.0.1 (PREFECT_PORT=4200) serving the retraining flow (CRON="0 3 * * *")
+	$(BIN)/python -m pipelines.server --port $(PREFECT_PORT) -- $(BIN)/sounding schedule --cron "$(CRON)"
+
 clean: ## Remove caches and resume checkpoints (never DVC-tracked data, models or the MLflow store)
 	rm -rf checkpoints .pytest_cache .ruff_cache benchmarks/out
 	find . -name __pycache__ -type d -not -path './$(VENV)/*' -prune -exec rm -rf {} +
 
-.PHONY: help venv run test test-fast bench lint ui mlflow-server clean
+.PHONY: help venv run test test-fast bench lint ui mlflow-server scheduler clean

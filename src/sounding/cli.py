@@ -304,6 +304,81 @@ def report(
     typer.echo(path.read_text())
 
 
+RETRAIN_FLOW = Path(__file__).resolve().parents[2] / "pipelines" / "retrain.py"
+"""The Prefect flow, beside the package in the source checkout (Prefect deployments name it by file)."""
+ArchsOpt = Annotated[
+    list[str] | None, typer.Option("--arch", help="Retrain only these architectures [train.archs].")
+]
+
+
+def _retrain_module(params_path: Path, archs: list[str] | None):
+    """``pipelines/retrain.py``, once its ``load`` has checked the params (bad input fails before Prefect
+    starts anything)."""
+    if not RETRAIN_FLOW.is_file():
+        raise BadInput(f"{RETRAIN_FLOW} not found: the Prefect flow runs from a source checkout of Sounding")
+    from prefect.utilities.importtools import load_script_as_module
+
+    module = load_script_as_module(str(RETRAIN_FLOW))
+    module.load(params_path, archs)
+    return module
+
+
+@app.command()
+def retrain(
+    archs: ArchsOpt = None,
+    force: Annotated[bool, typer.Option(help="Ignore cached results: rerun every stage.")] = False,
+    params_path: ParamsOpt = Path("params.yaml"),
+) -> None:
+    """Run the Prefect retraining flow once: only the stages whose inputs changed run (see README)."""
+    states = _retrain_module(params_path, archs).retrain(str(params_path), archs, force)
+    typer.echo("\n".join(f"{name}: {state}" for name, state in states.items()))
+
+
+@app.command()
+def schedule(
+    cron: Annotated[str, typer.Option(help="When to retrain (cron, UTC).")] = "0 3 * * *",
+    name: Annotated[str, typer.Option(help="Deployment name.")] = "scheduled",
+    archs: ArchsOpt = None,
+    params_path: ParamsOpt = Path("params.yaml"),
+) -> None:
+    """Serve the retraining flow on a cron schedule against a Prefect server (PREFECT_API_URL), one run
+    at a time: a run triggered while another runs waits for it. Stop with Ctrl-C."""
+    from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
+    from prefect.client.schemas.schedules import CronSchedule
+    from prefect.settings import get_current_settings
+    from pydantic import ValidationError
+
+    flow = _retrain_module(params_path, archs).retrain
+    try:
+        CronSchedule(cron=cron)
+    except ValidationError as exc:
+        raise BadInput(
+            f"--cron {cron!r} is not a cron expression: "
+            f"{exc.errors()[0]['msg'].removeprefix('Value error, ')}"
+        ) from None
+    url = get_current_settings().api.url
+    if not url:
+        raise BadInput(
+            "PREFECT_API_URL is not set: Prefect's temporary (ephemeral) server cannot run schedules. "
+            "Start one with `prefect server start --host 127.0.0.1` and set "
+            "PREFECT_API_URL=http://127.0.0.1:4200/api, or run `make scheduler`."
+        )
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        if (problem := client.api_healthcheck()) is not None:
+            raise BadInput(f"no Prefect server answers at PREFECT_API_URL={url} ({problem})")
+    flow.serve(
+        name=name,
+        cron=cron,
+        parameters={"params_path": str(params_path.resolve()), "archs": archs},
+        # ENQUEUE, not CANCEL_NEW: a run triggered during another one still sees the changes made meanwhile,
+        # and costs nothing when there are none (every stage is cached).
+        global_limit=ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE),
+        limit=1,
+    )
+
+
 def _interrupt(signum: int, frame: object) -> None:
     # SIGTERM (scheduler, kill) ends like Ctrl-C, so open MLflow runs are closed as KILLED.
     raise KeyboardInterrupt(f"signal {signum}")

@@ -376,6 +376,31 @@ class TransferParams(Section):
         )
 
 
+class RetrainParams(Section):
+    """The Prefect retraining flow (``pipelines/retrain.py``, ``sounding schedule``)."""
+
+    task_runner: Literal["processes", "threads"] = "processes"
+    """Where the flow's tasks run. ``processes``: worker processes, side by side, each with its own torch
+    random state, so results equal the CLI's. ``threads``: one thread in the flow's process, no start-up
+    cost (tests, debugging). Dask or Ray on a cluster: see the README."""
+    max_workers: PositiveInt = 2
+    """Tasks (tuning, training, pretraining, …) running at once."""
+    retries: Annotated[int, Field(ge=0)] = 3
+    """Retries of a task that failed for a transient reason (an MLflow server that does not answer).
+    Bad input is never retried."""
+    retry_delay_s: NonNegative = 10.0
+    """First retry delay; each further retry waits twice as long (exponential backoff)."""
+
+    @model_validator(mode="after")
+    def _one_thread(self) -> RetrainParams:
+        if self.task_runner == "threads" and self.max_workers != 1:
+            raise ValueError(
+                "task_runner threads needs max_workers: 1: parallel tasks in one process share torch's "
+                "random state and matplotlib, which is not thread-safe; use processes to run them side by side"
+            )
+        return self
+
+
 class TrackingParams(Section):
     """MLflow. The default is a sqlite file at the repository root: no server needed."""
 
@@ -397,6 +422,7 @@ class Params(Section):
     transfer: TransferParams = TransferParams()
     compute: ComputeParams = ComputeParams()
     tracking: TrackingParams = TrackingParams()
+    retrain: RetrainParams = RetrainParams()
 
     def tune_epochs(self, arch: str) -> int:
         """Epochs of one tuning trial of ``arch``."""

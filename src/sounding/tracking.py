@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
 from functools import cache
@@ -36,6 +37,24 @@ def git_sha() -> str:
         return sha + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
+
+
+def orchestration_tags() -> dict[str, str]:
+    """``prefect.flow_run_id`` and ``prefect.deployment`` of the Prefect flow run this code runs in, if any."""
+    if "prefect" not in sys.modules:  # not under Prefect; importing it would cost a second for nothing
+        return {}
+    from prefect.runtime import flow_run
+
+    return _flow_run_tags(flow_run.id) if flow_run.id else {}
+
+
+@cache
+def _flow_run_tags(flow_run_id: str) -> dict[str, str]:
+    # Looking the deployment up is an API call; a flow run's deployment never changes.
+    from prefect.runtime import deployment
+
+    name = deployment.name
+    return {"prefect.flow_run_id": flow_run_id, **({"prefect.deployment": name} if name else {})}
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, str]:
@@ -117,7 +136,7 @@ def tracked_run(
     uri = params.tracking.uri
     c = client(uri)
     if run_id is None:
-        all_tags = {"git_sha": git_sha(), "mlflow.runName": run_name, **tags}
+        all_tags = {"git_sha": git_sha(), "mlflow.runName": run_name, **orchestration_tags(), **tags}
         if parent_run_id:
             all_tags["mlflow.parentRunId"] = parent_run_id
         run = c.create_run(
