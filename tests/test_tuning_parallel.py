@@ -117,7 +117,7 @@ def test_a_killed_worker_s_trial_fails_is_retried_from_its_checkpoint_and_the_co
 
 
 def test_an_interrupted_tune_reruns_into_the_same_study_keeping_its_completed_trials(tmp_path: Path) -> None:
-    root = _setup(tmp_path, **{"tune.n_trials": 4, "tune.epochs": 20, "tune.pruner": "none"})
+    root = _setup(tmp_path, **{"tune.n_trials": 4, "tune.epochs": 200, "tune.pruner": "none"})
     first = _tune(root)
     deadline, done = time.time() + 120, 0
     while time.time() < deadline and done < 2:

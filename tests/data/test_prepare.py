@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -136,3 +137,12 @@ def test_pickled_object_arrays_are_never_loaded(tmp_path: Path) -> None:
     np.savez(path, x=np.array([object()] * 4, dtype=object), y=np.arange(4))
     with pytest.raises(BadInput, match="not a readable .npz"):
         prepare(_npz_params(path).data, 0, tmp_path / "out")
+
+
+def test_preparing_the_same_data_twice_gives_the_same_bytes(params: Params, tmp_path: Path) -> None:
+    first = prepare(params.data, params.seed, tmp_path / "a")
+    second = prepare(params.data, params.seed, tmp_path / "b")
+    assert first["sha256"] == second["sha256"]
+    assert (tmp_path / "a" / "train.npz").read_bytes() == (tmp_path / "b" / "train.npz").read_bytes()
+    with zipfile.ZipFile(tmp_path / "a" / "train.npz") as archive:  # no wall-clock time in the bytes
+        assert {info.date_time for info in archive.infolist()} == {(1980, 1, 1, 0, 0, 0)}

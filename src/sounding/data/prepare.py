@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -123,8 +124,14 @@ def prepare(params: DataParams, seed: int, out_dir: str | Path) -> dict:
 
 
 def _save_npz(path: Path, **arrays: np.ndarray) -> None:
-    with open(path, "wb") as fh:  # a file handle stops numpy from appending ".npz" to the temp name
-        np.savez(fh, **arrays)
+    """``np.savez``, byte for byte reproducible: numpy stamps each zip entry with the current time, so the
+    same data got a new sha256 on every run and everything downstream retrained. Entries here carry a
+    fixed timestamp; ``np.load`` reads the file as any other .npz."""
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
+        for name, array in arrays.items():
+            entry = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            with archive.open(entry, "w", force_zip64=True) as fh:
+                np.lib.format.write_array(fh, np.asanyarray(array), allow_pickle=False)
 
 
 def _combined_hash(files: dict) -> str:
