@@ -46,10 +46,13 @@ def _assert_exact(study: optuna.Study, n: int) -> list[optuna.trial.FrozenTrial]
 
 
 def _completed_in_sqlite(db: Path) -> int:
-    """Complete trials in a sqlite study, read-only (opening it through Optuna could create its schema
-    while the worker does: the race the worker's own set-up lock exists for)."""
+    """Complete trials in a sqlite study, by plain SQL (opening it through Optuna could create its schema
+    while the worker does: the race the worker's own set-up lock exists for). Not read-only: a reader of
+    a write-ahead-logged database needs its shared-memory file."""
+    if not db.exists():
+        return 0
     try:
-        with closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
+        with closing(sqlite3.connect(db, timeout=5)) as conn:
             return conn.execute("SELECT count(*) FROM trials WHERE state = 'COMPLETE'").fetchone()[0]
     except sqlite3.OperationalError:  # not created yet
         return 0
