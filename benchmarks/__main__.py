@@ -29,7 +29,16 @@ SUITE = [
 """Modules in the order of the figures they produce; each has ``measure() -> list[Figure]``."""
 
 
-def write_results(figures: list[Figure], started: str, out: Path) -> str:
+def kept_rows(out: Path, remeasured: set[int]) -> list[str]:
+    """Rows of an existing results table whose figures were not measured again (for ``--update``)."""
+    if not out.is_file():
+        return []
+    rows = [line for line in out.read_text().splitlines() if line.startswith("| ") and line[2:3].isdigit()]
+    return [row for row in rows if int(row.split("|")[1]) not in remeasured]
+
+
+def write_results(figures: list[Figure], started: str, out: Path, kept: list[str] = ()) -> str:
+    rows = sorted([*(f.row() for f in figures), *kept], key=lambda row: int(row.split("|")[1]))
     lines = [
         "# Benchmark results",
         "",
@@ -38,7 +47,7 @@ def write_results(figures: list[Figure], started: str, out: Path) -> str:
         "",
         "| # | figure | measured | target | verdict | detail |",
         "|---:|---|---:|---|---|---|",
-        *(f.row() for f in sorted(figures, key=lambda f: f.number)),
+        *rows,
         "",
     ]
     text = "\n".join(lines)
@@ -50,6 +59,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--skip", default="", help="comma-separated modules to leave out")
     parser.add_argument("--only", default="", help="comma-separated modules to run")
+    parser.add_argument("--update", action="store_true", help="keep results.md rows of figures not rerun")
     args = parser.parse_args()
     chosen = [
         m for m in SUITE if (not args.only or m in args.only.split(",")) and m not in args.skip.split(",")
@@ -63,7 +73,8 @@ def main() -> None:
         print(f"== {name}", flush=True)
         figures += importlib.import_module(f"benchmarks.{name}").measure()
     out = Path(__file__).parent / "results.md"
-    print(write_results(figures, started, out))
+    kept = kept_rows(out, {f.number for f in figures}) if args.update else []
+    print(write_results(figures, started, out, kept))
     print(f"written to {out} (load average now {', '.join(f'{x:.2f}' for x in os.getloadavg())})")
 
 

@@ -6,7 +6,7 @@ checkpoint, no Optuna study, no cached result: the flow runs with ``force``). Th
 at a time (a one-thread runner), so the ratio is Prefect's own cost, not parallelism. It talks to a real
 ``prefect server`` on 127.0.0.1, whose start-up is timed and reported on its own.
 
-    python -m benchmarks.prefect_overhead [--pairs 5] [--epochs 10]
+    python -m benchmarks.prefect_overhead [--pairs 3] [--epochs 40]
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ def in_clean(workspace: Path, run: Callable[[], object]) -> Callable[[], None]:
     return clean_run
 
 
-def measure(pairs: int = 5, epochs: int = 10) -> list[Figure]:
+def measure(pairs: int = 3, epochs: int = 40) -> list[Figure]:
     """Figure 6: flow ÷ direct calls; the server start, not in the ratio, is in the detail."""
     params = Params().with_overrides(
         {
@@ -126,8 +126,8 @@ def measure(pairs: int = 5, epochs: int = 10) -> list[Figure]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--pairs", type=int, default=5)
-    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--pairs", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=40)
     args = parser.parse_args()
     measure(args.pairs, args.epochs)
 

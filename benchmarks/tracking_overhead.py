@@ -4,7 +4,7 @@ The tracked side runs `sounding.training.fit` inside `tracking.tracked_run` on a
 `sounding train` does: flattened params at start, epoch metrics buffered and sent every few seconds, flush and
 close at the end. The untracked side runs the same fit with no run.
 
-    python -m benchmarks.tracking_overhead [--arch mlp] [--epochs 20] [--pairs 5]
+    python -m benchmarks.tracking_overhead [--arch mlp] [--epochs 150] [--pairs 5]
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from sounding.training import fit
 logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
 
 
-def measure(arch: str = "mlp", epochs: int = 20, pairs: int = 5) -> list[Figure]:
+def measure(arch: str = "mlp", epochs: int = 150, pairs: int = 5) -> list[Figure]:
     """Figure 4: training with MLflow tracking ÷ without."""
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -61,7 +61,7 @@ def measure(arch: str = "mlp", epochs: int = 20, pairs: int = 5) -> list[Figure]
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", default="mlp")
-    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--epochs", type=int, default=150)
     parser.add_argument("--pairs", type=int, default=5)
     args = parser.parse_args()
     measure(args.arch, args.epochs, args.pairs)
