@@ -177,6 +177,18 @@ def _loopback_env() -> dict[str, str]:
     return dict(os.environ, PYTHONWARNINGS="ignore", GLOO_SOCKET_IFNAME="lo", OMP_NUM_THREADS="1")
 
 
+def _torchrun_train(root: Path) -> subprocess.CompletedProcess:
+    """`sounding train cnn` under torchrun in ``root``, run to the end."""
+    return subprocess.run(
+        _torchrun_cmd("train", "cnn", "-q"),
+        cwd=root,
+        capture_output=True,
+        text=True,
+        env=_loopback_env(),
+        timeout=300,
+    )
+
+
 def _ddp_root(tmp_path: Path, **overrides: object) -> Path:
     write_params(tmp_path / "params.yaml", _ddp(**{"compute.devices": 2, **overrides}))
     assert run_cli("prepare", cwd=tmp_path).returncode == 0
@@ -208,14 +220,7 @@ def test_torchrun_ddp_of_the_cli_trains_to_the_end_with_one_run_one_checkpoint_a
     tmp_path: Path,
 ) -> None:
     root = _ddp_root(tmp_path)
-    result = subprocess.run(
-        _torchrun_cmd("train", "cnn", "-q"),
-        cwd=root,
-        capture_output=True,
-        text=True,
-        env=_loopback_env(),
-        timeout=300,
-    )
+    result = _torchrun_train(root)
     assert result.returncode == 0, result.stdout + result.stderr[-4000:]
     ranks = _rank_lines(result.stdout)
     assert sorted(ranks) == [0, 1] and ranks[0] == ranks[1], ranks  # every metric agrees across ranks
@@ -272,14 +277,7 @@ def test_a_killed_ddp_run_resumes_from_its_checkpoint_in_the_same_mlflow_run(tmp
         first.wait()
     assert 3 <= done < epochs, f"not killed mid-training (epochs done: {done})"
 
-    second = subprocess.run(
-        _torchrun_cmd("train", "cnn", "-q"),
-        cwd=root,
-        capture_output=True,
-        text=True,
-        env=_loopback_env(),
-        timeout=300,
-    )
+    second = _torchrun_train(root)
     assert second.returncode == 0, second.stdout + second.stderr[-4000:]
     ranks = _rank_lines(second.stdout)
     assert ranks[0] == ranks[1], ranks
