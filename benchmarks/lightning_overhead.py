@@ -3,7 +3,8 @@
 Both sides train the same network from the same initial weights on the same in-memory MNIST-1D tensors,
 same batch size, epochs, thread count, shuffling and optimiser, validate once per epoch, accumulate the
 same per-step statistics (loss, accuracy, per-layer gradient norms), keep the best-validation weights and
-write a resumable checkpoint (weights, optimiser, history, best weights) atomically per epoch. The Lightning side is exactly `sounding.training.fit`'s Trainer and callbacks, minus the test pass.
+write a resumable checkpoint (weights, optimiser, history, best weights) atomically at the same cadence
+(``train.checkpoint_every_s``, and after the last epoch). The Lightning side is exactly `sounding.training.fit`'s Trainer and callbacks, minus the test pass.
 
     python -m benchmarks.lightning_overhead [--epochs 30] [--pairs 3] [--archs mlp,cnn,rnn]
 """
@@ -15,6 +16,7 @@ import json
 import logging
 import statistics
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -34,7 +36,8 @@ TARGET = 1.10
 def lightning_fit(params: Params, arch: str, data, state: dict, workdir: Path) -> None:
     system = build_system(params, arch, data)
     system.load_state_dict(state)
-    trainer = make_trainer(params, [EpochSeed(params.seed), EpochCheckpoint(workdir / "last.ckpt")])
+    recorder = EpochCheckpoint(workdir / "last.ckpt", every_s=params.train.checkpoint_every_s)
+    trainer = make_trainer(params, [EpochSeed(params.seed), recorder])
     datamodule = TensorDataModule(data, params.train.batch_size, params.seed, group_batches=True)
     trainer.fit(system, datamodule=datamodule)
 
@@ -49,6 +52,7 @@ def plain_fit(params: Params, arch: str, data, state: dict, workdir: Path) -> No
     xv, yv = torch.as_tensor(data.val.x), torch.as_tensor(data.val.y)
     order = EpochPermutation(len(y), True, params.seed)
     history, best = [], {"epoch": -1, "val/acc": -1.0, "state": None}
+    last_write = 0.0
     for epoch in range(params.train.epochs):
         torch.manual_seed(params.seed * 100_003 + epoch)
         order.set_epoch(epoch)
@@ -80,14 +84,19 @@ def plain_fit(params: Params, arch: str, data, state: dict, workdir: Path) -> No
                 "val/acc": val_acc,
                 "state": {k: v.clone() for k, v in net.state_dict().items()},
             }
-        state = {
-            "state_dict": net.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "epoch": epoch,
-            "history": json.dumps(history),
-            "best": best,
-        }
-        atomic_write(workdir / "plain.ckpt", lambda tmp, s=state: torch.save(s, tmp), fsync=False)
+        if (
+            epoch + 1 == params.train.epochs
+            or time.monotonic() - last_write >= params.train.checkpoint_every_s
+        ):
+            state = {
+                "state_dict": net.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "epoch": epoch,
+                "history": json.dumps(history),
+                "best": best,
+            }
+            atomic_write(workdir / "plain.ckpt", lambda tmp, s=state: torch.save(s, tmp), fsync=False)
+            last_write = time.monotonic()
 
 
 def measure(epochs: int = 30, pairs: int = 3, archs: tuple[str, ...] = ARCHS) -> list[Figure]:

@@ -48,6 +48,33 @@ def test_same_seed_same_metrics_and_resume_continues_exactly(
     assert resumed.metrics["test/loss"] == pytest.approx(straight.metrics["test/loss"], rel=1e-5)
 
 
+@pytest.mark.parametrize(("every_s", "written"), [(0.0, [0, 1, 2, 3]), (3600.0, [0, 3])])
+def test_resumable_checkpoints_are_written_at_most_every_so_often_and_after_the_last_epoch(
+    params: Params,
+    prepared: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    every_s: float,
+    written: list,
+) -> None:
+    from sounding.training import AtomicCheckpointIO
+
+    epochs = []
+    save = AtomicCheckpointIO.save_checkpoint
+
+    def recording_save(self, checkpoint, path, storage_options=None):
+        if Path(path).name == "last.ckpt":
+            epochs.append(checkpoint["epoch"])
+        save(self, checkpoint, path, storage_options)
+
+    monkeypatch.setattr(AtomicCheckpointIO, "save_checkpoint", recording_save)
+    overrides = {"train.epochs": 4, "train.checkpoint_every_s": every_s}
+    fit(
+        params.with_overrides(overrides), "linear", 0, load_prepared(prepared), tmp_path / "r", progress=False
+    )
+    assert epochs == written
+
+
 def test_nan_loss_stops_training_with_a_clear_error(params: Params, prepared: Path, tmp_path: Path) -> None:
     data = load_prepared(prepared)
     with pytest.raises(TrainingDiverged, match=r"mlp: training loss became (nan|inf) at epoch 0"):

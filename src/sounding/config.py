@@ -135,6 +135,10 @@ class TrainParams(Section):
     gradient_clip_algorithm: Literal["norm", "value"] = "norm"
     select: Literal["best_val", "last"] = "best_val"
     """Which epoch's weights are tested and shipped: the best validation accuracy, or the last."""
+    checkpoint_every_s: NonNegative = 1.0
+    """Least time between two resumable checkpoints (the last epoch is always written); 0 writes every
+    epoch. A crash loses at most this much training, and epochs of a few milliseconds are not slowed
+    by a file write each."""
 
     @field_validator("archs")
     @classmethod

@@ -13,6 +13,7 @@ import functools
 import hashlib
 import json
 import logging
+import math
 import os
 import sys
 import time
@@ -75,8 +76,9 @@ class EpochSeed(Callback):
 
 
 class EpochCheckpoint(Checkpoint):
-    """Records each epoch's metrics, keeps the best-``val/acc`` weights, writes ``last.ckpt``, and sends
-    the metrics to MLflow in batches (every ``flush_s`` seconds and at the end).
+    """Records each epoch's metrics, keeps the best-``val/acc`` weights, writes ``last.ckpt`` (after an
+    epoch at least ``every_s`` seconds after the previous write, and after the last epoch), and sends the
+    metrics to MLflow in batches (every ``flush_s`` seconds and at the end).
 
     Being a ``Checkpoint``, Lightning calls it after the LightningModule's own epoch-end hook, so the
     epoch's train metrics are complete. History and best weights travel inside the checkpoint, which makes
@@ -84,8 +86,16 @@ class EpochCheckpoint(Checkpoint):
     epoch already in the run is never logged again (a re-run epoch yields the same values).
     """
 
-    def __init__(self, path: Path, uri: str | None = None, run_id: str | None = None, flush_s: float = 5.0):
-        self.path, self.uri, self.run_id, self.flush_s = path, uri, run_id, flush_s
+    def __init__(
+        self,
+        path: Path,
+        uri: str | None = None,
+        run_id: str | None = None,
+        flush_s: float = 5.0,
+        every_s: float = 0.0,
+    ):
+        self.path, self.uri, self.run_id, self.flush_s, self.every_s = path, uri, run_id, flush_s, every_s
+        self._last_write = -math.inf  # the first epoch is always written
         self.history: list[dict[str, float]] = []
         self.train_time_s = 0.0
         self.best: dict[str, Any] = {"epoch": -1, "val/acc": -1.0, "state": None}
@@ -130,7 +140,10 @@ class EpochCheckpoint(Checkpoint):
                 self._pending.append(row)
             if time.monotonic() - self._last_flush >= self.flush_s:
                 self._flush()
-        trainer.save_checkpoint(self.path, weights_only=False)  # full state: optimizer, loops, callbacks
+        last = epoch + 1 >= (trainer.max_epochs or 0) or trainer.should_stop
+        if last or time.monotonic() - self._last_write >= self.every_s:
+            trainer.save_checkpoint(self.path, weights_only=False)  # full state: optimizer, loops, callbacks
+            self._last_write = time.monotonic()
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._tracking(trainer):
@@ -330,7 +343,12 @@ def fit(
     L.seed_everything(seed, verbose=False)
     system = build_system(params, arch, data)
     datamodule = TensorDataModule(data, params.train.batch_size, seed, group_batches=True)
-    recorder = EpochCheckpoint(run_dir / "last.ckpt", params.tracking.uri if run_id else None, run_id)
+    recorder = EpochCheckpoint(
+        run_dir / "last.ckpt",
+        params.tracking.uri if run_id else None,
+        run_id,
+        every_s=params.train.checkpoint_every_s,
+    )
     extra = [EpochProgress(f"{arch} seed {seed}")] if progress else []
     trainer = make_trainer(params, [EpochSeed(seed), recorder, *extra, *(callbacks or [])])
     resume = run_dir / "last.ckpt"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterator
+from typing import Any
 
 import lightning as L
 import torch
@@ -107,6 +108,15 @@ class TensorDataModule(L.LightningDataModule):
         x = torch.as_tensor(split.x, device=device)
         y = torch.as_tensor(split.y, device=device)
         return InMemoryBatches(x, y, batch_size, EpochPermutation(len(y), shuffle, self.seed, rank, world))
+
+    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
+        """An (x, y) pair or a list of them, moved pair by pair (a no-op: ``_batches`` already placed the
+        tensors on the training device). Lightning's generic walk over a whole epoch's list of batches
+        cost more than the epoch's compute for the small networks here."""
+        if isinstance(batch, list):
+            return [(x.to(device), y.to(device)) for x, y in batch]
+        x, y = batch
+        return x.to(device), y.to(device)
 
     def train_dataloader(self) -> InMemoryBatches | BatchGroups:
         batches = self._batches(self.data.train, self.batch_size, shuffle=True)

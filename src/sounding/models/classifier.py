@@ -145,7 +145,10 @@ class LitClassifier(L.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         loss, correct, seen = self._sum_over_processes(self._val_sums)
-        self.log_dict({"val/loss": loss / seen, "val/acc": correct / seen})
+        # Straight into the dict callbacks read (Optuna pruning, early stopping, EpochCheckpoint): for two
+        # values already summed over processes, ``self.log`` walked Lightning's whole result collection
+        # and cost more than the validation pass itself (docs/benchmarks.md, figure 1).
+        self.trainer.callback_metrics.update({"val/loss": loss / seen, "val/acc": correct / seen})
 
     def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         x, y = batch
