@@ -27,13 +27,23 @@ def tune_params(**overrides: object):
     return tiny_params(**{**base, **overrides})
 
 
+def test_a_best_trial_gaining_less_than_min_gain_leaves_the_params_values(prepared: Path) -> None:
+    summary = tune(tune_params(**{"tune.min_gain": 1.0}), "mlp", prepared, "tuning/mlp", progress=False)
+    assert summary["adopted"] == "baseline"
+    assert summary["overrides"] == {
+        "models.mlp.dropout": 0.0,
+        "train.weight_decay": 5e-4,
+        "train.gradient_clip_val": 0.0,
+    }
+
+
 def _study(params, arch: str, prepared: Path) -> optuna.Study:
     sha = json.loads((prepared / "manifest.json").read_text())["sha256"]
     return optuna.load_study(study_name=study_name(params, arch, sha), storage=storage_url(params))
 
 
 def test_tune_writes_best_params_counts_plots_and_nested_mlflow_runs(prepared: Path) -> None:
-    params = tune_params()
+    params = tune_params(**{"tune.min_gain": 0.0})
     summary = tune(params, "mlp", prepared, "tuning/mlp", progress=False)
 
     best = json.loads(Path("tuning/mlp/best.json").read_text())
@@ -46,6 +56,7 @@ def test_tune_writes_best_params_counts_plots_and_nested_mlflow_runs(prepared: P
     }
     assert best["counts"]["complete"] + best["counts"]["pruned"] == 3 and best["counts"]["failed"] == 0
     assert 0 < best["value"] <= 1 and best["value"] >= best["baseline_value"]
+    assert best["adopted"] == "best"
     assert 0 < best["fit_s"] < best["wall_s"]
     for name in ("history", "importances", "intermediate", "parallel"):
         assert Path(f"tuning/mlp/plots/{name}.png").stat().st_size > 1000

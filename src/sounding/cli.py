@@ -137,6 +137,11 @@ def tune(
         f"{c['complete']} complete, {c['pruned']} pruned, {c['failed']} failed; "
         f"{s['epochs_run']}/{s['epochs_budget']} epochs in {s['wall_s']:.1f} s"
     )
+    if s["adopted"] == "baseline":
+        typer.echo(
+            f"{arch}: the best trial gains less than tune.min_gain={params.tune.min_gain} over the baseline: "
+            "train keeps the params' values"
+        )
 
 
 @app.command()

@@ -292,6 +292,11 @@ class TuneParams(Section):
     """Random trials before TPE models the space; also trials before the median pruner acts."""
     baseline: bool = True
     """Trial 0 evaluates the current params, so the tuned result is never worse on validation."""
+    min_gain: Annotated[float, Field(ge=0, le=1)] = 0.01
+    """``val/acc`` the best trial must gain over the baseline trial for its values to be adopted; below
+    it, ``train`` keeps the params' values. The validation split is small (400 samples by default: one
+    sample is 0.25 pp) and a study's best is the maximum of many noisy values, so smaller gains are
+    mostly luck and did not carry over to the test set."""
     storage: str | None = None
     """Optuna storage URL. Default: ``sqlite:///tuning/optuna.db``. PostgreSQL for parallel workers."""
     workers: PositiveInt = 1

@@ -484,7 +484,8 @@ def _summarise(
     done_before: set[int],
     wall_s: float,
 ) -> dict[str, Any]:
-    """best.json: the best trial, its params as dotted overrides, trial counts, epochs, and the time this
+    """best.json: the best trial; the values ``train`` applies as dotted overrides (the best trial's, or the
+    baseline's when the best gains less than ``tune.min_gain``); trial counts, epochs, and the time this
     call spent outside training (``wall_s`` vs ``fit_s`` of the trials it ran: those not in ``done_before``)."""
     from optuna.trial import TrialState
 
@@ -495,8 +496,12 @@ def _summarise(
         raise RuntimeError(f"study {study.study_name} has no complete trial ({counts}); see the MLflow runs")
     best = study.best_trial
     baseline = next(
-        (t.value for t in trials if t.user_attrs.get("baseline") and t.state == TrialState.COMPLETE), None
+        (t for t in trials if t.user_attrs.get("baseline") and t.state == TrialState.COMPLETE), None
     )
+    # The champion/challenger rule applied to hyperparameters: the params' own values stay unless the
+    # best trial beats them on validation by more than noise.
+    adopted = baseline is None or best.value - baseline.value >= params.tune.min_gain
+    chosen = best if adopted else baseline
     fit_s = sum(t.user_attrs.get("fit_s", 0.0) for t in trials if t.number not in done_before)
     return {
         "arch": arch,
@@ -506,8 +511,9 @@ def _summarise(
         "value": best.value,
         "trial": best.number,
         "params": best.params,
-        "overrides": {space[n][0]: v for n, v in best.params.items()},
-        "baseline_value": baseline,
+        "overrides": {space[n][0]: v for n, v in chosen.params.items()},
+        "adopted": "best" if adopted else "baseline",
+        "baseline_value": baseline.value if baseline else None,
         "counts": counts,
         "epochs_run": sum(len(t.intermediate_values) for t in trials),
         "epochs_budget": params.tune.n_trials * params.tune_epochs(arch),
