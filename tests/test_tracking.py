@@ -44,3 +44,24 @@ def test_reattaching_continues_the_same_run(params: Params) -> None:
 
 def test_flatten() -> None:
     assert tracking.flatten({"a": {"b": 1, "c": [1, 2]}, "d": {}}) == {"a.b": "1", "a.c": "[1, 2]", "d": "{}"}
+
+
+def test_metrics_handed_to_the_writer_process_are_stored_before_the_run_ends(params: Params) -> None:
+    uri = params.tracking.uri
+    with tracking.tracked_run(params, "x", {}) as run_id:
+        tracking.send_steps(
+            uri, run_id, [(epoch, {"val/acc": epoch / 10, "epoch": epoch}) for epoch in range(5)]
+        )
+        tracking.send_steps(uri, run_id, [(5, {"val/acc": 0.5, "epoch": 5})])
+    assert tracking.logged_steps(uri, run_id, "epoch") == [0, 1, 2, 3, 4, 5]  # in before set_terminated
+    assert _run(params, run_id).info.status == "FINISHED"
+    assert (
+        tracking._writer is not None and tracking._writer._proc.is_alive()
+    )  # one child, kept for the next run
+
+
+def test_a_failed_write_in_the_writer_process_is_raised_in_the_parent(params: Params) -> None:
+    tracking.client(params.tracking.uri)  # the store exists
+    tracking.send_steps(params.tracking.uri, "0" * 32, [(0, {"val/acc": 0.5})])  # no such run
+    with pytest.raises(RuntimeError, match="logging metrics to MLflow failed: .*0{32}"):
+        tracking.wait_sent()

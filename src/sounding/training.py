@@ -110,7 +110,7 @@ class EpochCheckpoint(Checkpoint):
 
     def _flush(self) -> None:
         if self._pending:
-            tracking.log_steps(self.uri, self.run_id, [(int(r["epoch"]), r) for r in self._pending])
+            tracking.send_steps(self.uri, self.run_id, [(int(r["epoch"]), r) for r in self._pending])
             self._logged.update(int(r["epoch"]) for r in self._pending)
             self._pending = []
         self._last_flush = time.monotonic()
@@ -148,12 +148,14 @@ class EpochCheckpoint(Checkpoint):
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._tracking(trainer):
             self._flush()
+            tracking.wait_sent()
 
     def on_exception(
         self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
     ) -> None:
         if self._tracking(trainer):
             self._flush()
+            tracking.wait_sent()
 
     def state_dict(self) -> dict[str, Any]:
         # The history as one JSON string: torch.save handles each Python object separately, and a list of
