@@ -69,9 +69,9 @@ def in_clean(workspace: Path, run: Callable[[], object]) -> Callable[[], None]:
     return clean_run
 
 
-def measure(pairs: int = 3, epochs: int = 40) -> list[Figure]:
-    """Figure 6: flow ÷ direct calls; the server start, not in the ratio, is in the detail."""
-    params = Params().with_overrides(
+def bench_params(epochs: int) -> Params:
+    """The small whole-pipeline params both sides run."""
+    return Params().with_overrides(
         {
             "data.mnist1d.num_samples": 2000,
             "train.archs": ["linear", "mlp", "cnn"],
@@ -89,6 +89,11 @@ def measure(pairs: int = 3, epochs: int = 40) -> list[Figure]:
             "retrain.max_workers": 1,
         }
     )
+
+
+def measure(pairs: int = 3, epochs: int = 40) -> list[Figure]:
+    """Figure 6: flow ÷ direct calls; the server start, not in the ratio, is in the detail."""
+    params = bench_params(epochs)
     cwd = Path.cwd()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)

@@ -17,6 +17,7 @@ import sounding  # noqa: F401  (first: importing it turns telemetry off before p
 
 # isort: split
 import fcntl
+import functools
 import hashlib
 import json
 import sys
@@ -46,10 +47,16 @@ FINAL = (BadInput, TrainingDiverged)
 """Failures that a retry would only repeat: the user's input, or a deterministic divergence."""
 
 
+@functools.cache
+def _dvc_stages() -> dict[str, Any]:
+    # Parsed once per process: at 10 ms a parse, it was the larger part of a task's cache-key cost.
+    return yaml.safe_load(DVC_YAML.read_text())["stages"]
+
+
 def stage_params(stage: str, arch: str = "") -> list[str]:
     """The params keys ``dvc.yaml`` lists for ``stage`` (``${item}`` = ``arch``): a task's cache key covers
     exactly what DVC tracks for the same stage."""
-    spec = yaml.safe_load(DVC_YAML.read_text())["stages"][stage]
+    spec = _dvc_stages()[stage]
     return [key.replace("${item}", arch) for key in spec.get("do", spec)["params"]]
 
 
