@@ -65,3 +65,24 @@ def test_a_failed_write_in_the_writer_process_is_raised_in_the_parent(params: Pa
     tracking.send_steps(params.tracking.uri, "0" * 32, [(0, {"val/acc": 0.5})])  # no such run
     with pytest.raises(RuntimeError, match="logging metrics to MLflow failed: .*0{32}"):
         tracking.wait_sent()
+
+
+def test_a_dead_writer_process_is_an_error_not_a_hang(
+    params: Params, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+    import signal
+
+    monkeypatch.setattr(tracking, "_writer", None)  # a writer of this test's own
+    with tracking.tracked_run(params, "x", {}) as run_id:
+        tracking.send_steps(params.tracking.uri, run_id, [(0, {"epoch": 0})])
+        tracking.wait_sent()
+        os.kill(tracking._writer._proc.pid, signal.SIGKILL)
+        tracking._writer._proc.join()
+        tracking.send_steps(params.tracking.uri, run_id, [(1, {"epoch": 1})])
+        with pytest.raises(
+            RuntimeError, match=r"metric writer \(pid \d+\) died with 1 batch\(es\) unwritten"
+        ):
+            tracking.wait_sent()
+        monkeypatch.setattr(tracking, "_writer", None)
+    assert tracking.logged_steps(params.tracking.uri, run_id, "epoch") == [0]

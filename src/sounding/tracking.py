@@ -11,8 +11,10 @@ from __future__ import annotations
 import json
 import multiprocessing
 import queue
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
 from functools import cache
@@ -196,8 +198,6 @@ def resumable_run(
 
 def log_steps(uri: str, run_id: str, rows: list[tuple[int, dict[str, float]]]) -> None:
     """Log several steps' metrics synchronously, in as few ``log_batch`` calls as MLflow allows."""
-    import time
-
     from mlflow.entities import Metric
 
     now = int(time.time() * 1000)
@@ -230,14 +230,18 @@ class MetricWriter:
         self._sent += 1
 
     def wait(self, timeout_s: float = 300.0) -> None:
-        errors = []
+        errors, deadline = [], time.monotonic() + timeout_s
         while self._answered < self._sent:
             try:
-                error = self._done.get(timeout=timeout_s)
+                error = self._done.get(timeout=1.0)
             except queue.Empty:
-                raise RuntimeError(
-                    f"the MLflow metric writer (pid {self._proc.pid}) answered nothing in {timeout_s:.0f} s"
-                ) from None
+                if not self._proc.is_alive() or time.monotonic() > deadline:
+                    raise RuntimeError(
+                        f"the MLflow metric writer (pid {self._proc.pid}) "
+                        + ("died" if not self._proc.is_alive() else f"answered nothing in {timeout_s:.0f} s")
+                        + f" with {self._sent - self._answered} batch(es) unwritten"
+                    ) from None
+                continue
             self._answered += 1
             if error:
                 errors.append(error)
@@ -248,6 +252,10 @@ class MetricWriter:
 def _write_metrics(jobs: Any, done: Any) -> None:
     """The child's loop: write each batch, answer with an empty string or the error; stop on the parent's
     exit (checked every second when idle)."""
+    # Ctrl-C and SIGTERM reach the whole process group: the parent decides, and the child writes what it
+    # was given and then exits with it.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     parent = multiprocessing.parent_process()
     while True:
         try:
