@@ -249,7 +249,9 @@ def test_torchrun_ddp_of_the_cli_trains_to_the_end_with_one_run_one_checkpoint_a
 @pytest.mark.slow
 def test_a_killed_ddp_run_resumes_from_its_checkpoint_in_the_same_mlflow_run(tmp_path: Path) -> None:
     epochs = 40
-    root = _ddp_root(tmp_path, **{"train.epochs": epochs})
+    root = _ddp_root(
+        tmp_path, **{"train.epochs": epochs, "train.checkpoint_every_s": 0}
+    )  # kill after epoch 3
     first = subprocess.Popen(
         _torchrun_cmd("train", "cnn", "-q"),
         cwd=root,

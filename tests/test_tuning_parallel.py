@@ -91,7 +91,9 @@ def test_two_worker_processes_on_postgres_run_exactly_n_trials(tmp_path: Path, p
 def test_a_killed_worker_s_trial_fails_is_retried_from_its_checkpoint_and_the_count_stays_exact(
     tmp_path: Path, postgres_url: str
 ) -> None:
-    root = _setup(tmp_path, **{"tune.n_trials": 4, "tune.epochs": 40, "tune.pruner": "none"})
+    # A checkpoint every epoch: the retry then resumes at the epoch after the last one reported.
+    overrides = {"tune.n_trials": 4, "tune.epochs": 40, "tune.pruner": "none", "train.checkpoint_every_s": 0}
+    root = _setup(tmp_path, **overrides)
     victim = _tune(root, "--storage", postgres_url)
     deadline = time.time() + 120
     while time.time() < deadline:  # wait until the victim is mid-trial, past a checkpointed epoch
