@@ -36,7 +36,7 @@ def test_diversity_and_naive_generator() -> None:
 def test_one_manual_optimisation_step_updates_both_networks() -> None:
     import lightning as L
 
-    gan = LitGAN(num_classes=3, length=10, latent=4, hidden=8, d_steps=2)
+    gan = LitGAN(num_classes=3, length=10, latent=4, channels=4, d_steps=2)
     trainer = L.Trainer(
         max_epochs=1,
         limit_train_batches=1,

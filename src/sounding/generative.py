@@ -152,12 +152,13 @@ def train_gan(
         num_classes=k,
         length=data.spec.input_shape[0],
         latent=g.latent,
-        hidden=g.hidden,
+        channels=g.channels,
         lr_g=g.lr_g,
         lr_d=g.lr_d,
         betas=tuple(g.betas),
         label_smoothing=g.label_smoothing,
         d_steps=g.d_steps,
+        ema=g.ema,
         samples_per_class=g.samples_per_class,
         seed=params.seed,
     )
@@ -215,11 +216,11 @@ def train_gan(
         tracking.log_artifacts(params.tracking.uri, run_id, pngs, "plots")
         from safetensors.torch import save_file
 
-        state = {k_: v.contiguous() for k_, v in system.generator.state_dict().items()}
+        state = {k_: v.contiguous() for k_, v in system.generator_ema.state_dict().items()}
         atomic_write(model_dir / "generator.safetensors", lambda tmp: save_file(state, str(tmp)))
         write_json(
             model_dir / "config.json",
-            {"latent": g.latent, "hidden": g.hidden, "num_classes": k, "length": data.spec.input_shape[0]},
+            {"latent": g.latent, "channels": g.channels, "num_classes": k, "length": data.spec.input_shape[0]},
         )
     write_json(metrics_path, summary)
     return summary
