@@ -220,7 +220,12 @@ def train_gan(
         atomic_write(model_dir / "generator.safetensors", lambda tmp: save_file(state, str(tmp)))
         write_json(
             model_dir / "config.json",
-            {"latent": g.latent, "channels": g.channels, "num_classes": k, "length": data.spec.input_shape[0]},
+            {
+                "latent": g.latent,
+                "channels": g.channels,
+                "num_classes": k,
+                "length": data.spec.input_shape[0],
+            },
         )
     write_json(metrics_path, summary)
     return summary

@@ -73,12 +73,16 @@ class LitGAN(L.LightningModule):
             opt_d.zero_grad()
             self.manual_backward(d_loss)
             opt_d.step()
-        g_loss = F.binary_cross_entropy_with_logits(self.discriminator(fake, y), torch.ones(n, device=self.device))
+        g_loss = F.binary_cross_entropy_with_logits(
+            self.discriminator(fake, y), torch.ones(n, device=self.device)
+        )
         opt_g.zero_grad()
         self.manual_backward(g_loss)
         opt_g.step()
         with torch.no_grad():
-            for averaged, current in zip(self.generator_ema.parameters(), self.generator.parameters()):
+            for averaged, current in zip(
+                self.generator_ema.parameters(), self.generator.parameters(), strict=True
+            ):
                 averaged.lerp_(current, 1.0 - hp.ema)
         self._sums["d"] += float(d_loss.detach()) * n
         self._sums["g"] += float(g_loss.detach()) * n
