@@ -83,19 +83,25 @@ def test_the_discriminator_scores_the_label() -> None:
     assert not torch.allclose(scores[0], scores[1]) and not torch.allclose(scores[1], scores[2])
 
 
-def test_stage_writes_model_metrics_plots(params: Params, prepared: Path, tmp_path: Path) -> None:
+def _judge(prepared: Path, folder: Path, seed: int = 0) -> Path:
+    """An untrained CNN saved as a judge: enough to exercise the stage."""
     data = load_prepared(prepared)
+    torch.manual_seed(seed)
     judge = build_net("cnn", data.spec.input_shape, data.spec.num_classes, "sequence")
     save_net(
         judge,
         {"arch": "cnn", "input_shape": [40], "num_classes": 10, "layout": "sequence", "net": {}},
-        tmp_path / "judge",
+        folder,
     )
+    return folder
+
+
+def test_stage_writes_model_metrics_plots(params: Params, prepared: Path, tmp_path: Path) -> None:
     small = params.with_overrides({"gan.epochs": 2, "gan.samples_per_class": 5})
     summary = train_gan(
         small,
         prepared,
-        tmp_path / "judge",
+        _judge(prepared, tmp_path / "judge"),
         tmp_path / "models",
         tmp_path / "gan.json",
         tmp_path / "plots",
@@ -108,3 +114,24 @@ def test_stage_writes_model_metrics_plots(params: Params, prepared: Path, tmp_pa
     shipped = Generator(**config)  # the config rebuilds the generator its weights belong to
     shipped.load_state_dict(load_file(str(tmp_path / "models" / "generator.safetensors")))
     assert (tmp_path / "plots" / "samples.png").is_file() and (tmp_path / "plots" / "curves.png").is_file()
+
+
+def test_another_judge_does_not_resume_figures_measured_by_the_first(
+    params: Params, prepared: Path, tmp_path: Path
+) -> None:
+    small = params.with_overrides({"gan.epochs": 1, "gan.samples_per_class": 5})
+    first, second = (
+        train_gan(
+            small,
+            prepared,
+            _judge(prepared, tmp_path / f"judge{seed}", seed),
+            tmp_path / "models",
+            tmp_path / "gan.json",
+            tmp_path / "plots",
+            checkpoints=tmp_path / "checkpoints",
+            progress=False,
+        )
+        for seed in (0, 1)
+    )
+    assert first["judge_sha256"] != second["judge_sha256"] and first["run_id"] != second["run_id"]
+    assert first["frechet"] != second["frechet"]  # the same generator, measured in each judge's own features

@@ -98,7 +98,7 @@ def train_gan(
     from sounding.data.module import TensorDataModule
     from sounding.data.prepare import load_prepared
     from sounding.errors import BadInput
-    from sounding.files import atomic_write, write_json
+    from sounding.files import atomic_write, sha256_file, write_json
     from sounding.models.factory import load_net
     from sounding.models.gan import LitGAN
     from sounding.training import (
@@ -162,7 +162,13 @@ def train_gan(
         samples_per_class=g.samples_per_class,
         seed=params.seed,
     )
-    fp = params.section_hash("gan", "train.batch_size", "compute") + f"-{data.sha256[:8]}-{code_version()}"
+    # The judge is part of the fingerprint: the per-epoch figures in a checkpoint were measured by one judge,
+    # and resuming them under another would mix two instruments in one report.
+    judge_sha256 = sha256_file(Path(judge_dir) / "model.safetensors")
+    fp = (
+        params.section_hash("gan", "train.batch_size", "compute")
+        + f"-{data.sha256[:8]}-{judge_sha256[:8]}-{code_version()}"
+    )
     run_dir = Path(checkpoints) / "gan" / fp
     tags = {"stage": "train", "arch": "gan", "seed": str(params.seed), "data_sha256": data.sha256}
     plots_dir, model_dir = Path(plots_dir), Path(model_dir)
@@ -195,6 +201,7 @@ def train_gan(
             "epochs": len(history),
             "train_time_s": recorder.train_time_s,
             "data_sha256": data.sha256,
+            "judge_sha256": judge_sha256,
             "run_id": run_id,
         }
         tracking.log_metrics(
