@@ -47,6 +47,8 @@ def test_overrides_parse_yaml_values() -> None:
         ("train.archs=[cnn, cnn]", r"train\.archs: each architecture may appear once"),
         ("train.archs=[cnn, gan9]", r"train\.archs\.1: Input should be 'linear', 'mlp', 'cnn' or 'rnn'"),
         ("models.mlp.dropout=-0.1", r"models\.mlp\.dropout: Input should be greater than or equal to 0"),
+        ("gan.ema=1", r"gan\.ema: Input should be less than 1 \(got 1\)"),
+        ("gan.channels=1", r"gan\.channels: Input should be greater than or equal to 2 \(got 1\)"),
     ],
 )
 def test_bad_params_name_key_value_and_what_is_allowed(override: str, expected: str) -> None:

@@ -7,12 +7,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors.torch import load_file
 
 from sounding.config import Params
 from sounding.data.prepare import load_prepared
 from sounding.generative import diversity, frechet_distance, naive_samples, train_gan
 from sounding.models.factory import build_net, save_net
 from sounding.models.gan import LitGAN
+from sounding.models.nets.gan import Generator
 
 
 def test_frechet_distance_is_zero_for_the_same_data_and_large_for_noise() -> None:
@@ -33,10 +35,10 @@ def test_diversity_and_naive_generator() -> None:
     assert fake.shape == (3, 4) and np.allclose(fake[2], 0)
 
 
-def test_one_manual_optimisation_step_updates_both_networks() -> None:
+def _one_step(gan: LitGAN) -> dict[str, torch.Tensor]:
+    """Fit ``gan`` on one tiny batch; return its state from before."""
     import lightning as L
 
-    gan = LitGAN(num_classes=3, length=10, latent=4, hidden=8, d_steps=2)
     trainer = L.Trainer(
         max_epochs=1,
         limit_train_batches=1,
@@ -50,27 +52,56 @@ def test_one_manual_optimisation_step_updates_both_networks() -> None:
     trainer.fit(
         gan, train_dataloaders=torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=6)
     )
+    return before
+
+
+def test_one_manual_optimisation_step_updates_both_networks_and_the_average() -> None:
+    gan = LitGAN(num_classes=3, length=10, latent=4, channels=4, d_steps=2, ema=0.5)
+    before = _one_step(gan)
     changed = {k for k, v in gan.state_dict().items() if not torch.equal(v, before[k])}
-    assert any(k.startswith("generator.") for k in changed) and any(
-        k.startswith("discriminator.") for k in changed
-    )
+    for net in ("generator.", "discriminator.", "generator_ema."):
+        assert any(k.startswith(net) for k in changed), net
+    weight = "project.weight"  # ema 0.5: the average lies halfway between its old and the new weights
+    halfway = (before[f"generator_ema.{weight}"] + gan.state_dict()[f"generator.{weight}"]) / 2
+    assert torch.allclose(gan.state_dict()[f"generator_ema.{weight}"], halfway)
     assert torch.equal(gan.z_val, before["z_val"])  # the validation noise is fixed
     assert gan.sample().shape == (3 * 100, 10)  # samples_per_class (default 100) per class
 
 
-def test_stage_writes_model_metrics_plots(params: Params, prepared: Path, tmp_path: Path) -> None:
+def test_ema_zero_samples_the_latest_generator() -> None:
+    gan = LitGAN(num_classes=3, length=10, latent=4, channels=4, ema=0.0)
+    _one_step(gan)
+    with torch.no_grad():
+        assert torch.equal(gan.sample(), gan.generator(gan.z_val, gan.y_val))
+
+
+def test_the_discriminator_scores_the_label() -> None:
+    torch.manual_seed(0)
+    gan = LitGAN(num_classes=3, length=10, latent=4, channels=4)
+    x = torch.randn(4, 10)
+    scores = [gan.discriminator(x, torch.full((4,), k)) for k in range(3)]
+    assert not torch.allclose(scores[0], scores[1]) and not torch.allclose(scores[1], scores[2])
+
+
+def _judge(prepared: Path, folder: Path, seed: int = 0) -> Path:
+    """An untrained CNN saved as a judge: enough to exercise the stage."""
     data = load_prepared(prepared)
+    torch.manual_seed(seed)
     judge = build_net("cnn", data.spec.input_shape, data.spec.num_classes, "sequence")
     save_net(
         judge,
         {"arch": "cnn", "input_shape": [40], "num_classes": 10, "layout": "sequence", "net": {}},
-        tmp_path / "judge",
+        folder,
     )
+    return folder
+
+
+def test_stage_writes_model_metrics_plots(params: Params, prepared: Path, tmp_path: Path) -> None:
     small = params.with_overrides({"gan.epochs": 2, "gan.samples_per_class": 5})
     summary = train_gan(
         small,
         prepared,
-        tmp_path / "judge",
+        _judge(prepared, tmp_path / "judge"),
         tmp_path / "models",
         tmp_path / "gan.json",
         tmp_path / "plots",
@@ -79,5 +110,28 @@ def test_stage_writes_model_metrics_plots(params: Params, prepared: Path, tmp_pa
     saved = json.loads((tmp_path / "gan.json").read_text())
     assert saved["epochs"] == 2 and 0 <= saved["judge_acc"] <= 1 and saved["frechet"] > 0
     assert {"real", "naive"} == set(saved["references"]) and summary["epoch0_frechet"] > 0
-    assert (tmp_path / "models" / "generator.safetensors").is_file()
+    config = json.loads((tmp_path / "models" / "config.json").read_text())
+    shipped = Generator(**config)  # the config rebuilds the generator its weights belong to
+    shipped.load_state_dict(load_file(str(tmp_path / "models" / "generator.safetensors")))
     assert (tmp_path / "plots" / "samples.png").is_file() and (tmp_path / "plots" / "curves.png").is_file()
+
+
+def test_another_judge_does_not_resume_figures_measured_by_the_first(
+    params: Params, prepared: Path, tmp_path: Path
+) -> None:
+    small = params.with_overrides({"gan.epochs": 1, "gan.samples_per_class": 5})
+    first, second = (
+        train_gan(
+            small,
+            prepared,
+            _judge(prepared, tmp_path / f"judge{seed}", seed),
+            tmp_path / "models",
+            tmp_path / "gan.json",
+            tmp_path / "plots",
+            checkpoints=tmp_path / "checkpoints",
+            progress=False,
+        )
+        for seed in (0, 1)
+    )
+    assert first["judge_sha256"] != second["judge_sha256"] and first["run_id"] != second["run_id"]
+    assert first["frechet"] != second["frechet"]  # the same generator, measured in each judge's own features

@@ -174,18 +174,22 @@ class DepthParams(Section):
 
 
 class GanParams(Section):
-    """The class-conditional GAN (``sounding gan``), judged by the trained CNN."""
+    """The class-conditional GAN (``sounding gan``), judged by the trained CNN (never trained against it)."""
 
     latent: PositiveInt = 32
-    hidden: PositiveInt = 256
-    lr_g: Annotated[float, Field(gt=0)] = 1e-3
-    lr_d: Annotated[float, Field(gt=0)] = 1e-3
+    channels: Annotated[int, Field(ge=2)] = 32
+    """Convolution channels of the generator and the discriminator (their first layers have half)."""
+    lr_g: Annotated[float, Field(gt=0)] = 2e-3
+    lr_d: Annotated[float, Field(gt=0)] = 2e-3
     betas: tuple[Probability, Probability] = (0.5, 0.999)
     label_smoothing: Annotated[float, Field(ge=0, lt=0.5)] = 0.1
     """One-sided: real samples are labelled ``1 - label_smoothing`` for the discriminator."""
     d_steps: PositiveInt = 1
     """Discriminator updates per generator update."""
-    epochs: PositiveInt = 300
+    ema: Probability = 0.999
+    """Decay per generator step of the weight average that is sampled, measured and shipped; 0: the latest
+    weights."""
+    epochs: PositiveInt = 150
     samples_per_class: Annotated[int, Field(ge=2)] = 100
     """Fixed validation noise: samples generated per class each epoch to measure quality."""
 

@@ -98,7 +98,7 @@ def train_gan(
     from sounding.data.module import TensorDataModule
     from sounding.data.prepare import load_prepared
     from sounding.errors import BadInput
-    from sounding.files import atomic_write, write_json
+    from sounding.files import atomic_write, sha256_file, write_json
     from sounding.models.factory import load_net
     from sounding.models.gan import LitGAN
     from sounding.training import (
@@ -152,16 +152,23 @@ def train_gan(
         num_classes=k,
         length=data.spec.input_shape[0],
         latent=g.latent,
-        hidden=g.hidden,
+        channels=g.channels,
         lr_g=g.lr_g,
         lr_d=g.lr_d,
         betas=tuple(g.betas),
         label_smoothing=g.label_smoothing,
         d_steps=g.d_steps,
+        ema=g.ema,
         samples_per_class=g.samples_per_class,
         seed=params.seed,
     )
-    fp = params.section_hash("gan", "train.batch_size", "compute") + f"-{data.sha256[:8]}-{code_version()}"
+    # The judge is part of the fingerprint: the per-epoch figures in a checkpoint were measured by one judge,
+    # and resuming them under another would mix two instruments in one report.
+    judge_sha256 = sha256_file(Path(judge_dir) / "model.safetensors")
+    fp = (
+        params.section_hash("gan", "train.batch_size", "compute")
+        + f"-{data.sha256[:8]}-{judge_sha256[:8]}-{code_version()}"
+    )
     run_dir = Path(checkpoints) / "gan" / fp
     tags = {"stage": "train", "arch": "gan", "seed": str(params.seed), "data_sha256": data.sha256}
     plots_dir, model_dir = Path(plots_dir), Path(model_dir)
@@ -194,6 +201,7 @@ def train_gan(
             "epochs": len(history),
             "train_time_s": recorder.train_time_s,
             "data_sha256": data.sha256,
+            "judge_sha256": judge_sha256,
             "run_id": run_id,
         }
         tracking.log_metrics(
@@ -215,11 +223,16 @@ def train_gan(
         tracking.log_artifacts(params.tracking.uri, run_id, pngs, "plots")
         from safetensors.torch import save_file
 
-        state = {k_: v.contiguous() for k_, v in system.generator.state_dict().items()}
+        state = {k_: v.contiguous() for k_, v in system.generator_ema.state_dict().items()}
         atomic_write(model_dir / "generator.safetensors", lambda tmp: save_file(state, str(tmp)))
         write_json(
             model_dir / "config.json",
-            {"latent": g.latent, "hidden": g.hidden, "num_classes": k, "length": data.spec.input_shape[0]},
+            {
+                "latent": g.latent,
+                "channels": g.channels,
+                "num_classes": k,
+                "length": data.spec.input_shape[0],
+            },
         )
     write_json(metrics_path, summary)
     return summary

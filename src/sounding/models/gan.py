@@ -3,6 +3,8 @@ per generator update), with a fixed validation noise so that epochs can be compa
 
 from __future__ import annotations
 
+import copy
+
 import lightning as L
 import torch
 import torch.nn.functional as F
@@ -11,60 +13,80 @@ from sounding.models.nets.gan import Discriminator, Generator
 
 
 class LitGAN(L.LightningModule):
-    """Non-saturating GAN loss; one-sided label smoothing (real targets ``1 - label_smoothing``)."""
+    """Non-saturating GAN loss; one-sided label smoothing (real targets ``1 - label_smoothing``).
+
+    ``generator_ema`` is an exponential moving average of the generator's weights (decay ``ema`` per
+    generator step; 0 makes it a copy of the latest weights). It is the generator that is sampled, measured
+    and shipped: averaging smooths out the oscillation of adversarial training around a good solution.
+    """
 
     def __init__(
         self,
         num_classes: int,
         length: int,
         latent: int = 32,
-        hidden: int = 128,
-        lr_g: float = 2e-4,
-        lr_d: float = 2e-4,
+        channels: int = 32,
+        lr_g: float = 2e-3,
+        lr_d: float = 2e-3,
         betas: tuple[float, float] = (0.5, 0.999),
         label_smoothing: float = 0.1,
         d_steps: int = 1,
+        ema: float = 0.999,
         samples_per_class: int = 100,
         seed: int = 0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.automatic_optimization = False
-        self.generator = Generator(latent, num_classes, length, hidden)
-        self.discriminator = Discriminator(num_classes, length, hidden)
+        self.generator = Generator(latent, num_classes, length, channels)
+        self.discriminator = Discriminator(num_classes, length, channels)
+        self.generator_ema = copy.deepcopy(self.generator).requires_grad_(False)
         noise = torch.Generator().manual_seed(seed)
         self.register_buffer("z_val", torch.randn(num_classes * samples_per_class, latent, generator=noise))
         self.register_buffer("y_val", torch.arange(num_classes).repeat_interleave(samples_per_class))
         self._sums = {"d": 0.0, "g": 0.0, "n": 0}
 
     def sample(self) -> torch.Tensor:
-        """The generator's output on the fixed validation noise (``samples_per_class`` per class, in order)."""
+        """The averaged generator's output on the fixed validation noise (``samples_per_class`` per class,
+        in class order)."""
         with torch.no_grad():
-            return self.generator(self.z_val, self.y_val)
+            return self.generator_ema(self.z_val, self.y_val)
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         x, y = batch
-        x = x.flatten(1)
+        x, n, hp = x.flatten(1), len(y), self.hparams
         opt_g, opt_d = self.optimizers()
-        real_target = torch.full((len(y),), 1.0 - self.hparams.label_smoothing, device=self.device)
-        for _ in range(self.hparams.d_steps):
-            fake = self.generator(torch.randn(len(y), self.hparams.latent, device=self.device), y).detach()
+        # One generated batch serves the first discriminator step (detached) and the generator step: the
+        # generator has not changed in between, and its forward pass is the dearest op of the step.
+        fake = self.generator(torch.randn(n, hp.latent, device=self.device), y)
+        real_target = torch.full((n,), 1.0 - hp.label_smoothing, device=self.device)
+        for step in range(hp.d_steps):
+            if step == 0:
+                d_fake = fake.detach()
+            else:
+                with torch.no_grad():
+                    d_fake = self.generator(torch.randn(n, hp.latent, device=self.device), y)
+            logits = self.discriminator(torch.cat([x, d_fake]), torch.cat([y, y]))
             d_loss = F.binary_cross_entropy_with_logits(
-                self.discriminator(x, y), real_target
-            ) + F.binary_cross_entropy_with_logits(self.discriminator(fake, y), torch.zeros_like(real_target))
+                logits[:n], real_target
+            ) + F.binary_cross_entropy_with_logits(logits[n:], torch.zeros_like(real_target))
             opt_d.zero_grad()
             self.manual_backward(d_loss)
             opt_d.step()
-        fake = self.generator(torch.randn(len(y), self.hparams.latent, device=self.device), y)
         g_loss = F.binary_cross_entropy_with_logits(
-            self.discriminator(fake, y), torch.ones(len(y), device=self.device)
+            self.discriminator(fake, y), torch.ones(n, device=self.device)
         )
         opt_g.zero_grad()
         self.manual_backward(g_loss)
         opt_g.step()
-        self._sums["d"] += float(d_loss.detach()) * len(y)
-        self._sums["g"] += float(g_loss.detach()) * len(y)
-        self._sums["n"] += len(y)
+        with torch.no_grad():
+            for averaged, current in zip(
+                self.generator_ema.parameters(), self.generator.parameters(), strict=True
+            ):
+                averaged.lerp_(current, 1.0 - hp.ema)
+        self._sums["d"] += float(d_loss.detach()) * n
+        self._sums["g"] += float(g_loss.detach()) * n
+        self._sums["n"] += n
 
     def on_train_epoch_start(self) -> None:
         self._sums = {"d": 0.0, "g": 0.0, "n": 0}
