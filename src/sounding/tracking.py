@@ -9,6 +9,7 @@ training loop for the GIL, and closing it waits about a second per run.
 from __future__ import annotations
 
 import json
+import logging
 import multiprocessing
 import queue
 import signal
@@ -163,6 +164,12 @@ def tracked_run(
     finally:
         try:
             wait_sent()  # a run's metrics are written before it ends: MLflow refuses them after
+        except RuntimeError as exc:
+            if status == "FINISHED":
+                status = "FAILED"
+                raise
+            # The run already failed or was interrupted: that error is the one to report.
+            logging.getLogger(__name__).warning("%s", exc)
         finally:
             c.set_terminated(run_id, status)
 
@@ -252,10 +259,10 @@ class MetricWriter:
 def _write_metrics(jobs: Any, done: Any) -> None:
     """The child's loop: write each batch, answer with an empty string or the error; stop on the parent's
     exit (checked every second when idle)."""
-    # Ctrl-C and SIGTERM reach the whole process group: the parent decides, and the child writes what it
-    # was given and then exits with it.
+    # Ctrl-C reaches the whole process group: the parent decides, and the child writes what it was given
+    # and then exits with it. (SIGTERM keeps its default: multiprocessing ends daemon children with it at
+    # the parent's exit.)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     parent = multiprocessing.parent_process()
     while True:
         try:

@@ -154,8 +154,11 @@ class EpochCheckpoint(Checkpoint):
         self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
     ) -> None:
         if self._tracking(trainer):
-            self._flush()
-            tracking.wait_sent()
+            try:
+                self._flush()
+                tracking.wait_sent()
+            except RuntimeError as exc:  # the training's own exception is the one to report
+                logging.getLogger(__name__).warning("%s", exc)
 
     def state_dict(self) -> dict[str, Any]:
         # The history as one JSON string: torch.save handles each Python object separately, and a list of
