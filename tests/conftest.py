@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +28,23 @@ def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)  # both would replace tracking.* params
+
+
+FIGURES: Counter[str] = Counter()
+"""What the reliability tests exercised in this session (faults injected, bad inputs tried, runs and
+trials checked), printed at the end of the run as one ``reliability figures:`` line."""
+
+
+@pytest.fixture
+def figures() -> Counter[str]:
+    """Add to a figure: ``figures["faults injected"] += 1``."""
+    return FIGURES
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if FIGURES:
+        shown = ", ".join(f"{name} {count}" for name, count in sorted(FIGURES.items()))
+        terminalreporter.write_line(f"reliability figures: {shown}")
 
 
 def tiny_params(**overrides: object) -> Params:
