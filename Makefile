@@ -32,8 +32,8 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP) ## Create or update the virtual environment
 
-run: $(STAMP) ## Reproduce the whole pipeline from params.yaml (dvc repro)
-	dvc repro
+run: $(STAMP) ## Reproduce the whole pipeline from params.yaml (dvc repro; refused while another one runs)
+	sounding repro
 
 test: $(STAMP) ## Run the whole test suite: fast tier, then the slow end-to-end tier
 	$(BIN)/pytest -q

@@ -121,6 +121,15 @@ def copy_repo(dest: Path) -> Path:
     return dest
 
 
+def run_dvc(*args: str, cwd: Path, timeout: float = 900) -> subprocess.CompletedProcess:
+    """Run the venv's ``dvc`` with the venv first on PATH (stage commands call ``sounding``)."""
+    bin_dir = str(Path(sys.executable).parent)
+    env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}")
+    return subprocess.run(
+        [f"{bin_dir}/dvc", *args], cwd=cwd, capture_output=True, text=True, env=env, timeout=timeout
+    )
+
+
 POSTGRES = os.environ.get("SOUNDING_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 """Server the PostgreSQL tests use (trust auth on loopback); each test gets its own fresh database."""
 

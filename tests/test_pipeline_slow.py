@@ -15,17 +15,10 @@ import yaml
 
 from sounding import tracking
 from sounding.config import load_params
-from tests.conftest import copy_repo, run_cli, tiny_params, write_params
+from tests.conftest import copy_repo, run_cli, run_dvc, tiny_params, write_params
 
 pytestmark = pytest.mark.slow
 BIN = str(Path(sys.executable).parent)
-
-
-def _dvc(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PATH=f"{BIN}:{os.environ['PATH']}")
-    return subprocess.run(
-        [f"{BIN}/dvc", *args], cwd=cwd, capture_output=True, text=True, env=env, timeout=900
-    )
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +39,7 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
             }
         ),
     )
-    result = _dvc("repro", cwd=root)
+    result = run_dvc("repro", cwd=root)
     assert result.returncode == 0, result.stdout + result.stderr
     return root
 
@@ -69,9 +62,9 @@ def test_repro_writes_every_output(repo: Path) -> None:
 
 
 def test_second_repro_is_a_noop(repo: Path) -> None:
-    result = _dvc("repro", cwd=repo)
+    result = run_dvc("repro", cwd=repo)
     assert result.returncode == 0 and "Running stage" not in result.stdout
-    assert _dvc("status", cwd=repo).stdout.strip().startswith("Data and pipelines are up to date")
+    assert run_dvc("status", cwd=repo).stdout.strip().startswith("Data and pipelines are up to date")
 
 
 def test_every_architecture_run_has_the_same_metric_keys_and_tags(repo: Path) -> None:
@@ -117,11 +110,11 @@ def test_registered_pyfunc_loads_without_pickle_and_predicts(repo: Path) -> None
 
 def test_dvc_push_pull_round_trip(repo: Path, tmp_path: Path) -> None:
     remote = tmp_path / "remote"
-    assert _dvc("remote", "add", "--local", "-d", "scratch", str(remote), cwd=repo).returncode == 0
-    assert _dvc("push", cwd=repo).returncode == 0
+    assert run_dvc("remote", "add", "--local", "-d", "scratch", str(remote), cwd=repo).returncode == 0
+    assert run_dvc("push", cwd=repo).returncode == 0
     manifest = (repo / "data" / "prepared" / "manifest.json").read_text()
     subprocess.run(["rm", "-rf", "data/prepared", ".dvc/cache"], cwd=repo, check=True)
-    pulled = _dvc("pull", "prepare", cwd=repo)
+    pulled = run_dvc("pull", "prepare", cwd=repo)
     assert pulled.returncode == 0, pulled.stderr
     assert (repo / "data" / "prepared" / "manifest.json").read_text() == manifest
     from sounding.data.prepare import verify

@@ -304,6 +304,15 @@ def report(
     typer.echo(path.read_text())
 
 
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def repro(ctx: typer.Context) -> None:
+    """`dvc repro [ARGS]` (what `make run` runs), refused at once with exit code 2 while another DVC
+    command runs in this workspace."""
+    from sounding.repro import repro as run_repro
+
+    run_repro(ctx.args)
+
+
 runs_app = typer.Typer(help="MLflow runs of the project's tracking store.", no_args_is_help=True)
 app.add_typer(runs_app, name="runs")
 
