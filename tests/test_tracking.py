@@ -44,3 +44,24 @@ def test_reattaching_continues_the_same_run(params: Params) -> None:
 
 def test_flatten() -> None:
     assert tracking.flatten({"a": {"b": 1, "c": [1, 2]}, "d": {}}) == {"a.b": "1", "a.c": "[1, 2]", "d": "{}"}
+
+
+def test_an_experiment_created_meanwhile_by_another_process_is_reused(
+    params: Params, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Four trainings starting at once against one server all found the experiment missing; the losers of
+    the creation race crashed (found by tests/test_concurrency_slow.py)."""
+    c = tracking.client(params.tracking.uri)
+    existing = c.create_experiment("raced")
+    monkeypatch.setattr(type(c), "get_experiment_by_name", _missing_once(type(c).get_experiment_by_name))
+    assert tracking.experiment_id(params.tracking.uri, "raced") == existing
+
+
+def _missing_once(lookup):
+    calls = []
+
+    def first_none(self, name):
+        calls.append(name)
+        return None if len(calls) == 1 else lookup(self, name)
+
+    return first_none
