@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -122,7 +123,9 @@ def test_dvc_push_pull_round_trip(repo: Path, tmp_path: Path) -> None:
     verify(repo / "data" / "prepared")
 
 
-def test_kill_9_mid_training_resumes_the_same_run_without_losing_an_epoch(tmp_path: Path) -> None:
+def test_kill_9_mid_training_resumes_the_same_run_without_losing_an_epoch(
+    tmp_path: Path, figures: Counter[str]
+) -> None:
     epochs = 8
     params = write_params(
         tmp_path / "params.yaml",
@@ -162,10 +165,17 @@ def test_kill_9_mid_training_resumes_the_same_run_without_losing_an_epoch(tmp_pa
     assert tracking.client(uri).get_run(run_id).info.status == "FINISHED"
     assert resumed["test/acc"] == pytest.approx(straight["test/acc"], abs=1e-6)
     assert resumed["test/loss"] == pytest.approx(straight["test/loss"], rel=1e-5)
+    from safetensors.torch import load_file
+
+    weights = [load_file(d / "models" / "rnn" / "model.safetensors") for d in (killed_dir, straight_dir)]
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.allclose(weights[0][k], weights[1][k], atol=1e-6) for k in weights[0])  # same weights
     assert yaml.safe_load(params.read_text())["train"]["epochs"] == epochs
+    figures["faults injected"] += 1
+    figures["runs checked"] += 2
 
 
-def test_sigterm_mid_training_closes_the_run_as_killed(tmp_path: Path) -> None:
+def test_sigterm_mid_training_closes_the_run_as_killed(tmp_path: Path, figures: Counter[str]) -> None:
     params = write_params(
         tmp_path / "params.yaml",
         tiny_params(**{"data.mnist1d.num_samples": 5000, "train.epochs": 50, "train.archs": ["rnn"]}),
@@ -187,6 +197,8 @@ def test_sigterm_mid_training_closes_the_run_as_killed(tmp_path: Path) -> None:
     (state,) = tmp_path.glob("checkpoints/rnn/*/run.json")
     run_id = json.loads(state.read_text())["run_id"]
     assert tracking.client(f"sqlite:///{tmp_path / 'mlflow.db'}").get_run(run_id).info.status == "KILLED"
+    figures["faults injected"] += 1
+    figures["runs checked"] += 1
 
 
 def test_registered_champion_serves_the_same_predictions_as_predict(repo: Path) -> None:

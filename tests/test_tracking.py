@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 import pytest
 
 from sounding import tracking
@@ -23,13 +25,17 @@ def test_run_finishes_with_flat_params_and_tags(params: Params) -> None:
 
 
 @pytest.mark.parametrize(("error", "status"), [(RuntimeError, "FAILED"), (KeyboardInterrupt, "KILLED")])
-def test_run_is_closed_on_every_exit_path(params: Params, error: type, status: str) -> None:
+def test_run_is_closed_on_every_exit_path(
+    params: Params, error: type, status: str, figures: Counter[str]
+) -> None:
     seen = {}
     with pytest.raises(error):
         with tracking.tracked_run(params, "x", {}) as run_id:
             seen["id"] = run_id
             raise error("boom")
     assert _run(params, seen["id"]).info.status == status
+    figures["faults injected"] += 1
+    figures["runs checked"] += 1
 
 
 def test_reattaching_continues_the_same_run(params: Params) -> None:

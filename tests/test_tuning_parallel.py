@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import time
+from collections import Counter
 from pathlib import Path
 
 import optuna
@@ -74,7 +75,7 @@ def test_two_worker_processes_on_postgres_run_exactly_n_trials(tmp_path: Path, p
 
 
 def test_a_killed_worker_s_trial_fails_is_retried_from_its_checkpoint_and_the_count_stays_exact(
-    tmp_path: Path, postgres_url: str
+    tmp_path: Path, postgres_url: str, figures: Counter[str]
 ) -> None:
     root = _setup(tmp_path, **{"tune.n_trials": 4, "tune.epochs": 40, "tune.pruner": "none"})
     victim = _tune(root, "--storage", postgres_url)
@@ -102,3 +103,5 @@ def test_a_killed_worker_s_trial_fails_is_retried_from_its_checkpoint_and_the_co
     assert retry.state.name == "COMPLETE" and retry.params == trials[killed].params
     # The retry resumed the dead trial's checkpoint: it reported no epoch before the one it resumed at.
     assert min(retry.intermediate_values) >= 3
+    figures["faults injected"] += 1
+    figures["trials checked"] += len(trials)
