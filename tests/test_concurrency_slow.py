@@ -20,7 +20,7 @@ def test_a_second_pipeline_run_on_one_workspace_fails_fast_and_the_first_complet
     tmp_path: Path, figures: Counter[str]
 ) -> None:
     root = copy_repo(tmp_path / "repo")
-    write_params(root / "params.yaml", tiny_params(**{"train.archs": ["mlp"]}))
+    write_params(root / "params.yaml", tiny_params(**{"train.archs": ["mlp"], "tune.n_trials": 2}))
     env_path = {"cwd": root, "stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True}
     first = subprocess.Popen([SOUNDING, "repro", "train@mlp"], **env_path)
     try:
@@ -51,7 +51,7 @@ def test_four_trainings_logging_to_one_mlflow_server_lose_no_metric(
 ) -> None:
     """Four `sounding train` processes at once against one `mlflow server` on a sqlite store: every run
     FINISHED with every epoch's metrics, and no "database is locked" anywhere."""
-    epochs = 30
+    epochs = 15
     with mlflow_server(f"sqlite:///{tmp_path / 'server.db'}", tmp_path) as (url, log):
         write_params(tmp_path / "params.yaml", tiny_params(**{"tracking.uri": url, "train.epochs": epochs}))
         assert run_cli("prepare", "--params", str(tmp_path / "params.yaml"), cwd=tmp_path).returncode == 0

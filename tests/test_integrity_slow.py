@@ -145,7 +145,7 @@ def test_a_prepare_killed_mid_write_never_feeds_partial_files_downstream(
     root.mkdir()
     kills = Counter()
     pick = random.Random(0)
-    for attempt in range(8):
+    for attempt in range(6):
         seed = 1 + attempt % 2
         write_params(root / "params.yaml", tiny_params(**{"seed": seed, "data.source": "npz",
                                                           "data.npz_path": str(tmp_path / "big.npz")}))  # fmt: skip

@@ -19,6 +19,11 @@ from pathlib import Path
 
 from sounding.errors import BadInput
 
+WAIT = (
+    "wait for it to finish, then run again. Two runs at once would write the same outputs, so the second "
+    "is refused; nothing was changed."
+)
+
 
 def check_workspace_free(start: str | Path = ".") -> Path:
     """The DVC repository holding ``start``; ``BadInput`` when there is none or another DVC process holds
@@ -38,18 +43,12 @@ def check_workspace_free(start: str | Path = ".") -> Path:
         lock.lock()
     except LockError:
         raise BadInput(
-            f"another DVC command (a `dvc repro` or `make run`, a `dvc pull`, …) is running in {root}: "
-            "wait for it to finish, then run again. Two runs at once would write the same outputs, so the "
-            "second is refused; nothing was changed."
+            f"another DVC command (a `dvc repro` or `make run`, a `dvc pull`, …) is running in {root}: {WAIT}"
         ) from None
     lock.unlock()
     running = _stage_holders(tmp / "rwlock")
     if running:
-        raise BadInput(
-            f"another DVC command is running a stage in {root} ({'; '.join(running)}): wait for it to "
-            "finish, then run again. Two runs at once would write the same outputs, so the second is "
-            "refused; nothing was changed."
-        )
+        raise BadInput(f"another DVC command is running a stage in {root} ({'; '.join(running)}): {WAIT}")
     return root
 
 

@@ -50,7 +50,7 @@ class StaleRun:
 
 
 def _last_activity_ms(client: Any, run: Any) -> int:
-    """The latest of the run's start time and its metrics' timestamps (latest value of each key)."""
+    """The latest of the run's start time and the timestamps of every metric value it logged."""
     stamps = [run.info.start_time or 0]
     stamps += [
         m.timestamp for key in run.data.metrics for m in client.get_metric_history(run.info.run_id, key)
