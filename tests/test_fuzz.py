@@ -240,6 +240,58 @@ def stored_model() -> Any:
     return StoredModel(net, {}, Model(signature=signature))
 
 
+VALID_PYFUNC = {
+    "loader_module": "mlflow.pyfunc.loaders.code_model",
+    "artifacts": {
+        "weights": {"path": "artifacts/model.safetensors"},
+        "config": {"path": "artifacts/config.json"},
+    },
+}
+mlmodels = st.one_of(
+    st.text(max_size=80),  # not even YAML of a mapping
+    st.fixed_dictionaries({"flavors": values}),
+    st.fixed_dictionaries(
+        {"flavors": st.fixed_dictionaries({"python_function": st.dictionaries(st.sampled_from(
+            ["loader_module", "artifacts", "python_model", "model_code_path"]), values, max_size=4)})}
+    ),
+    st.builds(  # a valid model whose file paths are replaced by anything, traversal included
+        lambda w, c: {"flavors": {"python_function": {**VALID_PYFUNC, "artifacts": {"weights": {"path": w}, "config": {"path": c}}}}},
+        st.sampled_from(["artifacts/model.safetensors", "../outside.safetensors", "/etc/passwd", "artifacts"]) | values,
+        st.sampled_from(["artifacts/config.json", "MLmodel"]) | values,
+    ),
+)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def logged_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The files of a logged Sounding model (weights and config), MLmodel to be written by each example."""
+    from sounding.models.factory import build_net, save_net
+
+    folder = tmp_path_factory.mktemp("model")
+    config = {"arch": "mlp", "input_shape": [8], "num_classes": 10, "layout": "sequence", "net": {}}
+    save_net(build_net("mlp", (8,), 10, "sequence"), config, folder / "artifacts")
+    return folder
+
+
+@settings(FUZZ, max_examples=30)  # each example copies the model's files: ~0.1 s
+@example(mlmodel="")  # found by this test: an empty MLmodel file raised AttributeError inside MLflow
+@given(mlmodel=mlmodels)
+def test_fuzzed_mlmodel_files_load_or_are_refused(
+    mlmodel: Any, logged_folder: Path, tmp_path: Path, figures: Counter[str]
+) -> None:
+    """The MLmodel file of a stored model is untrusted: whatever it says, loading succeeds (a Sounding
+    model) or is refused with ``BadInput``."""
+    import yaml
+
+    from sounding.serving import load_model
+
+    text = mlmodel if isinstance(mlmodel, str) else yaml.safe_dump(mlmodel)
+    (logged_folder / "MLmodel").write_text(text)
+    model = _outcome(lambda: load_model(str(logged_folder), f"sqlite:///{tmp_path / 'mlflow.db'}"), figures)
+    if model is not None:
+        assert model.predict(np.zeros((2, 8), np.float32)).shape == (2, 10)
+
+
 @pytest.mark.parametrize(
     ("args", "files", "message"),
     [

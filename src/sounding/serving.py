@@ -111,23 +111,30 @@ def load_model(model_uri: str, tracking_uri: str) -> StoredModel:
             metadata = Model.load(str(local / "MLmodel"))
         except MlflowException as exc:
             raise BadInput(f"cannot read model {model_uri!r} from {tracking_uri}: {exc.message}") from None
-        except (yaml.YAMLError, TypeError, ValueError) as exc:
+        except (yaml.YAMLError, AttributeError, TypeError, ValueError) as exc:  # any YAML at all
             raise BadInput(f"{model_uri}: its MLmodel file is not valid ({exc})") from None
-        pyfunc = metadata.flavors.get("python_function") or {}
-        files = {k: (pyfunc.get("artifacts") or {}).get(k, {}).get("path") for k in ("weights", "config")}
-        paths = {k: (local / v).resolve() for k, v in files.items() if isinstance(v, str)}
-        if pyfunc.get("loader_module") != CODE_LOADER or len(paths) != 2:
+        try:  # the MLmodel file is untrusted YAML: any shape
+            pyfunc = metadata.flavors["python_function"]
+            loader = pyfunc["loader_module"]
+            files = {k: pyfunc["artifacts"][k]["path"] for k in ("weights", "config")}
+        except (KeyError, TypeError):
+            loader, files = None, {}
+        if loader != CODE_LOADER or not all(isinstance(v, str) for v in files.values()) or not files:
             raise BadInput(
-                f"{model_uri} is not a Sounding model (flavors {sorted(metadata.flavors)}, loader "
-                f"{pyfunc.get('loader_module')!r}, files {files}). Sounding loads only its own models, "
-                "safetensors weights with a JSON config, and never runs code or unpickles files stored "
-                "with a model"
+                f"{model_uri} is not a Sounding model (flavors {_names(metadata.flavors)}, loader "
+                f"{loader!r}). Sounding loads only its own models, safetensors weights with a JSON config, "
+                "and never runs code or unpickles files stored with a model"
             )
+        paths = {k: (local / v).resolve() for k, v in files.items()}
         outside = [str(p) for p in paths.values() if not p.is_relative_to(local)]
         if outside:
             raise BadInput(f"{model_uri}: its MLmodel points outside the model's folder: {outside}")
         net, config = load_net(paths["weights"], paths["config"])
     return StoredModel(net, config, metadata)
+
+
+def _names(flavors: Any) -> list[str]:
+    return sorted(map(str, flavors)) if isinstance(flavors, dict) else []
 
 
 def check_input(x: np.ndarray, model: Any, source: str) -> np.ndarray:
