@@ -27,7 +27,7 @@ from sounding.data.sources import read_npz_arrays
 from sounding.errors import BadInput
 from tests.conftest import make_npz, run_cli, tiny_params, write_params
 
-FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+FUZZ = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
 def _key_paths(model: type[BaseModel], prefix: str = "") -> list[str]:
@@ -273,7 +273,7 @@ def logged_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
-@settings(FUZZ, max_examples=30)  # each example copies the model's files: ~0.1 s
+@settings(FUZZ, max_examples=20)  # each example copies the model's files: ~0.1 s
 @example(mlmodel="")  # found by this test: an empty MLmodel file raised AttributeError inside MLflow
 @given(mlmodel=mlmodels)
 def test_fuzzed_mlmodel_files_load_or_are_refused(
@@ -297,8 +297,6 @@ def test_fuzzed_mlmodel_files_load_or_are_refused(
     [
         (["prepare", "-S", "train=[1, 2]"], {}, "train: Input should be a valid dictionary"),
         (["prepare", "-S", "data.source=npz", "-S", "data.npz_path=cut.npz"], {"cut.npz": 60},
-         "cut.npz: not a readable .npz file"),
-        (["predict", "--model", "models:/m/1", "--input", "cut.npz", "--output", "out.csv"], {"cut.npz": 60},
          "cut.npz: not a readable .npz file"),
         (["predict", "--model", "models:/m/1", "--input", "ok.npz", "--output", "out.csv"], {"ok.npz": None},
          "ok.npz: missing array 'x'"),
