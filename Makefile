@@ -32,8 +32,8 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP) ## Create or update the virtual environment
 
-run: $(STAMP) ## Reproduce the whole pipeline from params.yaml (dvc repro)
-	dvc repro
+run: $(STAMP) ## Reproduce the whole pipeline from params.yaml (dvc repro; refused while another one runs)
+	sounding repro
 
 test: $(STAMP) ## Run the whole test suite: fast tier, then the slow end-to-end tier
 	$(BIN)/pytest -q
@@ -62,7 +62,7 @@ scheduler: $(STAMP) ## Prefect server on 127.0.0.1 (PREFECT_PORT=4200) serving t
 	$(BIN)/python -m pipelines.server --port $(PREFECT_PORT) -- $(BIN)/sounding schedule --cron "$(CRON)"
 
 clean: ## Remove caches and resume checkpoints (never DVC-tracked data, models or the MLflow store)
-	rm -rf checkpoints .pytest_cache .ruff_cache benchmarks/out
+	rm -rf checkpoints .pytest_cache .ruff_cache .hypothesis benchmarks/out
 	find . -name __pycache__ -type d -not -path './$(VENV)/*' -prune -exec rm -rf {} +
 
 .PHONY: help venv run test test-fast bench lint ui mlflow-server scheduler clean

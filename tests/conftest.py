@@ -8,8 +8,14 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
+import socket
 import subprocess
 import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +33,23 @@ def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)  # both would replace tracking.* params
+
+
+FIGURES: Counter[str] = Counter()
+"""What the reliability tests exercised in this session (faults injected, bad inputs tried, runs and
+trials checked), printed at the end of the run as one ``reliability figures:`` line."""
+
+
+@pytest.fixture
+def figures() -> Counter[str]:
+    """Add to a figure: ``figures["faults injected"] += 1``."""
+    return FIGURES
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if FIGURES:
+        shown = ", ".join(f"{name} {count}" for name, count in sorted(FIGURES.items()))
+        terminalreporter.write_line(f"reliability figures: {shown}")
 
 
 def tiny_params(**overrides: object) -> Params:
@@ -101,6 +124,57 @@ def copy_repo(dest: Path) -> Path:
         ["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "init"], cwd=dest, check=True
     )
     return dest
+
+
+def run_dvc(*args: str, cwd: Path, timeout: float = 900) -> subprocess.CompletedProcess:
+    """Run the venv's ``dvc`` with the venv first on PATH (stage commands call ``sounding``)."""
+    bin_dir = str(Path(sys.executable).parent)
+    env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}")
+    return subprocess.run(
+        [f"{bin_dir}/dvc", *args], cwd=cwd, capture_output=True, text=True, env=env, timeout=timeout
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def mlflow_server(
+    backend: str, folder: Path, *options: str, env: dict[str, str] | None = None, health: str = "/health"
+) -> Iterator[tuple[str, Path]]:
+    """``mlflow server`` on a free loopback port (its artifacts in ``folder/server-artifacts``, one worker,
+    no job runner), yielded as (URL, its log file) once ``health`` answers; stopped afterwards."""
+    import urllib.request
+
+    port, log = free_port(), folder / "mlflow-server.log"
+    with open(log, "wb") as sink:
+        server = subprocess.Popen(
+            [str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri", backend,
+             "--artifacts-destination", str(folder / "server-artifacts"), "--host", "127.0.0.1",
+             "--port", str(port), "--workers", "1", *options],
+            cwd=folder, env=dict(env or os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false"),
+            stdout=sink, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"{url}{health}", timeout=1)
+                break
+            except urllib.error.HTTPError:
+                break  # it answers (with an error status: the caller checks which)
+            except OSError:
+                assert server.poll() is None, log.read_text()[-4000:]
+                assert time.time() < deadline, "mlflow server did not become healthy"
+                time.sleep(0.5)
+        yield url, log
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
 
 
 POSTGRES = os.environ.get("SOUNDING_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")

@@ -6,11 +6,9 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 from unittest import mock
 
@@ -21,7 +19,7 @@ import torch
 from sounding.config import load_params
 from sounding.errors import BadInput
 from sounding.training import make_trainer, process_rank
-from tests.conftest import SOUNDING, run_cli, tiny_params, write_params
+from tests.conftest import SOUNDING, free_port, mlflow_server, run_cli, tiny_params, write_params
 
 BIN = Path(sys.executable).parent
 
@@ -161,15 +159,9 @@ def test_train_on_a_gpu_that_is_not_there_exits_2_before_tracking(tmp_path: Path
 # --- slow: real processes -------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _torchrun_cmd(*args: str) -> list[str]:
     """`torchrun --nproc_per_node=2` of the real CLI, rendezvous and gloo on the loopback interface."""
-    rendezvous = ["--nnodes=1", "--node_rank=0", "--master_addr=127.0.0.1", f"--master_port={_free_port()}"]
+    rendezvous = ["--nnodes=1", "--node_rank=0", "--master_addr=127.0.0.1", f"--master_port={free_port()}"]
     return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", *rendezvous, SOUNDING, *args]
 
 
@@ -297,27 +289,8 @@ def test_a_killed_ddp_run_resumes_from_its_checkpoint_in_the_same_mlflow_run(tmp
 def test_train_register_predict_round_trip_through_mlflow_server_on_postgres(
     tmp_path: Path, postgres_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    port = _free_port()
     artifacts = tmp_path / "server-artifacts"
-    server_env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
-    server = subprocess.Popen(
-        [str(BIN / "mlflow"), "server", "--backend-store-uri", postgres_url,
-         "--artifacts-destination", str(artifacts), "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        cwd=tmp_path, env=server_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-        start_new_session=True,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                urllib.request.urlopen(f"{url}/health", timeout=1)
-                break
-            except OSError:
-                assert server.poll() is None, server.stderr.read()[-4000:]
-                assert time.time() < deadline, "mlflow server did not become healthy"
-                time.sleep(0.5)
-
+    with mlflow_server(postgres_url, tmp_path) as (url, _):
         root = tmp_path / "client"
         root.mkdir()
         # Train and register configured from params; predict from MLflow's environment variable.
@@ -347,9 +320,6 @@ def test_train_register_predict_round_trip_through_mlflow_server_on_postgres(
         assert client.get_model_version_by_alias("sounding-cnn", "champion").version == "1"
         (run,) = client.search_runs([client.get_experiment_by_name("sounding").experiment_id])
         assert run.info.status == "FINISHED" and run.data.tags["stage"] == "train"
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)
 
     rows = np.loadtxt(root / "p.csv", delimiter=",", skiprows=1)
     assert rows.shape == (5, 2 + 10) and np.allclose(rows[:, 2:].sum(1), 1, atol=1e-4)

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -15,17 +16,10 @@ import yaml
 
 from sounding import tracking
 from sounding.config import load_params
-from tests.conftest import copy_repo, run_cli, tiny_params, write_params
+from tests.conftest import copy_repo, run_cli, run_dvc, tiny_params, write_params
 
 pytestmark = pytest.mark.slow
 BIN = str(Path(sys.executable).parent)
-
-
-def _dvc(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PATH=f"{BIN}:{os.environ['PATH']}")
-    return subprocess.run(
-        [f"{BIN}/dvc", *args], cwd=cwd, capture_output=True, text=True, env=env, timeout=900
-    )
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +40,7 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
             }
         ),
     )
-    result = _dvc("repro", cwd=root)
+    result = run_dvc("repro", cwd=root)
     assert result.returncode == 0, result.stdout + result.stderr
     return root
 
@@ -69,9 +63,9 @@ def test_repro_writes_every_output(repo: Path) -> None:
 
 
 def test_second_repro_is_a_noop(repo: Path) -> None:
-    result = _dvc("repro", cwd=repo)
+    result = run_dvc("repro", cwd=repo)
     assert result.returncode == 0 and "Running stage" not in result.stdout
-    assert _dvc("status", cwd=repo).stdout.strip().startswith("Data and pipelines are up to date")
+    assert run_dvc("status", cwd=repo).stdout.strip().startswith("Data and pipelines are up to date")
 
 
 def test_every_architecture_run_has_the_same_metric_keys_and_tags(repo: Path) -> None:
@@ -117,11 +111,11 @@ def test_registered_pyfunc_loads_without_pickle_and_predicts(repo: Path) -> None
 
 def test_dvc_push_pull_round_trip(repo: Path, tmp_path: Path) -> None:
     remote = tmp_path / "remote"
-    assert _dvc("remote", "add", "--local", "-d", "scratch", str(remote), cwd=repo).returncode == 0
-    assert _dvc("push", cwd=repo).returncode == 0
+    assert run_dvc("remote", "add", "--local", "-d", "scratch", str(remote), cwd=repo).returncode == 0
+    assert run_dvc("push", cwd=repo).returncode == 0
     manifest = (repo / "data" / "prepared" / "manifest.json").read_text()
     subprocess.run(["rm", "-rf", "data/prepared", ".dvc/cache"], cwd=repo, check=True)
-    pulled = _dvc("pull", "prepare", cwd=repo)
+    pulled = run_dvc("pull", "prepare", cwd=repo)
     assert pulled.returncode == 0, pulled.stderr
     assert (repo / "data" / "prepared" / "manifest.json").read_text() == manifest
     from sounding.data.prepare import verify
@@ -129,7 +123,9 @@ def test_dvc_push_pull_round_trip(repo: Path, tmp_path: Path) -> None:
     verify(repo / "data" / "prepared")
 
 
-def test_kill_9_mid_training_resumes_the_same_run_without_losing_an_epoch(tmp_path: Path) -> None:
+def test_kill_9_mid_training_resumes_the_same_run_without_losing_an_epoch(
+    tmp_path: Path, figures: Counter[str]
+) -> None:
     epochs = 8
     params = write_params(
         tmp_path / "params.yaml",
@@ -169,10 +165,17 @@ def test_kill_9_mid_training_resumes_the_same_run_without_losing_an_epoch(tmp_pa
     assert tracking.client(uri).get_run(run_id).info.status == "FINISHED"
     assert resumed["test/acc"] == pytest.approx(straight["test/acc"], abs=1e-6)
     assert resumed["test/loss"] == pytest.approx(straight["test/loss"], rel=1e-5)
+    from safetensors.torch import load_file
+
+    weights = [load_file(d / "models" / "rnn" / "model.safetensors") for d in (killed_dir, straight_dir)]
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.allclose(weights[0][k], weights[1][k], atol=1e-6) for k in weights[0])  # same weights
     assert yaml.safe_load(params.read_text())["train"]["epochs"] == epochs
+    figures["faults injected"] += 1
+    figures["runs checked"] += 2
 
 
-def test_sigterm_mid_training_closes_the_run_as_killed(tmp_path: Path) -> None:
+def test_sigterm_mid_training_closes_the_run_as_killed(tmp_path: Path, figures: Counter[str]) -> None:
     params = write_params(
         tmp_path / "params.yaml",
         tiny_params(**{"data.mnist1d.num_samples": 5000, "train.epochs": 50, "train.archs": ["rnn"]}),
@@ -194,6 +197,8 @@ def test_sigterm_mid_training_closes_the_run_as_killed(tmp_path: Path) -> None:
     (state,) = tmp_path.glob("checkpoints/rnn/*/run.json")
     run_id = json.loads(state.read_text())["run_id"]
     assert tracking.client(f"sqlite:///{tmp_path / 'mlflow.db'}").get_run(run_id).info.status == "KILLED"
+    figures["faults injected"] += 1
+    figures["runs checked"] += 1
 
 
 def test_registered_champion_serves_the_same_predictions_as_predict(repo: Path) -> None:

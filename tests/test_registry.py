@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import pickle
+import subprocess
+import sys
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -141,18 +144,96 @@ class _Marker:
         return (open, (self.path, "w"))
 
 
-def test_a_tampered_weights_artifact_never_runs(params: Params, prepared: Path, tmp_path: Path) -> None:
+def _pickled_pyfunc(folder: Path, marker: Path) -> None:
+    """Turn a logged model into MLflow's cloudpickle form, its pickle holding a payload."""
+    import yaml
+
+    _Marker.path = str(marker)
+    (folder / "python_model.pkl").write_bytes(pickle.dumps(_Marker()))
+    mlmodel = yaml.safe_load((folder / "MLmodel").read_text())
+    pyfunc = mlmodel["flavors"]["python_function"]
+    del pyfunc["model_code_path"]
+    pyfunc.update(loader_module="mlflow.pyfunc.model", python_model="python_model.pkl")
+    (folder / "MLmodel").write_text(yaml.safe_dump(mlmodel))
+
+
+TAMPERINGS = {
+    "weights replaced by a pickle": lambda folder, marker: (
+        setattr(_Marker, "path", str(marker)),
+        (folder / "artifacts" / "model.safetensors").write_bytes(pickle.dumps(_Marker())),
+    ),
+    "model turned into a cloudpickle pyfunc": _pickled_pyfunc,
+    "stored model code replaced": lambda folder, marker: (folder / "pyfunc_entry.py").write_text(
+        f"open({str(marker)!r}, 'w')\n" + (folder / "pyfunc_entry.py").read_text()
+    ),
+}
+
+
+CONTROL = """
+import sys, mlflow
+mlflow.set_tracking_uri(sys.argv[1])
+for uri in sys.argv[2:]:
+    try:
+        mlflow.pyfunc.load_model(uri)
+    except Exception as exc:
+        print(uri, type(exc).__name__)
+"""
+"""MLflow's own loader over the tampered models, as a control: it does run the payloads."""
+
+
+def test_a_tampered_registry_artifact_never_runs(
+    params: Params, prepared: Path, tmp_path: Path, figures: Counter[str]
+) -> None:
+    """Someone with write access to the store changes a registered model's files. ``predict`` (and the gate,
+    and transfer, through the same loader) never runs what was put there: pickles are refused, stored code
+    is never executed."""
+    import mlflow
+
+    from sounding.serving import log_pyfunc, predict_file
+
     _train_and_register(params, prepared, tmp_path)
     client = tracking.client(params.tracking.uri)
-    source = client.get_model_version("sounding-mlp", "1").source
-    location = client.get_logged_model(source.removeprefix("models:/")).artifact_location
-    (weights,) = Path(location.removeprefix("file://")).rglob("model.safetensors")
-    marker = tmp_path / "pwned"
-    _Marker.path = str(marker)
-    weights.write_bytes(pickle.dumps(_Marker()))
-    from sounding.serving import predict_file
-
+    run_id = client.get_logged_model(
+        client.get_model_version("sounding-mlp", "1").source.removeprefix("models:/")
+    ).source_run_id
     np.savez(tmp_path / "good.npz", x=np.zeros((2, 40), dtype=np.float32))
+    markers, uris = {}, {}
+    for n, (tampering, tamper) in enumerate(TAMPERINGS.items()):
+        logged = log_pyfunc(
+            run_id, params.tracking.uri, tmp_path / "models/mlp", np.zeros((2, 40), "float32")
+        )
+        uris[tampering] = f"models:/tampered/{mlflow.register_model(logged, 'tampered').version}"
+        folder = client.get_logged_model(logged.removeprefix("models:/")).artifact_location
+        markers[tampering] = tmp_path / f"pwned-{n}"
+        tamper(Path(folder.removeprefix("file://")), markers[tampering])
+        figures["faults injected"] += 1
+
+    write_params(tmp_path / "params.yaml", params)
+    pickled = uris["model turned into a cloudpickle pyfunc"]
+    result = run_cli("predict", "--model", pickled, "--input", "good.npz", "--output", "p.csv")
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert "is not a Sounding model" in result.stderr and "never runs code or unpickles" in result.stderr
     with pytest.raises(BadInput, match="not a readable safetensors file"):
-        predict_file("models:/sounding-mlp/1", params.tracking.uri, tmp_path / "good.npz", tmp_path / "p.csv")
-    assert not marker.exists() and not (tmp_path / "p.csv").exists()
+        predict_file(
+            uris["weights replaced by a pickle"],
+            params.tracking.uri,
+            tmp_path / "good.npz",
+            tmp_path / "p.csv",
+        )
+    assert not (tmp_path / "p.csv").exists()
+    # The stored code is ignored: the model is rebuilt from its weights by the installed package and serves.
+    predict_file(
+        uris["stored model code replaced"], params.tracking.uri, tmp_path / "good.npz", tmp_path / "p.csv"
+    )
+    assert len((tmp_path / "p.csv").read_text().splitlines()) == 3
+    assert not any(m.exists() for m in markers.values())
+
+    control = subprocess.run(
+        [sys.executable, "-c", CONTROL, tracking.resolve_uri(params.tracking.uri), *uris.values()],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    # MLflow's loader runs the pickle and the stored code (so the checks above could fail); it reads the
+    # weights with Sounding's safetensors loader, which refuses the third.
+    assert markers["model turned into a cloudpickle pyfunc"].exists(), control.stdout + control.stderr[-2000:]
+    assert markers["stored model code replaced"].exists(), control.stdout + control.stderr[-2000:]
+    assert not markers["weights replaced by a pickle"].exists()

@@ -8,6 +8,7 @@ import random
 import signal
 import subprocess
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,9 @@ from tests.conftest import SOUNDING, run_cli, tiny_params, write_params
 pytestmark = pytest.mark.slow
 
 
-def test_repeated_kill_9_never_leaves_a_torn_checkpoint_and_training_still_completes(tmp_path: Path) -> None:
+def test_repeated_kill_9_never_leaves_a_torn_checkpoint_and_training_still_completes(
+    tmp_path: Path, figures: Counter[str]
+) -> None:
     """An MLP on 540 samples spends a large share of each epoch writing its checkpoint, so kills at
     random moments land during writes. Every ``last.ckpt`` left behind must load, and the run continues."""
     epochs = 600
@@ -53,3 +56,5 @@ def test_repeated_kill_9_never_leaves_a_torn_checkpoint_and_training_still_compl
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     assert tracking.logged_steps(uri, run_id, "epoch") == list(range(epochs))  # no epoch lost or repeated
     assert json.loads((tmp_path / "metrics" / "mlp.json").read_text())["seeds"][0]["run_id"] == run_id
+    figures["faults injected"] += kills
+    figures["runs checked"] += 1

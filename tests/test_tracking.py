@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 import pytest
 
 from sounding import tracking
@@ -23,13 +25,17 @@ def test_run_finishes_with_flat_params_and_tags(params: Params) -> None:
 
 
 @pytest.mark.parametrize(("error", "status"), [(RuntimeError, "FAILED"), (KeyboardInterrupt, "KILLED")])
-def test_run_is_closed_on_every_exit_path(params: Params, error: type, status: str) -> None:
+def test_run_is_closed_on_every_exit_path(
+    params: Params, error: type, status: str, figures: Counter[str]
+) -> None:
     seen = {}
     with pytest.raises(error):
         with tracking.tracked_run(params, "x", {}) as run_id:
             seen["id"] = run_id
             raise error("boom")
     assert _run(params, seen["id"]).info.status == status
+    figures["faults injected"] += 1
+    figures["runs checked"] += 1
 
 
 def test_reattaching_continues_the_same_run(params: Params) -> None:
@@ -86,3 +92,24 @@ def test_a_dead_writer_process_is_an_error_not_a_hang(
             tracking.wait_sent()
         monkeypatch.setattr(tracking, "_writer", None)
     assert tracking.logged_steps(params.tracking.uri, run_id, "epoch") == [0]
+
+
+def test_an_experiment_created_meanwhile_by_another_process_is_reused(
+    params: Params, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Four trainings starting at once against one server all found the experiment missing; the losers of
+    the creation race crashed (found by tests/test_concurrency_slow.py)."""
+    c = tracking.client(params.tracking.uri)
+    existing = c.create_experiment("raced")
+    monkeypatch.setattr(type(c), "get_experiment_by_name", _missing_once(type(c).get_experiment_by_name))
+    assert tracking.experiment_id(params.tracking.uri, "raced") == existing
+
+
+def _missing_once(lookup):
+    calls = []
+
+    def first_none(self, name):
+        calls.append(name)
+        return None if len(calls) == 1 else lookup(self, name)
+
+    return first_none

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -9,7 +10,7 @@ import torch
 
 from sounding.config import Params
 from sounding.data.prepare import load_prepared
-from sounding.errors import TrainingDiverged
+from sounding.errors import BadInput, TrainingDiverged
 from sounding.models.classifier import LitClassifier
 from sounding.training import code_version, fingerprint, fit
 
@@ -127,3 +128,34 @@ def test_fingerprint_changes_with_what_shapes_the_result(params: Params) -> None
 def test_fingerprint_includes_the_code_version(params: Params) -> None:
     # A code change must never resume a checkpoint written by the old code.
     assert len(code_version()) == 8 and code_version() in fingerprint(params, "cnn", 0, "abc")
+
+
+class _Payload:
+    """Unpickling this object creates ``marker``."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple:
+        return (open, (str(self.marker), "w"))
+
+
+@pytest.mark.parametrize("damage", ["malicious pickle", "truncated"])
+def test_a_tampered_resume_checkpoint_is_refused_and_never_runs(
+    params: Params, prepared: Path, tmp_path: Path, damage: str, figures: Counter[str]
+) -> None:
+    import pickle
+
+    data = load_prepared(prepared)
+    last = Path(fit(params, "mlp", 0, data, tmp_path / "run", progress=False).checkpoint).parent / "last.ckpt"
+    marker = tmp_path / "pwned"
+    if damage == "malicious pickle":
+        last.write_bytes(pickle.dumps({"state_dict": _Payload(marker), "epoch": 1}))
+    else:
+        last.write_bytes(last.read_bytes()[:1000])
+    figures["faults injected"] += 1
+    with pytest.raises(
+        BadInput, match=rf"{last}: cannot resume from this checkpoint .*delete .*run to train"
+    ):
+        fit(params.with_overrides({"train.epochs": 5}), "mlp", 0, data, tmp_path / "run", progress=False)
+    assert not marker.exists()

@@ -8,6 +8,7 @@ import os
 import pickle
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -174,7 +175,9 @@ class _Payload:
 
 @pytest.mark.parametrize("name", ["evil.pt", "evil.ckpt"])
 @pytest.mark.parametrize("writer", ["torch.save", "pickle"])
-def test_a_malicious_pickle_is_refused_and_never_runs(tmp_path: Path, name: str, writer: str) -> None:
+def test_a_malicious_pickle_is_refused_and_never_runs(
+    tmp_path: Path, name: str, writer: str, figures: Counter[str]
+) -> None:
     marker, control = tmp_path / "pwned", tmp_path / "control"
     # The payload does run when unpickled: proof that the marker would appear if the loader unpickled.
     subprocess.run(
@@ -195,6 +198,7 @@ def test_a_malicious_pickle_is_refused_and_never_runs(tmp_path: Path, name: str,
     with pytest.raises(BadInput, match=r"refused.*weights_only=True"):
         load_backbone(_with_source(str(path)), "mlp", SPEC, tmp_path)
     assert not marker.exists()
+    figures["faults injected"] += 1
 
 
 def test_a_pickle_named_safetensors_is_refused(tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 from pathlib import Path
 
 import optuna
@@ -94,7 +95,7 @@ def test_rerun_continues_the_same_study_and_keeps_completed_trials(prepared: Pat
 
 
 def test_raising_and_nan_trials_fail_and_the_study_goes_on(
-    prepared: Path, monkeypatch: pytest.MonkeyPatch
+    prepared: Path, monkeypatch: pytest.MonkeyPatch, figures: Counter[str]
 ) -> None:
     import sounding.training as training
 
@@ -119,6 +120,8 @@ def test_raising_and_nan_trials_fail_and_the_study_goes_on(
     runs = client.search_runs([client.get_experiment_by_name("sounding-tuning").experiment_id])
     raised = next(r for r in runs if r.data.tags.get("optuna_trial") == "1")
     assert raised.info.status == "FAILED" and raised.data.tags["trial_state"] == "FAIL"
+    figures["faults injected"] += 2
+    figures["trials checked"] += len(states)
 
 
 @pytest.mark.parametrize("pruner", ["median", "hyperband"])

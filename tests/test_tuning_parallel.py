@@ -8,6 +8,7 @@ import signal
 import sqlite3
 import subprocess
 import time
+from collections import Counter
 from contextlib import closing
 from pathlib import Path
 
@@ -89,7 +90,7 @@ def test_two_worker_processes_on_postgres_run_exactly_n_trials(tmp_path: Path, p
 
 
 def test_a_killed_worker_s_trial_fails_is_retried_from_its_checkpoint_and_the_count_stays_exact(
-    tmp_path: Path, postgres_url: str
+    tmp_path: Path, postgres_url: str, figures: Counter[str]
 ) -> None:
     # A checkpoint every epoch: the retry then resumes at the epoch after the last one reported.
     overrides = {"tune.n_trials": 4, "tune.epochs": 40, "tune.pruner": "none", "train.checkpoint_every_s": 0}
@@ -119,9 +120,13 @@ def test_a_killed_worker_s_trial_fails_is_retried_from_its_checkpoint_and_the_co
     assert retry.state.name == "COMPLETE" and retry.params == trials[killed].params
     # The retry resumed the dead trial's checkpoint: it reported no epoch before the one it resumed at.
     assert min(retry.intermediate_values) >= 3
+    figures["faults injected"] += 1
+    figures["trials checked"] += len(trials)
 
 
-def test_an_interrupted_tune_reruns_into_the_same_study_keeping_its_completed_trials(tmp_path: Path) -> None:
+def test_an_interrupted_tune_reruns_into_the_same_study_keeping_its_completed_trials(
+    tmp_path: Path, figures: Counter[str]
+) -> None:
     # Trials of a few seconds, interrupted once the first completes: the study is far from done when the
     # Ctrl-C arrives, however loaded the machine (a shorter study could finish before the signal).
     n = 5
@@ -149,3 +154,5 @@ def test_an_interrupted_tune_reruns_into_the_same_study_keeping_its_completed_tr
     assert again.returncode == 0, again.stdout + again.stderr
     trials = _assert_exact(_study(root, "mlp"), n)
     assert {t.number: (t.params, t.value) for t in trials if t.number in before} == before
+    figures["faults injected"] += 1
+    figures["trials checked"] += len(trials)

@@ -310,6 +310,44 @@ def report(
     typer.echo(path.read_text())
 
 
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def repro(ctx: typer.Context) -> None:
+    """`dvc repro [ARGS]` (what `make run` runs), refused at once with exit code 2 while another DVC
+    command runs in this workspace."""
+    from sounding.repro import repro as run_repro
+
+    run_repro(ctx.args)
+
+
+runs_app = typer.Typer(help="MLflow runs of the project's tracking store.", no_args_is_help=True)
+app.add_typer(runs_app, name="runs")
+
+
+@runs_app.command("cleanup")
+def runs_cleanup(
+    older_than: Annotated[
+        str, typer.Option(help="Idle time after which a RUNNING run is stale: 90s, 30m, 2h, 1d, 1h30m.")
+    ],
+    dry_run: Annotated[bool, typer.Option(help="Only list the stale runs; change nothing.")] = False,
+    params_path: ParamsOpt = Path("params.yaml"),
+    overrides: SetOpt = None,
+) -> None:
+    """Close RUNNING runs left by killed processes (kill -9, lost nodes) as KILLED: those whose last activity
+    (start, latest metric, or a child run's) is older than --older-than, in every experiment."""
+    from sounding.runs import close_stale, parse_duration
+
+    seconds = parse_duration(older_than)
+    params = _params(params_path, overrides)
+    stale, checked = close_stale(params.tracking.uri, seconds, dry_run)
+    verb = "would mark" if dry_run else "marked"
+    for run in stale:
+        typer.echo(f"{verb} KILLED: {run}")
+    typer.echo(
+        f"{len(stale)} of {checked} RUNNING run(s) idle for more than {older_than}"
+        + (" (dry run: nothing changed)" if dry_run else f"; {len(stale)} marked KILLED")
+    )
+
+
 RETRAIN_FLOW = Path(__file__).resolve().parents[2] / "pipelines" / "retrain.py"
 """The Prefect flow, beside the package in the source checkout (Prefect deployments name it by file)."""
 ArchsOpt = Annotated[

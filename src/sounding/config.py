@@ -509,7 +509,7 @@ def _is_field(part: Any) -> bool:
 
 
 def _describe(loc: tuple, errors: list[dict]) -> str:
-    path = ".".join(str(p) for p in loc) or "(top level)"
+    path = ".".join(str(p) if _is_field(p) else repr(p) for p in loc) or "(top level)"
     if errors[0]["type"] == "extra_forbidden":
         model = _model_at(loc)
         allowed = sorted(model.model_fields) if model else []
@@ -524,6 +524,8 @@ def _format_errors(exc: ValidationError) -> str:
     grouped: dict[tuple, list[dict]] = {}
     for error in exc.errors():
         loc = tuple(p for p in error["loc"] if _is_field(p))
+        if error["type"] == "extra_forbidden":  # the unknown key itself, whatever it is ("", "a b", 3)
+            loc = tuple(p for p in error["loc"][:-1] if _is_field(p)) + error["loc"][-1:]
         grouped.setdefault(loc, []).append(error)
     return "\n".join(f"  - {_describe(loc, errors)}" for loc, errors in grouped.items())
 

@@ -44,10 +44,10 @@ def decide(acc_new: float, acc_champion: float | None, p_value: float | None, pa
     return "promote" if better and p_value is not None and p_value < reg.alpha else "challenger"
 
 
-def _predict_classes(model_uri: str, x: np.ndarray) -> np.ndarray:
-    import mlflow.pyfunc
+def _predict_classes(model_uri: str, tracking_uri: str, x: np.ndarray) -> np.ndarray:
+    from sounding.serving import load_model
 
-    return np.asarray(mlflow.pyfunc.load_model(model_uri).predict(x)).argmax(1)
+    return load_model(model_uri, tracking_uri).predict(x).argmax(1)
 
 
 def history(client: Any, name: str) -> list[dict]:
@@ -80,12 +80,12 @@ def register_and_gate(
     client = tracking.client(params.tracking.uri)
     tracking.use_store(params.tracking.uri)
     version = mlflow.register_model(model_uri, name, tags=tags).version  # creates the model the first time
-    new_correct = _predict_classes(f"models:/{name}/{version}", x) == y
+    new_correct = _predict_classes(f"models:/{name}/{version}", params.tracking.uri, x) == y
     champion = _champion(client, name)
     acc_new = float(new_correct.mean())
     acc_champion = p_value = None
     if champion is not None:
-        champion_correct = _predict_classes(f"models:/{name}/{champion.version}", x) == y
+        champion_correct = _predict_classes(f"models:/{name}/{champion.version}", params.tracking.uri, x) == y
         acc_champion = float(champion_correct.mean())
         p_value = mcnemar_p(new_correct, champion_correct)
     decision = decide(acc_new, acc_champion, p_value, params)

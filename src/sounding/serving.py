@@ -1,11 +1,19 @@
 """The MLflow pyfunc form of a classifier: safetensors weights + JSON config, loaded without unpickling.
 
 The model is logged as "models from code": MLflow stores ``models/pyfunc_entry.py`` (which only calls
-``set_model``) instead of a cloudpickled Python object, so loading a registered model never unpickles.
+``set_model``) instead of a cloudpickled Python object, so MLflow's own loader never unpickles it.
+
+Sounding itself (``predict``, the registry gate, transfer from the registry) goes further with
+``load_model``: it reads a model from the store as *data* (the MLmodel YAML, the safetensors weights, the JSON
+config) and rebuilds the network with the installed package's code. Nothing stored with a model runs: not
+the stored copy of ``pyfunc_entry.py``, not a pickle that someone with write access to the store put in
+its place. A model in any other form is refused.
 """
 
 from __future__ import annotations
 
+import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +21,16 @@ import mlflow.pyfunc
 import numpy as np
 
 PIP_REQUIREMENTS = ["torch==2.13.0", "safetensors", "numpy", "mlflow==3.17.2"]
+CODE_LOADER = "mlflow.pyfunc.loaders.code_model"
+"""The ``loader_module`` MLflow writes for a model from code: how every Sounding model is logged."""
+
+
+def probabilities(net: Any, x: np.ndarray) -> np.ndarray:
+    """Class probabilities [N, K] of a float array [N, *input_shape]."""
+    import torch
+
+    with torch.no_grad():
+        return net(torch.as_tensor(np.asarray(x, dtype=np.float32))).softmax(-1).numpy()
 
 
 class SoundingClassifier(mlflow.pyfunc.PythonModel):
@@ -25,11 +43,7 @@ class SoundingClassifier(mlflow.pyfunc.PythonModel):
         self.net, self.config = load_net(context.artifacts["weights"], context.artifacts["config"])
 
     def predict(self, context, model_input, params=None):  # noqa: ANN001, ANN201
-        import torch
-
-        x = torch.as_tensor(np.asarray(model_input, dtype=np.float32))
-        with torch.no_grad():
-            return self.net(x).softmax(-1).numpy()
+        return probabilities(self.net, model_input)
 
 
 def log_pyfunc(run_id: str, uri: str, model_dir: Path, example: np.ndarray) -> str:
@@ -62,6 +76,67 @@ def log_pyfunc(run_id: str, uri: str, model_dir: Path, example: np.ndarray) -> s
     return info.model_uri
 
 
+@dataclass(frozen=True)
+class StoredModel:
+    """A Sounding model read from the store as data (``load_model``)."""
+
+    net: Any
+    config: dict[str, Any]
+    metadata: Any
+    """The ``mlflow.models.Model`` of its MLmodel file: the signature ``check_input`` checks against."""
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        return probabilities(self.net, x)
+
+
+def load_model(model_uri: str, tracking_uri: str) -> StoredModel:
+    """Read a logged or registered Sounding model (``models:/…``, ``runs:/…``) without running or unpickling
+    anything stored with it (module docstring). ``BadInput`` when it cannot be read or is in another form."""
+    import yaml
+    from mlflow.artifacts import download_artifacts
+    from mlflow.exceptions import MlflowException
+    from mlflow.models import Model
+
+    from sounding import tracking
+    from sounding.errors import BadInput
+    from sounding.models.factory import load_net
+
+    tracking.use_store(tracking_uri)
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            local = Path(download_artifacts(artifact_uri=model_uri, dst_path=tmp)).resolve()
+            # The model's folder: what was downloaded, or the folder in it (a ``runs:/…`` source).
+            found = sorted(local.rglob("MLmodel"), key=lambda p: len(p.parts))
+            local = found[0].parent if found else local
+            metadata = Model.load(str(local / "MLmodel"))
+        except MlflowException as exc:
+            raise BadInput(f"cannot read model {model_uri!r} from {tracking_uri}: {exc.message}") from None
+        except (yaml.YAMLError, AttributeError, TypeError, ValueError) as exc:  # any YAML at all
+            raise BadInput(f"{model_uri}: its MLmodel file is not valid ({exc})") from None
+        try:  # the MLmodel file is untrusted YAML: any shape
+            pyfunc = metadata.flavors["python_function"]
+            loader = pyfunc["loader_module"]
+            files = {k: pyfunc["artifacts"][k]["path"] for k in ("weights", "config")}
+        except (KeyError, TypeError):
+            loader, files = None, {}
+        if loader != CODE_LOADER or not all(isinstance(v, str) for v in files.values()) or not files:
+            raise BadInput(
+                f"{model_uri} is not a Sounding model (flavors {_names(metadata.flavors)}, loader "
+                f"{loader!r}). Sounding loads only its own models, safetensors weights with a JSON config, "
+                "and never runs code or unpickles files stored with a model"
+            )
+        paths = {k: (local / v).resolve() for k, v in files.items()}
+        outside = [str(p) for p in paths.values() if not p.is_relative_to(local)]
+        if outside:
+            raise BadInput(f"{model_uri}: its MLmodel points outside the model's folder: {outside}")
+        net, config = load_net(paths["weights"], paths["config"])
+    return StoredModel(net, config, metadata)
+
+
+def _names(flavors: Any) -> list[str]:
+    return sorted(map(str, flavors)) if isinstance(flavors, dict) else []
+
+
 def check_input(x: np.ndarray, model: Any, source: str) -> np.ndarray:
     """Validate ``x`` against the model's input signature (rank, sample shape, dtype, finiteness).
 
@@ -77,17 +152,18 @@ def check_input(x: np.ndarray, model: Any, source: str) -> np.ndarray:
         raise BadInput(f"{source}: x has shape {list(x.shape)}; the model expects {shown} (float32)")
     if not np.issubdtype(x.dtype, np.number) or np.issubdtype(x.dtype, np.complexfloating):
         raise BadInput(f"{source}: x has dtype {x.dtype}; the model expects real numbers, shape {shown}")
-    if not np.isfinite(x).all():
-        raise BadInput(f"{source}: x holds {int((~np.isfinite(x)).sum())} NaN or infinite values")
-    return x.astype(np.float32)
+    with np.errstate(over="ignore"):
+        x32 = x.astype(np.float32)
+    if not np.isfinite(x32).all():
+        raise BadInput(
+            f"{source}: x holds {int((~np.isfinite(x32)).sum())} NaN or infinite values "
+            "(as float32, whose largest is ±3.4e38); all values must be finite"
+        )
+    return x32
 
 
 def predict_file(model_uri: str, tracking_uri: str, input_path: Path, output_path: Path) -> int:
     """Batch inference: ``x`` from an ``.npz`` → CSV of ``row, predicted, p_0 … p_K-1``. Returns the row count."""
-    import mlflow
-    from mlflow.exceptions import MlflowException
-
-    from sounding import tracking
     from sounding.data.sources import read_npz_arrays
     from sounding.errors import BadInput
     from sounding.files import write_text
@@ -95,13 +171,9 @@ def predict_file(model_uri: str, tracking_uri: str, input_path: Path, output_pat
     arrays = read_npz_arrays(input_path)
     if "x" not in arrays:
         raise BadInput(f"{input_path}: missing array 'x'; found {sorted(arrays)}")
-    tracking.use_store(tracking_uri)
-    try:
-        model = mlflow.pyfunc.load_model(model_uri)
-    except MlflowException as exc:
-        raise BadInput(f"cannot load model {model_uri!r}: {exc.message}") from None
+    model = load_model(model_uri, tracking_uri)
     x = check_input(arrays["x"], model, str(input_path))
-    probs = np.asarray(model.predict(x))
+    probs = model.predict(x)
     header = "row,predicted," + ",".join(f"p_{k}" for k in range(probs.shape[1]))
     lines = [header] + [
         f"{i},{int(p.argmax())}," + ",".join(f"{v:.6g}" for v in p) for i, p in enumerate(probs)

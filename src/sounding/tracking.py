@@ -116,9 +116,20 @@ def _write_ahead_log(path: Path) -> None:
 
 
 def experiment_id(uri: str, name: str) -> str:
+    """The id of experiment ``name``, created if missing. Processes starting at once against one store may
+    all find it missing: the one whose creation loses the race reads the winner's."""
+    from mlflow.exceptions import MlflowException
+
     c = client(uri)
     exp = c.get_experiment_by_name(name)
-    return exp.experiment_id if exp else c.create_experiment(name)
+    if exp:
+        return exp.experiment_id
+    try:
+        return c.create_experiment(name)
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+        return c.get_experiment_by_name(name).experiment_id
 
 
 @contextmanager

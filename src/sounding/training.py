@@ -305,6 +305,30 @@ def _is_cli(argv0: str) -> bool:
     return path.stem == "sounding" or path.parts[-2:] == ("sounding", "cli.py")
 
 
+def check_checkpoint(path: Path) -> None:
+    """``BadInput`` unless ``path`` loads with ``weights_only=True`` (tensors and plain values only): a
+    tampered or corrupted resume checkpoint is refused, with what to do, before anything in it runs."""
+    import pickle
+
+    from sounding.errors import BadInput
+
+    try:
+        with warnings.catch_warnings():  # torch warns about the pickle protocol before refusing
+            warnings.simplefilter("ignore")
+            torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as exc:
+        reason = (
+            "it holds objects other than tensors and plain values"
+            if isinstance(exc, pickle.UnpicklingError)
+            else f"unreadable: {(str(exc).strip() or type(exc).__name__).splitlines()[0][:120]}"
+        )
+        raise BadInput(
+            f"{path}: cannot resume from this checkpoint ({reason}). Checkpoints load with "
+            f"weights_only=True, so a tampered file never runs; delete {path.parent} to train this seed "
+            "from scratch"
+        ) from None
+
+
 def resume_fit(
     trainer: L.Trainer, system: L.LightningModule, datamodule: L.LightningDataModule, checkpoint: Path
 ) -> None:
@@ -314,6 +338,8 @@ def resume_fit(
     a tampered file. Lightning ends an interrupted fit with SystemExit (SIGTERMException on SIGTERM,
     ``sys.exit(1)`` after Ctrl-C); it is re-raised as KeyboardInterrupt so the MLflow run ends KILLED.
     """
+    if checkpoint.is_file():
+        check_checkpoint(checkpoint)
     try:
         trainer.fit(
             system,

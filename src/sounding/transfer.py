@@ -176,23 +176,12 @@ def _load_safetensors(weights: Path, config: Path) -> tuple[Any, dict]:
 
 
 def _load_mlflow(uri: str, tracking_uri: str) -> tuple[Any, dict]:
-    """Read a logged Sounding model's safetensors and config from the store. The pyfunc is never loaded:
-    loading it would execute the model's code, and only tensors are needed."""
-    from mlflow.artifacts import download_artifacts
-    from mlflow.exceptions import MlflowException
+    """A logged Sounding model's network and config, read from the store as data (nothing stored with it
+    runs: see ``sounding.serving.load_model``)."""
+    from sounding.serving import load_model
 
-    from sounding import tracking
-
-    tracking.use_store(tracking_uri)
-    with tempfile.TemporaryDirectory() as tmp:
-        try:
-            local = Path(download_artifacts(artifact_uri=uri, dst_path=tmp))
-        except MlflowException as exc:
-            raise BadInput(f"cannot read model {uri!r} from {tracking_uri}: {exc.message}") from None
-        weights = sorted(local.rglob("model.safetensors"))
-        if not weights:
-            raise BadInput(f"{uri} holds no model.safetensors: it is not a Sounding model")
-        return _load_safetensors(weights[0], weights[0].parent / "config.json")
+    model = load_model(uri, tracking_uri)
+    return model.net, model.config
 
 
 def _load_file(path: Path) -> tuple[Any, dict]:

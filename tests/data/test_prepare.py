@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import zipfile
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -54,7 +55,7 @@ def test_manifest_records_hashes_shapes_and_source(prepared: Path) -> None:
     assert load_prepared(prepared).sha256 == manifest["sha256"]
 
 
-def test_a_flipped_byte_is_refused_naming_file_and_both_hashes(prepared: Path) -> None:
+def test_a_flipped_byte_is_refused_naming_file_and_both_hashes(prepared: Path, figures: Counter[str]) -> None:
     path = prepared / "train.npz"
     expected = json.loads((prepared / "manifest.json").read_text())["files"]["train.npz"]["sha256"]
     blob = bytearray(path.read_bytes())
@@ -64,6 +65,7 @@ def test_a_flipped_byte_is_refused_naming_file_and_both_hashes(prepared: Path) -
         load_prepared(prepared)
     message = str(info.value)
     assert str(path) in message and expected in message and "sha256 is " in message
+    figures["faults injected"] += 1
 
 
 def test_missing_manifest_says_to_prepare(tmp_path: Path) -> None:

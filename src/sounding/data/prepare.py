@@ -99,6 +99,8 @@ def prepare(params: DataParams, seed: int, out_dir: str | Path) -> dict:
     raw = load_source(params)
     splits = split_source(raw, params, seed)
     num_classes = int(raw.y.max()) + 1
+    for leftover in out_dir.glob(".*.tmp"):  # a killed earlier run's unfinished writes (atomic_write)
+        leftover.unlink()
     files = {}
     for name, (x, y, idx) in splits.items():
         path = out_dir / f"{name}.npz"

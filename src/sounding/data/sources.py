@@ -98,9 +98,13 @@ def _checked_pair(
         )
     if not np.issubdtype(x.dtype, np.number) or np.issubdtype(x.dtype, np.complexfloating):
         raise BadInput(f"{path}: {xn} has dtype {x.dtype}; allowed: real integer or float numbers")
-    if not np.isfinite(x).all():
-        bad = int((~np.isfinite(x)).sum())
-        raise BadInput(f"{path}: {xn} holds {bad} NaN or infinite values; all values must be finite")
+    with np.errstate(over="ignore"):  # training reads float32: a larger value would become infinite
+        bad = int((~np.isfinite(x.astype(np.float32))).sum())
+    if bad:
+        raise BadInput(
+            f"{path}: {xn} holds {bad} NaN or infinite values (as float32, whose largest is ±3.4e38); "
+            "all values must be finite"
+        )
     if y.ndim != 1:
         raise BadInput(f"{path}: {yn} has shape {y.shape}; allowed: one integer label per sample, shape [N]")
     if not np.issubdtype(y.dtype, np.integer):
