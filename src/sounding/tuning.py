@@ -134,6 +134,25 @@ def _fast_sqlite(engine: Any) -> None:
     engine.dispose()  # connections opened while creating the schema reconnect with the pragmas
 
 
+class _NoTracebackOnCtrlC(logging.Filter):
+    """Optuna logs a trial ended by Ctrl-C as a failure with its traceback: one line says enough."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.exc_info[0] is KeyboardInterrupt:
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+def _quiet_optuna() -> None:
+    """Optuna's warnings and errors only, and no traceback for an interrupted trial."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    for handler in logging.getLogger("optuna").handlers:
+        if not any(isinstance(f, _NoTracebackOnCtrlC) for f in handler.filters):
+            handler.addFilter(_NoTracebackOnCtrlC())
+
+
 def _make_pruner(params: Params, arch: str):
     import optuna
 
@@ -296,7 +315,7 @@ def run_worker(
 
     from sounding.data.prepare import load_prepared
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    _quiet_optuna()
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     params = job.params
@@ -424,7 +443,7 @@ def tune(
     if not space:
         raise BadInput(f"tune.space leaves nothing to tune for {arch}; set at least one range")
     build_system(params, arch, data)  # a shape the architecture cannot take fails here, before any trial
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    _quiet_optuna()
     url = storage_url(params, out_dir.parent)
     if url.startswith("sqlite"):
         out_dir.parent.mkdir(parents=True, exist_ok=True)
