@@ -2,7 +2,7 @@
 
 The default ``compute.threads`` should be the faster setting; the figure is the 2-thread ÷ 1-thread speed.
 
-    python -m benchmarks.threads [--epochs 5] [--pairs 3]
+    python -m benchmarks.threads [--epochs 15] [--pairs 5]
 """
 
 from __future__ import annotations
@@ -17,8 +17,11 @@ from benchmarks.common import Figure, interleaved, machine, prepared_default_dat
 from sounding.config import ARCHS, Params
 from sounding.training import fit
 
+TIE = 0.05
+"""Speeds this close are a tie: the run-to-run spread of this figure on a quiet machine."""
 
-def measure(epochs: int = 5, pairs: int = 3) -> list[Figure]:
+
+def measure(epochs: int = 15, pairs: int = 5) -> list[Figure]:
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     default = Params().compute.threads
     figures = []
@@ -37,15 +40,19 @@ def measure(epochs: int = 5, pairs: int = 3) -> list[Figure]:
         for arch in ARCHS:
             one, two = interleaved(lambda a=arch: run(a, 1), lambda a=arch: run(a, 2), pairs)
             speedup = ratio(one, two)  # time at 1 ÷ time at 2 = speed at 2 ÷ speed at 1
-            faster = 2 if speedup > 1 else 1
-            detail = f"2 threads {speedup:.2f}× the speed of 1; default {default}"
+            # Within TIE of each other neither setting is "the faster": the same figure for the linear
+            # model moved from 1.11 to 1.03 between two quiet runs.
+            faster = default if abs(speedup - 1) <= TIE else (2 if speedup > 1 else 1)
+            detail = f"2 threads {speedup:.2f}× the speed of 1; default {default}" + (
+                f" (a tie: within {TIE:.0%})" if abs(speedup - 1) <= TIE else ""
+            )
             print(f"{arch}: {detail}")
             figures.append(
                 Figure(
                     8,
                     f"samples/s at 2 ÷ 1 threads, {arch}",
                     speedup,
-                    "default = faster",
+                    "default = faster (ties within 5%)",
                     faster == default,
                     detail,
                 )
@@ -55,8 +62,8 @@ def measure(epochs: int = 5, pairs: int = 3) -> list[Figure]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=5)
-    parser.add_argument("--pairs", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=15)
+    parser.add_argument("--pairs", type=int, default=5)
     args = parser.parse_args()
     measure(args.epochs, args.pairs)
 
