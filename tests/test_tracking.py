@@ -62,7 +62,7 @@ def test_metrics_handed_to_the_writer_process_are_stored_before_the_run_ends(par
     assert tracking.logged_steps(uri, run_id, "epoch") == [0, 1, 2, 3, 4, 5]  # in before set_terminated
     assert _run(params, run_id).info.status == "FINISHED"
     assert (
-        tracking._writer is not None and tracking._writer._proc.is_alive()
+        tracking._writer is not None and tracking._writer._proc.poll() is None
     )  # one child, kept for the next run
 
 
@@ -84,7 +84,7 @@ def test_a_dead_writer_process_is_an_error_not_a_hang(
         tracking.send_steps(params.tracking.uri, run_id, [(0, {"epoch": 0})])
         tracking.wait_sent()
         os.kill(tracking._writer._proc.pid, signal.SIGKILL)
-        tracking._writer._proc.join()
+        tracking._writer._proc.wait()
         tracking.send_steps(params.tracking.uri, run_id, [(1, {"epoch": 1})])
         with pytest.raises(
             RuntimeError, match=r"metric writer \(pid \d+\) died with 1 batch\(es\) unwritten"

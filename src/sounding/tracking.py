@@ -10,9 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import multiprocessing
-import queue
-import signal
 import subprocess
 import sys
 import time
@@ -229,64 +226,46 @@ class MetricWriter:
 
     MLflow's SQL store spends about 80 µs of Python per metric value (SQLAlchemy objects, one row each);
     a 150-epoch MLP logs some 1,650 values, 3% of its fit when written in the training process. The child
-    runs on another core. One child serves every run of a process (it starts once: importing MLflow takes
-    a second or two, overlapped with the training); ``wait`` returns once everything sent so far is in the
-    store, and raises if a write failed. The child exits with its parent, even after ``kill -9``.
+    (``python -m sounding.metric_writer``) runs on another core. It is a plain subprocess, not a
+    multiprocessing one, which would re-run the caller's script in the child when it lacks a
+    ``__main__`` guard. Batches go to its stdin as JSON lines; it answers each with a line, empty or the
+    error. One child serves every run of a process (it starts once: importing MLflow takes a second or
+    two, overlapped with the training); ``wait`` returns once everything sent so far is in the store, and
+    raises if a write failed. The child exits when its stdin closes: with its parent, even after
+    ``kill -9``.
     """
 
     def __init__(self) -> None:
-        ctx = multiprocessing.get_context("spawn")  # never fork a process holding torch and open databases
-        self._jobs, self._done = ctx.Queue(), ctx.Queue()
-        self._sent = self._answered = 0
-        self._proc = ctx.Process(
-            target=_write_metrics, args=(self._jobs, self._done), name="sounding-metrics", daemon=True
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "sounding.metric_writer"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
         )
-        self._proc.start()
+        self._pending = 0
 
     def send(self, uri: str, run_id: str, rows: list[tuple[int, dict[str, float]]]) -> None:
-        self._jobs.put((resolve_uri(uri), run_id, rows))
-        self._sent += 1
+        try:
+            self._proc.stdin.write(json.dumps([resolve_uri(uri), run_id, rows]) + "\n")
+            self._proc.stdin.flush()
+        except BrokenPipeError:
+            pass  # the child is gone: ``wait`` says so
+        self._pending += 1
 
-    def wait(self, timeout_s: float = 300.0) -> None:
-        errors, deadline = [], time.monotonic() + timeout_s
-        while self._answered < self._sent:
-            try:
-                error = self._done.get(timeout=1.0)
-            except queue.Empty:
-                if not self._proc.is_alive() or time.monotonic() > deadline:
-                    raise RuntimeError(
-                        f"the MLflow metric writer (pid {self._proc.pid}) "
-                        + ("died" if not self._proc.is_alive() else f"answered nothing in {timeout_s:.0f} s")
-                        + f" with {self._sent - self._answered} batch(es) unwritten"
-                    ) from None
-                continue
-            self._answered += 1
-            if error:
-                errors.append(error)
+    def wait(self) -> None:
+        errors = []
+        while self._pending:
+            answer = self._proc.stdout.readline()
+            if not answer:  # end of file: the child exited
+                raise RuntimeError(
+                    f"the MLflow metric writer (pid {self._proc.pid}) died with {self._pending} batch(es) "
+                    "unwritten"
+                )
+            self._pending -= 1
+            if answer.strip():
+                errors.append(answer.strip())
         if errors:
             raise RuntimeError("logging metrics to MLflow failed: " + "; ".join(errors))
-
-
-def _write_metrics(jobs: Any, done: Any) -> None:
-    """The child's loop: write each batch, answer with an empty string or the error; stop on the parent's
-    exit (checked every second when idle)."""
-    # Ctrl-C reaches the whole process group: the parent decides, and the child writes what it was given
-    # and then exits with it. (SIGTERM keeps its default: multiprocessing ends daemon children with it at
-    # the parent's exit.)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    parent = multiprocessing.parent_process()
-    while True:
-        try:
-            uri, run_id, rows = jobs.get(timeout=1.0)
-        except queue.Empty:
-            if parent is None or not parent.is_alive():
-                return
-            continue
-        try:
-            log_steps(uri, run_id, rows)
-            done.put("")
-        except Exception as exc:  # reported to the parent, which raises it
-            done.put(f"{type(exc).__name__}: {exc}")
 
 
 _writer: MetricWriter | None = None
