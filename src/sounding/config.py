@@ -515,7 +515,7 @@ def _describe(loc: tuple, errors: list[dict]) -> str:
         allowed = sorted(model.model_fields) if model else []
         close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
         hint = f"; did you mean '{'.'.join(str(p) for p in loc[:-1] + (close[0],))}'?" if close else ""
-        return f"{path}: unknown key{hint} Allowed keys here: {', '.join(allowed)}"
+        return f"{path}: unknown key{hint or '.'} Allowed keys here: {', '.join(allowed)}"
     allowed = " or ".join(dict.fromkeys(e["msg"].removeprefix("Value error, ") for e in errors))
     return f"{path}: {allowed} (got {errors[0].get('input')!r})"
 
