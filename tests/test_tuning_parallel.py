@@ -45,6 +45,9 @@ def _assert_exact(study: optuna.Study, n: int) -> list[optuna.trial.FrozenTrial]
 
 
 def _tune(root: Path, *args: str) -> subprocess.Popen:
+    # Ctrl-C restored to its default in the worker: a test run started in the background by a
+    # non-interactive shell ignores SIGINT, children inherit that, and Python then never raises
+    # KeyboardInterrupt.
     return subprocess.Popen(
         [SOUNDING, "tune", "mlp", "-q", *args],
         cwd=root,
@@ -52,6 +55,7 @@ def _tune(root: Path, *args: str) -> subprocess.Popen:
         stderr=subprocess.STDOUT,
         text=True,
         env=dict(os.environ, PYTHONWARNINGS="ignore"),
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
 
 
@@ -114,7 +118,7 @@ def test_an_interrupted_tune_reruns_into_the_same_study_keeping_its_completed_tr
 ) -> None:
     # Interrupted once two trials have finished training (each writes its model.ckpt; the first is then
     # surely COMPLETE): four trials of the same length are still to run when the Ctrl-C arrives, however
-    # loaded the machine. Files, not the study: another process's view of the sqlite study lagged.
+    # loaded the machine.
     n = 6
     root = _setup(tmp_path, **{"tune.n_trials": n, "tune.epochs": 400, "tune.pruner": "none"})
     first = _tune(root)
