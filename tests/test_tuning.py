@@ -215,3 +215,32 @@ def test_trials_train_as_long_as_train_unless_the_architecture_has_its_own_epoch
     assert params.with_overrides({"tune.epochs_by_arch": {"mlp": 4}}).tune_epochs("mlp") == 4
     summary = tune(params, "mlp", prepared, "tuning/mlp", progress=False)
     assert summary["epochs_budget"] == 4 and 2 <= summary["epochs_run"] <= 4
+
+
+def test_ctrl_c_interrupts_a_trial_at_once_but_optunas_bookkeeping_only_when_done() -> None:
+    import os
+    import signal
+
+    from sounding.tuning import _InterruptGate
+
+    def ctrl_c(*_: object) -> None:
+        os.kill(os.getpid(), signal.SIGINT)
+
+    # Arriving after the objective (the callback runs after Optuna's tell): held until asked for.
+    study = optuna.create_study(direction="maximize")
+    reached = False
+    with pytest.raises(KeyboardInterrupt), _InterruptGate() as gate:
+        study.optimize(gate.objective(lambda t: 1.0), n_trials=1, callbacks=[ctrl_c])
+        reached = True
+        gate.raise_held()
+    assert reached and [t.state.name for t in study.trials] == ["COMPLETE"]
+
+    # Arriving while the objective runs: raised there, and the trial is recorded as FAIL.
+    def trains(trial: optuna.Trial) -> float:
+        ctrl_c()
+        return 1.0
+
+    with pytest.raises(KeyboardInterrupt), _InterruptGate() as gate:
+        study.optimize(gate.objective(trains), n_trials=1)
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "FAIL"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the gate restores the handler

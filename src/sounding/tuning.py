@@ -143,6 +143,65 @@ class _NoTracebackOnCtrlC(logging.Filter):
         return True
 
 
+class _InterruptGate:
+    """Ctrl-C (and the CLI's SIGTERM) interrupt a trial's objective at once, but Optuna's own bookkeeping
+    (``ask``, ``tell``, storage commits) only when it is done. Optuna does not survive a KeyboardInterrupt
+    raised inside ``tell``: the trial stays RUNNING and ``_run_trial`` itself fails with UnboundLocalError
+    (optuna 4). A signal that arrives outside the objective is held and raised when the objective starts
+    (the trial then ends FAIL, as any interrupted trial) or when the gate closes. Signals reach only the
+    main thread, so elsewhere the gate does nothing."""
+
+    def __init__(self) -> None:
+        self._previous: dict[int, Any] = {}
+        self._open = False
+        self._held: tuple[int, Any] | None = None
+
+    def __enter__(self) -> _InterruptGate:
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                handler = signal.getsignal(sig)
+                if callable(handler):  # a Python handler that raises; SIG_DFL / SIG_IGN are left alone
+                    self._previous[sig] = handler
+                    signal.signal(sig, self._on_signal)
+        return self
+
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        import signal
+
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        if self._held is not None and exc_type is None:
+            self.raise_held()
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        if self._open:
+            self._previous[signum](signum, frame)
+        else:
+            self._held = (signum, frame)
+
+    def raise_held(self) -> None:
+        """Deliver a signal held since the objective last ran, if any."""
+        if self._held is not None:
+            (signum, frame), self._held = self._held, None
+            self._previous[signum](signum, frame)
+
+    def objective(self, func: Any) -> Any:
+        """``func``, interruptible while it runs."""
+
+        def gated(trial: Any) -> Any:
+            self._open = True
+            try:
+                self.raise_held()
+                return func(trial)
+            finally:
+                self._open = False
+
+        return gated
+
+
 def _quiet_optuna() -> None:
     """Optuna's warnings and errors only, and no traceback for an interrupted trial."""
     import optuna
@@ -328,33 +387,35 @@ def run_worker(
         pruner=_make_pruner(params, job.arch),
     )
     lock = BudgetLock(job.storage, job.study)
-    objective = _objective(job, params, data, lock)
     bar = _progress_bar(study, params.tune.n_trials) if progress else None
-    try:
-        while True:
-            lock.acquire()
-            optuna.storages.fail_stale_trials(study)  # a dead worker's trial: FAIL, and its retry queued
-            states = _states(study)
+    with _InterruptGate() as gate:
+        objective = gate.objective(_objective(job, params, data, lock))
+        try:
+            while True:
+                lock.acquire()
+                optuna.storages.fail_stale_trials(study)  # a dead worker's trial: FAIL, and its retry queued
+                states = _states(study)
+                if bar is not None:
+                    bar.update(states["COMPLETE"] + states["PRUNED"] - bar.n)
+                    with suppress(ValueError):
+                        bar.set_postfix({"best val/acc": f"{study.best_value:.3f}"})
+                # Stop at the deadline, or when as many trials failed as the budget (a broken objective).
+                late = job.deadline is not None and time.time() >= job.deadline
+                late = late or states["FAIL"] >= params.tune.n_trials
+                if late or sum(states[s] for s in COUNTED) >= params.tune.n_trials:
+                    lock.release()
+                    if late or not states["RUNNING"]:
+                        break
+                    time.sleep(1.0)  # another worker's trial may still fail and be re-queued
+                    continue
+                gate.raise_held()  # Ctrl-C since the last trial: stop before starting another
+                # The lock stays held until the objective starts, i.e. until the new trial is RUNNING.
+                study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=False)
+                lock.release()  # when the trial could not start
+        finally:
+            lock.close()
             if bar is not None:
-                bar.update(states["COMPLETE"] + states["PRUNED"] - bar.n)
-                with suppress(ValueError):
-                    bar.set_postfix({"best val/acc": f"{study.best_value:.3f}"})
-            # Stop at the deadline, or when as many trials failed as the budget (a broken objective).
-            late = job.deadline is not None and time.time() >= job.deadline
-            late = late or states["FAIL"] >= params.tune.n_trials
-            if late or sum(states[s] for s in COUNTED) >= params.tune.n_trials:
-                lock.release()
-                if late or not states["RUNNING"]:
-                    break
-                time.sleep(1.0)  # another worker's trial may still fail and be re-queued
-                continue
-            # The lock stays held until the objective starts, i.e. until the new trial is RUNNING.
-            study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=False)
-            lock.release()  # when the trial could not start
-    finally:
-        lock.close()
-        if bar is not None:
-            bar.close()
+                bar.close()
 
 
 def _progress_bar(study: Any, total: int):
