@@ -35,12 +35,16 @@ venv: $(STAMP) ## Create or update the virtual environment
 run: $(STAMP) ## Reproduce the whole pipeline from params.yaml (dvc repro; refused while another one runs)
 	sounding repro
 
+# One pytest worker per core. The slow tier deals whole files to workers (--dist loadfile): a module's
+# end-to-end fixture (one `dvc repro`) is built once, not once per worker.
+TEST_WORKERS ?= auto
+
 test: $(STAMP) ## Run the whole test suite: fast tier, then the slow end-to-end tier
-	$(BIN)/pytest -q
-	$(BIN)/pytest -q -m slow
+	$(BIN)/pytest -q -n $(TEST_WORKERS)
+	$(BIN)/pytest -q -m slow -n $(TEST_WORKERS) --dist loadfile
 
 test-fast: $(STAMP) ## Run the fast tier only
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n $(TEST_WORKERS)
 
 bench: $(STAMP) ## Run every benchmark (about 25 minutes) and write benchmarks/results.md
 	$(BIN)/python -m benchmarks

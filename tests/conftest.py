@@ -46,6 +46,16 @@ def figures() -> Counter[str]:
     return FIGURES
 
 
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    if hasattr(session.config, "workeroutput"):  # a pytest-xdist worker: hand the figures to the controller
+        session.config.workeroutput["figures"] = dict(FIGURES)
+
+
+def pytest_testnodedown(node: object, error: object) -> None:
+    """pytest-xdist, on the controller: add a finished worker's figures."""
+    FIGURES.update(getattr(node, "workeroutput", {}).get("figures", {}))
+
+
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     if FIGURES:
         shown = ", ".join(f"{name} {count}" for name, count in sorted(FIGURES.items()))
