@@ -66,10 +66,25 @@ def test_metrics_handed_to_the_writer_process_are_stored_before_the_run_ends(par
     )  # one child, kept for the next run
 
 
+def test_a_run_ended_in_background_ends_after_its_metrics_and_fails_if_they_did(params: Params) -> None:
+    uri = params.tracking.uri
+    with tracking.tracked_run(params, "x", {}, end_in_background=True) as ok:
+        tracking.send_steps(uri, ok, [(epoch, {"epoch": epoch}) for epoch in range(3)])
+        tracking.send_tags(uri, ok, {"trial_state": "COMPLETE"})
+    with tracking.tracked_run(params, "y", {}, end_in_background=True) as bad:
+        tracking.send_steps(uri, bad, [(0, {"epoch": float("nan"), "bad": "not a number"})])
+    with pytest.raises(RuntimeError, match="logging to MLflow failed"):
+        tracking.wait_sent()
+    assert tracking.logged_steps(uri, ok, "epoch") == [0, 1, 2]
+    run = _run(params, ok)
+    assert run.info.status == "FINISHED" and run.data.tags["trial_state"] == "COMPLETE"
+    assert _run(params, bad).info.status == "FAILED"
+
+
 def test_a_failed_write_in_the_writer_process_is_raised_in_the_parent(params: Params) -> None:
     tracking.client(params.tracking.uri)  # the store exists
     tracking.send_steps(params.tracking.uri, "0" * 32, [(0, {"val/acc": 0.5})])  # no such run
-    with pytest.raises(RuntimeError, match="logging metrics to MLflow failed: .*0{32}"):
+    with pytest.raises(RuntimeError, match="logging to MLflow failed: .*0{32}"):
         tracking.wait_sent()
 
 
@@ -87,7 +102,7 @@ def test_a_dead_writer_process_is_an_error_not_a_hang(
         tracking._writer._proc.wait()
         tracking.send_steps(params.tracking.uri, run_id, [(1, {"epoch": 1})])
         with pytest.raises(
-            RuntimeError, match=r"metric writer \(pid \d+\) died with 1 batch\(es\) unwritten"
+            RuntimeError, match=r"MLflow writer process \(pid \d+\) died with 1 item\(s\) unwritten"
         ):
             tracking.wait_sent()
         monkeypatch.setattr(tracking, "_writer", None)

@@ -13,6 +13,7 @@ import logging
 import subprocess
 import sys
 import time
+from collections import deque
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
 from functools import cache
@@ -138,12 +139,15 @@ def tracked_run(
     experiment: str | None = None,
     parent_run_id: str | None = None,
     logged_params: dict[str, Any] | None = None,
+    end_in_background: bool = False,
 ) -> Iterator[str]:
     """Create (or re-attach to ``run_id``) an MLflow run and yield its id.
 
     The run ends FINISHED on success, KILLED on Ctrl-C or SIGTERM (raised as KeyboardInterrupt by the
     CLI), FAILED on any other exception. Params are the flattened ``Params``, or ``logged_params`` when
-    given (a tuning trial logs what it varies; its parent run holds the rest).
+    given (a tuning trial logs what it varies; its parent run holds the rest). The run ends once its
+    metrics are stored; ``end_in_background`` leaves that to the writer process, which ends it after
+    them (FAILED if they failed), so the caller goes on at once: ``wait_sent`` returns once it has.
     """
     from mlflow.entities import Param, RunTag
 
@@ -170,16 +174,24 @@ def tracked_run(
         status = STATUS_ON_INTERRUPT
         raise
     finally:
-        try:
-            wait_sent()  # a run's metrics are written before it ends: MLflow refuses them after
-        except RuntimeError as exc:
-            if status == "FINISHED":
-                status = "FAILED"
-                raise
-            # The run already failed or was interrupted: that error is the one to report.
-            logging.getLogger(__name__).warning("%s", exc)
-        finally:
-            c.set_terminated(run_id, status)
+        if end_in_background:
+            _send("end", uri, run_id, status)
+        else:
+            _end(c, run_id, status)
+
+
+def _end(c: Any, run_id: str, status: str) -> None:
+    """End a run once the writer has stored what it was sent: MLflow refuses a run's metrics after its end,
+    and a parent run (a study's) ends after its children's ends."""
+    try:
+        wait_sent()
+    except RuntimeError as exc:
+        if status == "FINISHED":
+            c.set_terminated(run_id, "FAILED")
+            raise
+        # The run already failed or was interrupted: that error is the one to report.
+        logging.getLogger(__name__).warning("%s", exc)
+    c.set_terminated(run_id, status)
 
 
 @contextmanager
@@ -191,6 +203,7 @@ def resumable_run(
     experiment: str | None = None,
     parent_run_id: str | None = None,
     logged_params: dict[str, Any] | None = None,
+    end_in_background: bool = False,
 ) -> Iterator[str]:
     """``tracked_run`` tied to a checkpoint folder: its id is kept in ``run_dir/run.json``, so a rerun
     after a crash re-attaches to the same MLflow run that the resumed checkpoint belongs to."""
@@ -206,6 +219,7 @@ def resumable_run(
         experiment=experiment,
         parent_run_id=parent_run_id,
         logged_params=logged_params,
+        end_in_background=end_in_background,
     ) as run_id:
         write_json(state, {"run_id": run_id})
         yield run_id
@@ -221,68 +235,80 @@ def log_steps(uri: str, run_id: str, rows: list[tuple[int, dict[str, float]]]) -
         client(uri).log_batch(run_id, metrics=batch[start : start + 1000])
 
 
-class MetricWriter:
-    """Writes metric batches to MLflow from a child process, so the training process only hands them over.
+class TrackingWriter:
+    """Writes to MLflow from a child process, so the training process only hands things over.
 
     MLflow's SQL store spends about 80 µs of Python per metric value (SQLAlchemy objects, one row each);
     a 150-epoch MLP logs some 1,650 values, 3% of its fit when written in the training process. The child
-    (``python -m sounding.metric_writer``) runs on another core. It is a plain subprocess, not a
-    multiprocessing one, which would re-run the caller's script in the child when it lacks a
-    ``__main__`` guard. Batches go to its stdin as JSON lines; it answers each with a line, empty or the
-    error. One child serves every run of a process (it starts once: importing MLflow takes a second or
-    two, overlapped with the training); ``wait`` returns once everything sent so far is in the store, and
+    (``python -m sounding.tracking_writer``) runs on another core and writes metric batches, tags and,
+    for runs that ask for it, the run's end. It is a plain subprocess, not a multiprocessing one, which
+    would re-run the caller's script in the child when it lacks a ``__main__`` guard. Each item goes to
+    its stdin as a JSON line; it answers each with a line, empty or the error, in order. One child serves
+    every run of a process (it starts once: importing MLflow takes a second or two, overlapped with the
+    training); ``wait`` returns once everything sent so far (or sent for one run) is in the store, and
     raises if a write failed. The child exits when its stdin closes: with its parent, even after
-    ``kill -9``.
+    ``kill -9``, once it has written what it was sent.
     """
 
     def __init__(self) -> None:
         self._proc = subprocess.Popen(
-            [sys.executable, "-m", "sounding.metric_writer"],
+            [sys.executable, "-m", "sounding.tracking_writer"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
         )
-        self._pending = 0
+        self._sent: deque[str] = deque()  # the run id of each item not yet answered, in order
+        self._errors: list[str] = []
 
-    def send(self, uri: str, run_id: str, rows: list[tuple[int, dict[str, float]]]) -> None:
+    def send(self, op: str, uri: str, run_id: str, payload: Any) -> None:
         try:
-            self._proc.stdin.write(json.dumps([resolve_uri(uri), run_id, rows]) + "\n")
+            self._proc.stdin.write(json.dumps([op, resolve_uri(uri), run_id, payload]) + "\n")
             self._proc.stdin.flush()
         except BrokenPipeError:
             pass  # the child is gone: ``wait`` says so
-        self._pending += 1
+        self._sent.append(run_id)
 
-    def wait(self) -> None:
-        errors = []
-        while self._pending:
+    def wait(self, run_id: str | None = None) -> None:
+        """Block until every item sent so far, or every one sent for ``run_id``, is answered."""
+        while self._sent if run_id is None else run_id in self._sent:
             answer = self._proc.stdout.readline()
             if not answer:  # end of file: the child exited
                 raise RuntimeError(
-                    f"the MLflow metric writer (pid {self._proc.pid}) died with {self._pending} batch(es) "
-                    "unwritten"
+                    f"the MLflow writer process (pid {self._proc.pid}) died with {len(self._sent)} "
+                    "item(s) unwritten"
                 )
-            self._pending -= 1
+            self._sent.popleft()
             if answer.strip():
-                errors.append(answer.strip())
-        if errors:
-            raise RuntimeError("logging metrics to MLflow failed: " + "; ".join(errors))
+                self._errors.append(answer.strip())
+        if self._errors:
+            errors, self._errors = self._errors, []
+            raise RuntimeError("logging to MLflow failed: " + "; ".join(errors))
 
 
-_writer: MetricWriter | None = None
+_writer: TrackingWriter | None = None
+
+
+def _send(op: str, uri: str, run_id: str, payload: Any) -> None:
+    global _writer
+    if _writer is None:
+        _writer = TrackingWriter()
+    _writer.send(op, uri, run_id, payload)
 
 
 def send_steps(uri: str, run_id: str, rows: list[tuple[int, dict[str, float]]]) -> None:
-    """``log_steps`` through this process's ``MetricWriter`` (started on first use)."""
-    global _writer
-    if _writer is None:
-        _writer = MetricWriter()
-    _writer.send(uri, run_id, rows)
+    """``log_steps`` through this process's ``TrackingWriter`` (started on first use)."""
+    _send("metrics", uri, run_id, rows)
 
 
-def wait_sent() -> None:
-    """Block until every batch given to ``send_steps`` is in its store (a no-op when none was)."""
+def send_tags(uri: str, run_id: str, tags: dict[str, str]) -> None:
+    """Set tags through this process's ``TrackingWriter``."""
+    _send("tags", uri, run_id, tags)
+
+
+def wait_sent(run_id: str | None = None) -> None:
+    """Block until everything handed to the writer (for ``run_id``, when given) is in its store."""
     if _writer is not None:
-        _writer.wait()
+        _writer.wait(run_id)
 
 
 def log_metrics(uri: str, run_id: str, metrics: dict[str, float], step: int) -> None:

@@ -118,6 +118,7 @@ class EpochCheckpoint(Checkpoint):
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.resumed_epochs = len(self.history)  # restored from the checkpoint before this hook
         if self._tracking(trainer):
+            tracking.wait_sent(self.run_id)  # an earlier fit of this run, in this process, is stored
             self._logged = set(tracking.logged_steps(self.uri, self.run_id, "epoch"))
             self._pending = [row for row in self.history if int(row["epoch"]) not in self._logged]
             self._flush()
@@ -145,20 +146,17 @@ class EpochCheckpoint(Checkpoint):
             trainer.save_checkpoint(self.path, weights_only=False)  # full state: optimizer, loops, callbacks
             self._last_write = time.monotonic()
 
+    # The last metrics are handed over, not waited for: the run's end (``tracking.tracked_run``) waits,
+    # so the test evaluation and the plots, or the next tuning trial, overlap their writing.
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._tracking(trainer):
             self._flush()
-            tracking.wait_sent()
 
     def on_exception(
         self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
     ) -> None:
         if self._tracking(trainer):
-            try:
-                self._flush()
-                tracking.wait_sent()
-            except RuntimeError as exc:  # the training's own exception is the one to report
-                logging.getLogger(__name__).warning("%s", exc)
+            self._flush()
 
     def state_dict(self) -> dict[str, Any]:
         # The history as one JSON string: torch.save handles each Python object separately, and a list of

@@ -337,6 +337,7 @@ def _objective(job: TuneJob, params: Params, data: Any, lock: BudgetLock):
             experiment=experiment(p),
             parent_run_id=job.parent_run_id,
             logged_params={**trial.params, "epochs": p.train.epochs, "seed": p.seed},
+            end_in_background=True,  # the next trial starts while the writer stores this one's end
         ) as run_id:
             start = time.perf_counter()
             try:
@@ -350,7 +351,7 @@ def _objective(job: TuneJob, params: Params, data: Any, lock: BudgetLock):
                 raise
             finally:
                 trial.set_user_attr("fit_s", time.perf_counter() - start)  # training time, for the overhead
-                tracking.client(p.tracking.uri).set_tag(run_id, "trial_state", state)
+                tracking.send_tags(p.tracking.uri, run_id, {"trial_state": state})
         if state == "PRUNED":
             raise optuna.TrialPruned()
         return result.metrics["val/acc"]
@@ -372,6 +373,7 @@ def run_worker(
     import optuna
     import torch
 
+    from sounding import tracking
     from sounding.data.prepare import load_prepared
 
     _quiet_optuna()
@@ -412,6 +414,7 @@ def run_worker(
                 # The lock stays held until the objective starts, i.e. until the new trial is RUNNING.
                 study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=False)
                 lock.release()  # when the trial could not start
+            tracking.wait_sent()  # the trials' MLflow runs are complete before this worker returns
         finally:
             lock.close()
             if bar is not None:

@@ -1,0 +1,55 @@
+"""The child process of ``tracking.TrackingWriter``: reads ``[op, uri, run_id, payload]`` JSON lines from
+stdin and answers each with one line on stdout: empty when written, else the error. Ops:
+
+- ``metrics``: payload ``[[step, {key: value}], ...]``, written with ``tracking.log_steps``;
+- ``tags``: payload ``{key: value}``;
+- ``end``: payload the run's final status. A run whose metrics failed to write ends FAILED, not FINISHED.
+
+Lines are handled in order, so a run ends after everything sent for it before. The process exits when
+stdin closes, which happens when its parent exits or is killed: what it was sent is written first.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+
+from sounding.tracking import client, log_steps
+
+
+def handle(op: str, uri: str, run_id: str, payload, failed: set[str]) -> None:
+    from mlflow.entities import RunTag
+
+    if op == "metrics":
+        try:
+            log_steps(uri, run_id, [(int(step), metrics) for step, metrics in payload])
+        except Exception:
+            failed.add(run_id)
+            raise
+    elif op == "tags":
+        client(uri).log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in payload.items()])
+    elif op == "end":
+        status = "FAILED" if payload == "FINISHED" and run_id in failed else payload
+        client(uri).set_terminated(run_id, status)
+    else:
+        raise ValueError(f"unknown op {op!r}; allowed: metrics, tags, end")
+
+
+def main() -> None:
+    # Ctrl-C reaches the whole process group: the parent decides, and this child writes what it was given
+    # and exits when the parent closes its end.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    failed: set[str] = set()
+    for line in sys.stdin:
+        try:
+            handle(*json.loads(line), failed)
+            answer = ""
+        except Exception as exc:  # reported to the parent, which raises it
+            answer = f"{type(exc).__name__}: {exc}".replace("\n", " ")
+        sys.stdout.write(answer + "\n")
+        sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
