@@ -237,3 +237,9 @@ def test_a_tampered_registry_artifact_never_runs(
     assert markers["model turned into a cloudpickle pyfunc"].exists(), control.stdout + control.stderr[-2000:]
     assert markers["stored model code replaced"].exists(), control.stdout + control.stderr[-2000:]
     assert not markers["weights replaced by a pickle"].exists()
+
+
+def test_the_pyfunc_model_class_defines_without_mlflow_warnings() -> None:
+    code = "import warnings; warnings.simplefilter('always'); import sounding.models.pyfunc_entry"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and "Warning" not in result.stderr, result.stderr

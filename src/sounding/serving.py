@@ -13,6 +13,7 @@ its place. A model in any other form is refused.
 from __future__ import annotations
 
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,17 +34,22 @@ def probabilities(net: Any, x: np.ndarray) -> np.ndarray:
         return net(torch.as_tensor(np.asarray(x, dtype=np.float32))).softmax(-1).numpy()
 
 
-class SoundingClassifier(mlflow.pyfunc.PythonModel):
-    """``predict`` maps a float array [N, *input_shape] to class probabilities [N, K]."""
+# MLflow warns, on defining a PythonModel, that ``predict`` lacks the type hints it would derive a signature
+# from; ours is explicit (``log_pyfunc``). It forces its own warning filter there, so the warning is
+# recorded and dropped rather than filtered.
+with warnings.catch_warnings(record=True):
 
-    # No type hints on these methods: MLflow would try to derive a signature from them; ours is explicit.
-    def load_context(self, context):  # noqa: ANN001, ANN201
-        from sounding.models.factory import load_net
+    class SoundingClassifier(mlflow.pyfunc.PythonModel):
+        """``predict`` maps a float array [N, *input_shape] to class probabilities [N, K]."""
 
-        self.net, self.config = load_net(context.artifacts["weights"], context.artifacts["config"])
+        # No type hints on these methods: MLflow would try to derive a signature from them; ours is explicit.
+        def load_context(self, context):  # noqa: ANN001, ANN201
+            from sounding.models.factory import load_net
 
-    def predict(self, context, model_input, params=None):  # noqa: ANN001, ANN201
-        return probabilities(self.net, model_input)
+            self.net, self.config = load_net(context.artifacts["weights"], context.artifacts["config"])
+
+        def predict(self, context, model_input, params=None):  # noqa: ANN001, ANN201
+            return probabilities(self.net, model_input)
 
 
 def log_pyfunc(run_id: str, uri: str, model_dir: Path, example: np.ndarray) -> str:
