@@ -434,6 +434,9 @@ def main() -> None:
     # MLflow draws "Downloading artifacts" bars when it checks a logged model's input example: noise in a
     # pipeline's log (our own bars follow --quiet).
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    # MLflow's INFO lines (creating the store's tables, validating an input example) would open every
+    # stage's output; its warnings and errors still show. Set MLFLOW_LOGGING_LEVEL=INFO to see them.
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     try:
         app()  # click's standalone mode: usage errors exit 2, Ctrl-C exits 1 ("Aborted!")
     except BadInput as exc:

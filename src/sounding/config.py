@@ -288,8 +288,8 @@ class TuneParams(Section):
     epochs_by_arch: dict[Arch, PositiveInt] = {"rnn": 30}
     """Exceptions to ``epochs``: a GRU epoch costs 12 MLP epochs on a CPU."""
     pruner: Literal["median", "hyperband", "none"] = "hyperband"
-    """Fed each epoch's ``val/acc``. Hyperband reached the unpruned best with 39% of the epochs on the MLP
-    (``benchmarks/pruning.py``); median pruning with the same warm-up pruned too much or too little."""
+    """Fed each epoch's ``val/acc``. Hyperband spends a third to two fifths of the unpruned study's epochs;
+    its best ``val/acc`` comes within 1–2 pp of the unpruned best (docs/benchmarks.md, figure 3)."""
     warmup_epochs: Annotated[int, Field(ge=0)] = 1
     """Epochs a trial always runs before it may be pruned (hyperband: its minimum resource, at least 1)."""
     startup_trials: PositiveInt = 4
