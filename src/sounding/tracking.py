@@ -12,6 +12,7 @@ import json
 import logging
 import subprocess
 import sys
+import threading
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -259,17 +260,24 @@ class TrackingWriter:
         )
         self._sent: deque[str] = deque()  # the run id of each item not yet answered, in order
         self._errors: list[str] = []
+        self._lock = threading.Lock()  # lines and answers stay paired when threads share the writer
 
     def send(self, op: str, uri: str, run_id: str, payload: Any) -> None:
-        try:
-            self._proc.stdin.write(json.dumps([op, resolve_uri(uri), run_id, payload]) + "\n")
-            self._proc.stdin.flush()
-        except BrokenPipeError:
-            pass  # the child is gone: ``wait`` says so
-        self._sent.append(run_id)
+        line = json.dumps([op, resolve_uri(uri), run_id, payload]) + "\n"
+        with self._lock:
+            try:
+                self._proc.stdin.write(line)
+                self._proc.stdin.flush()
+            except BrokenPipeError:
+                pass  # the child is gone: ``wait`` says so
+            self._sent.append(run_id)
 
     def wait(self, run_id: str | None = None) -> None:
         """Block until every item sent so far, or every one sent for ``run_id``, is answered."""
+        with self._lock:
+            self._wait(run_id)
+
+    def _wait(self, run_id: str | None) -> None:
         while self._sent if run_id is None else run_id in self._sent:
             answer = self._proc.stdout.readline()
             if not answer:  # end of file: the child exited
