@@ -109,7 +109,7 @@ def measure(
         figures.append(
             Figure(
                 3,
-                "tuning bookkeeping ÷ study wall time (pruned study)",
+                f"tuning bookkeeping ÷ study wall time ({arch}, the pruned study's short trials)",
                 b,
                 "≤ 0.02",
                 b <= 0.02,
