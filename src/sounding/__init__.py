@@ -10,5 +10,10 @@ for _key, _value in {
     "DO_NOT_TRACK": "true",
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     "GIT_PYTHON_REFRESH": "quiet",
+    # MLflow's INFO lines (creating a store's tables, validating an input example) and its "Downloading
+    # artifacts" bars (drawn when it checks a logged model's input example) are noise in a pipeline's
+    # log; its warnings and errors still show. MLFLOW_LOGGING_LEVEL=INFO brings the lines back.
+    "MLFLOW_LOGGING_LEVEL": "WARNING",
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
 }.items():
     os.environ.setdefault(_key, _value)

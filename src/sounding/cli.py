@@ -6,7 +6,6 @@ bad-input errors answer at once. ``BadInput`` anywhere becomes a one-paragraph m
 
 from __future__ import annotations
 
-import os
 import signal
 import sys
 from pathlib import Path
@@ -431,12 +430,6 @@ def _interrupt(signum: int, frame: object) -> None:
 def main() -> None:
     """Console entry point: run the app, turning bad input into exit code 2."""
     signal.signal(signal.SIGTERM, _interrupt)
-    # MLflow draws "Downloading artifacts" bars when it checks a logged model's input example: noise in a
-    # pipeline's log (our own bars follow --quiet).
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    # MLflow's INFO lines (creating the store's tables, validating an input example) would open every
-    # stage's output; its warnings and errors still show. Set MLFLOW_LOGGING_LEVEL=INFO to see them.
-    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     try:
         app()  # click's standalone mode: usage errors exit 2, Ctrl-C exits 1 ("Aborted!")
     except BadInput as exc:
