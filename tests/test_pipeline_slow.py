@@ -42,6 +42,7 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     result = run_dvc("repro", cwd=root)
     assert result.returncode == 0, result.stdout + result.stderr
+    (root.parent / "repro.log").write_text(result.stdout + result.stderr)
     return root
 
 
@@ -60,6 +61,13 @@ def test_repro_writes_every_output(repo: Path) -> None:
     assert (repo / "plots" / "depth" / "accuracy_vs_depth.png").is_file()
     assert "## Generative: conditional GAN" in board
     assert (repo / "models" / "gan" / "generator.safetensors").is_file()
+
+
+def test_the_pipeline_log_holds_no_library_noise(repo: Path) -> None:
+    log = (repo.parent / "repro.log").read_text()
+    assert "Running stage 'register'" in log
+    for noise in ("INFO mlflow", "Downloading artifacts", "Warning:", "Traceback"):
+        assert noise not in log, noise
 
 
 def test_second_repro_is_a_noop(repo: Path) -> None:
