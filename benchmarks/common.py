@@ -6,6 +6,7 @@ machine hits both sides alike. Absolute times are printed for context only.
 
 from __future__ import annotations
 
+import math
 import os
 import platform
 import statistics
@@ -35,10 +36,13 @@ def timed(fn: Callable[[], object]) -> float:
 
 
 def interleaved(
-    a: Callable[[], object], b: Callable[[], object], pairs: int
+    a: Callable[[], object], b: Callable[[], object], pairs: int, min_seconds: float = 0.0
 ) -> tuple[list[float], list[float]]:
-    """Time ``a`` and ``b`` alternately, ``pairs`` times each (after one untimed warm-up of each)."""
-    a(), b()
+    """Time ``a`` and ``b`` alternately, ``pairs`` times each (after one untimed warm-up of each), or as
+    many more pairs (up to 15) as fill ``min_seconds``: on a shared machine, the median of 3 pairs of
+    sub-second runs moved by ±5% from one run to the next."""
+    warm_up = timed(a) + timed(b)
+    pairs = max(pairs, min(15, math.ceil(min_seconds / warm_up)))
     times_a, times_b = [], []
     for i in range(pairs):
         first, second = (a, b) if i % 2 == 0 else (b, a)  # alternate the order too
