@@ -217,11 +217,17 @@ def test_trials_train_as_long_as_train_unless_the_architecture_has_its_own_epoch
     assert summary["epochs_budget"] == 4 and 2 <= summary["epochs_run"] <= 4
 
 
-def test_ctrl_c_interrupts_a_trial_at_once_but_optunas_bookkeeping_only_when_done() -> None:
+def test_ctrl_c_interrupts_a_trial_at_once_but_optunas_bookkeeping_only_when_done(
+    request: pytest.FixtureRequest,
+) -> None:
     import os
     import signal
 
     from sounding.tuning import _InterruptGate
+
+    # Python's own handler, as in a terminal: a test run started in the background inherits SIGINT ignored.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    request.addfinalizer(lambda: signal.signal(signal.SIGINT, previous))
 
     def ctrl_c(*_: object) -> None:
         os.kill(os.getpid(), signal.SIGINT)
