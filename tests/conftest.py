@@ -51,6 +51,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         session.config.workeroutput["figures"] = dict(FIGURES)
 
 
+@pytest.hookimpl(optionalhook=True)  # a pytest-xdist hook: pytest without xdist would reject it
 def pytest_testnodedown(node: object, error: object) -> None:
     """pytest-xdist, on the controller: add a finished worker's figures."""
     FIGURES.update(getattr(node, "workeroutput", {}).get("figures", {}))
