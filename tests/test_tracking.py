@@ -81,6 +81,14 @@ def test_a_run_ended_in_background_ends_after_its_metrics_and_fails_if_they_did(
     assert _run(params, bad).info.status == "FAILED"
 
 
+def test_params_go_through_the_writer_and_a_run_whose_params_fail_ends_failed(params: Params) -> None:
+    with pytest.raises(RuntimeError, match="logging to MLflow failed: .*bad\\?name"):
+        with tracking.tracked_run(params, "x", {}, logged_params={"lr": 0.1, "bad?name": 1}) as run_id:
+            pass
+    run = _run(params, run_id)
+    assert run.info.status == "FAILED" and "bad?name" not in run.data.params
+
+
 def test_a_failed_write_in_the_writer_process_is_raised_in_the_parent(params: Params) -> None:
     tracking.client(params.tracking.uri)  # the store exists
     tracking.send_steps(params.tracking.uri, "0" * 32, [(0, {"val/acc": 0.5})])  # no such run

@@ -2,8 +2,10 @@
 stdin and answers each with one line on stdout: empty when written, else the error. Ops:
 
 - ``metrics``: payload ``[[step, {key: value}], ...]``, written with ``tracking.log_steps``;
+- ``params``: payload ``{key: value}``, the run's params (logged once, at its start);
 - ``tags``: payload ``{key: value}``;
-- ``end``: payload the run's final status. A run whose metrics failed to write ends FAILED, not FINISHED.
+- ``end``: payload the run's final status. A run whose metrics or params failed to write ends FAILED, not
+  FINISHED.
 
 Lines are handled in order, so a run ends after everything sent for it before. The process exits when
 stdin closes, which happens when its parent exits or is killed: what it was sent is written first.
@@ -19,11 +21,14 @@ from sounding.tracking import client, log_steps
 
 
 def handle(op: str, uri: str, run_id: str, payload, failed: set[str]) -> None:
-    from mlflow.entities import RunTag
+    from mlflow.entities import Param, RunTag
 
-    if op == "metrics":
+    if op in ("metrics", "params"):
         try:
-            log_steps(uri, run_id, [(int(step), metrics) for step, metrics in payload])
+            if op == "metrics":
+                log_steps(uri, run_id, [(int(step), metrics) for step, metrics in payload])
+            else:
+                client(uri).log_batch(run_id, params=[Param(k, str(v)) for k, v in payload.items()])
         except Exception:
             failed.add(run_id)
             raise
@@ -33,7 +38,7 @@ def handle(op: str, uri: str, run_id: str, payload, failed: set[str]) -> None:
         status = "FAILED" if payload == "FINISHED" and run_id in failed else payload
         client(uri).set_terminated(run_id, status)
     else:
-        raise ValueError(f"unknown op {op!r}; allowed: metrics, tags, end")
+        raise ValueError(f"unknown op {op!r}; allowed: metrics, params, tags, end")
 
 
 def main() -> None:
