@@ -19,6 +19,9 @@ from sounding.training import fit
 
 TIE = 0.05
 """Speeds this close are a tie: the run-to-run spread of this figure on a quiet machine."""
+MIN_SECONDS = 30.0
+"""Pairs are added (up to 15) until they fill this: 15 CNN epochs take under a second, and its figure
+moved between 0.92 and 1.09 across runs of 5 pairs."""
 
 
 def measure(epochs: int = 15, pairs: int = 5) -> list[Figure]:
@@ -38,7 +41,9 @@ def measure(epochs: int = 15, pairs: int = 5) -> list[Figure]:
             fit(params, arch, params.seed, data, work / "run", progress=False, evaluate=False)
 
         for arch in ARCHS:
-            one, two = interleaved(lambda a=arch: run(a, 1), lambda a=arch: run(a, 2), pairs)
+            one, two = interleaved(
+                lambda a=arch: run(a, 1), lambda a=arch: run(a, 2), pairs, min_seconds=MIN_SECONDS
+            )
             speedup = ratio(one, two)  # time at 1 ÷ time at 2 = speed at 2 ÷ speed at 1
             # Within TIE of each other neither setting is "the faster": the same figure for the linear
             # model moved from 1.11 to 1.03 between two quiet runs.
@@ -46,6 +51,7 @@ def measure(epochs: int = 15, pairs: int = 5) -> list[Figure]:
             detail = f"2 threads {speedup:.2f}× the speed of 1; default {default}" + (
                 f" (a tie: within {TIE:.0%})" if abs(speedup - 1) <= TIE else ""
             )
+            detail += f", {len(one)} pairs"
             print(f"{arch}: {detail}")
             figures.append(
                 Figure(

@@ -325,7 +325,9 @@ def _objective(job: TuneJob, params: Params, data: Any, lock: BudgetLock):
             overrides[key] = suggest(name, r.low, r.high, log=r.log)
         p = trial_params(params, job.arch, overrides)
         # Named from the trial's params: a retried trial (same params) resumes the dead one's checkpoint.
-        run_dir = Path(job.out_dir) / "trials" / fingerprint(p, job.arch, p.seed, data.sha256)
+        # Under the study's name: another study's finished trial (another pruner, say) would resume at its
+        # end without reporting an epoch to this study's pruner, and the study would differ from a fresh one.
+        run_dir = Path(job.out_dir) / "trials" / job.study / fingerprint(p, job.arch, p.seed, data.sha256)
         tags = {"stage": "tune", "arch": job.arch, "study": job.study, "optuna_trial": str(trial.number)}
         pruning = PyTorchLightningPruningCallback(trial, monitor="val/acc")
         state = "COMPLETE"
