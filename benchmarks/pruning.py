@@ -7,7 +7,7 @@ figure is exact and machine-independent. One pair of studies is a single draw of
 (the unpruned best is the maximum of all its trials'), so the figure is the median over pairs seeded
 ``seed``, ``seed + 1``, … (TPE, splits, initialisation; the MNIST-1D data stay the published ones).
 
-    python -m benchmarks.pruning [--arch mlp] [--trials 30] [--pruner median] [--pairs 3]
+    python -m benchmarks.pruning [--arch mlp] [--trials 30] [--pruner median] [--pairs 7]
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ def epochs_to_reach(curve: list[tuple[int, float]], level: float) -> int | None:
 
 
 def measure(
-    arch: str = "mlp", trials: int = 30, pruner: str | None = None, overrides: list[str] = (), pairs: int = 5
+    arch: str = "mlp", trials: int = 30, pruner: str | None = None, overrides: list[str] = (), pairs: int = 7
 ) -> list[Figure]:
     """Figure 3: epochs of the pruned study ÷ the unpruned one, if it reaches the unpruned best; the median
     over ``pairs`` pairs of studies, seeded ``seed``, ``seed + 1``, … (TPE, splits and initialisation)."""
@@ -144,7 +144,7 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=30)
     parser.add_argument("--pruner", default=None, help="pruner to compare with none [tune.pruner]")
     parser.add_argument("-S", "--set", action="append", default=[], help="params override, both studies")
-    parser.add_argument("--pairs", type=int, default=5, help="pairs of studies, seeds seed, seed + 1, …")
+    parser.add_argument("--pairs", type=int, default=7, help="pairs of studies, seeds seed, seed + 1, …")
     args = parser.parse_args()
     measure(args.arch, args.trials, args.pruner, args.set, args.pairs)
 

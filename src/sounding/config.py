@@ -287,11 +287,11 @@ class TuneParams(Section):
     is chosen for (tuned at 30 epochs, the MLP picked almost no L2 and lost 4 points at 150)."""
     epochs_by_arch: dict[Arch, PositiveInt] = {"rnn": 30}
     """Exceptions to ``epochs``: a GRU epoch costs 12 MLP epochs on a CPU."""
-    pruner: Literal["median", "hyperband", "none"] = "median"
-    """Fed each epoch's ``val/acc``. Over seven seeded pairs of 30-trial MLP studies, the median pruner after
-    2 epochs spent 26–38% of the unpruned study's epochs and came within 0.5 pp of its best in five;
-    Hyperband from epoch 1 spent 30–42% and did in three (docs/benchmarks.md, figure 3)."""
-    warmup_epochs: Annotated[int, Field(ge=0)] = 2
+    pruner: Literal["median", "hyperband", "none"] = "hyperband"
+    """Fed each epoch's ``val/acc``. Over seven seeded pairs of 30-trial MLP studies, Hyperband from epoch 1
+    spent a median 39% of the unpruned study's epochs and its best came a median 0.0 pp from the unpruned
+    best (the median pruner after 2 epochs: 30%, −0.25 pp); docs/benchmarks.md, figure 3."""
+    warmup_epochs: Annotated[int, Field(ge=0)] = 1
     """Epochs a trial always runs before it may be pruned (hyperband: its minimum resource, at least 1)."""
     startup_trials: PositiveInt = 4
     """Random trials before TPE models the space; also trials before the median pruner acts."""
