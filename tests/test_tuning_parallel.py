@@ -126,7 +126,7 @@ def test_an_interrupted_tune_reruns_into_the_same_study_keeping_its_completed_tr
     while (
         time.time() < deadline
         and first.poll() is None
-        and len(list(root.glob("tuning/mlp/trials/*/model.ckpt"))) < 2
+        and len(list(root.glob("tuning/mlp/trials/*/*/model.ckpt"))) < 2
     ):
         time.sleep(0.05)
     first.send_signal(signal.SIGINT)  # Ctrl-C
