@@ -37,12 +37,18 @@ def kept_rows(out: Path, remeasured: set[int]) -> list[str]:
     return [row for row in rows if int(row.split("|")[1]) not in remeasured]
 
 
-def write_results(figures: list[Figure], started: str, out: Path, kept: list[str] = ()) -> str:
+def write_results(
+    figures: list[Figure], started: str, out: Path, kept: list[str] = (), kept_from: str = ""
+) -> str:
     rows = sorted([*(f.row() for f in figures), *kept], key=lambda row: int(row.split("|")[1]))
+    how = "by `make bench`"
+    if kept:  # say which rows are new and where the others come from
+        numbers = ", ".join(str(n) for n in sorted({f.number for f in figures}))
+        how = f"(figures {numbers}; the other rows: {kept_from}) by `python -m benchmarks --update`"
     lines = [
         "# Benchmark results",
         "",
-        f"Measured {started} by `make bench` on: {machine()}; Python {platform.python_version()}, "
+        f"Measured {started} {how} on: {machine()}; Python {platform.python_version()}, "
         f"torch {torch.__version__}. Every ratio is the median over interleaved pairs measured in one run.",
         "",
         "| # | figure | measured | target | verdict | detail |",
@@ -74,7 +80,10 @@ def main() -> None:
         figures += importlib.import_module(f"benchmarks.{name}").measure()
     out = Path(__file__).parent / "results.md"
     kept = kept_rows(out, {f.number for f in figures}) if args.update else []
-    print(write_results(figures, started, out, kept))
+    previous = out.read_text().splitlines() if kept else []
+    header = next((line for line in previous if line.startswith("Measured ")), "")
+    kept_from = header.removeprefix("Measured ").split(" on: ")[0]
+    print(write_results(figures, started, out, kept, kept_from))
     print(f"written to {out} (load average now {', '.join(f'{x:.2f}' for x in os.getloadavg())})")
 
 
