@@ -29,12 +29,14 @@ SUITE = [
 """Modules in the order of the figures they produce; each has ``measure() -> list[Figure]``."""
 
 
-def kept_rows(out: Path, remeasured: set[int]) -> list[str]:
-    """Rows of an existing results table whose figures were not measured again (for ``--update``)."""
-    if not out.is_file():
-        return []
-    rows = [line for line in out.read_text().splitlines() if line.startswith("| ") and line[2:3].isdigit()]
-    return [row for row in rows if int(row.split("|")[1]) not in remeasured]
+def kept_rows(out: Path, remeasured: set[int]) -> tuple[list[str], str]:
+    """Rows of an existing results table whose figures were not measured again (for ``--update``), and
+    when and how that table was measured (its header up to the machine)."""
+    lines = out.read_text().splitlines() if out.is_file() else []
+    rows = [line for line in lines if line.startswith("| ") and line[2:3].isdigit()]
+    header = next((line for line in lines if line.startswith("Measured ")), "")
+    kept = [row for row in rows if int(row.split("|")[1]) not in remeasured]
+    return kept, header.removeprefix("Measured ").split(" on: ")[0]
 
 
 def write_results(
@@ -79,10 +81,7 @@ def main() -> None:
         print(f"== {name}", flush=True)
         figures += importlib.import_module(f"benchmarks.{name}").measure()
     out = Path(__file__).parent / "results.md"
-    kept = kept_rows(out, {f.number for f in figures}) if args.update else []
-    previous = out.read_text().splitlines() if kept else []
-    header = next((line for line in previous if line.startswith("Measured ")), "")
-    kept_from = header.removeprefix("Measured ").split(" on: ")[0]
+    kept, kept_from = kept_rows(out, {f.number for f in figures}) if args.update else ([], "")
     print(write_results(figures, started, out, kept, kept_from))
     print(f"written to {out} (load average now {', '.join(f'{x:.2f}' for x in os.getloadavg())})")
 

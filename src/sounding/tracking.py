@@ -147,9 +147,9 @@ def tracked_run(
     The run ends FINISHED on success, KILLED on Ctrl-C or SIGTERM (raised as KeyboardInterrupt by the
     CLI), FAILED on any other exception. Params are the flattened ``Params``, or ``logged_params`` when
     given (a tuning trial logs what it varies; its parent run holds the rest), written by the writer
-    process like the metrics. The run ends once its
-    metrics are stored; ``end_in_background`` leaves that to the writer process, which ends it after
-    them (FAILED if they failed), so the caller goes on at once: ``wait_sent`` returns once it has.
+    process like the metrics. The run ends once its params and metrics are stored; ``end_in_background``
+    leaves that to the writer process, which ends it after them (FAILED if they failed), so the caller
+    goes on at once: ``wait_sent`` returns once it has.
     """
     from mlflow.entities import RunTag
 
