@@ -27,6 +27,24 @@ def test_fit_reports_test_metrics_history_and_throughput(
     assert result.n_params == 5_210 and Path(result.checkpoint).is_file()
 
 
+def test_validation_metrics_are_those_of_the_epochs_weights(
+    params: Params, prepared: Path, tmp_path: Path
+) -> None:
+    """The module validates inside its training epoch (no Lightning validation loop): each epoch's
+    ``val/*`` must be the validation loss and accuracy of the weights that epoch ended with."""
+    data = load_prepared(prepared)
+    p = params.with_overrides({"train.select": "last", "models.mlp.dropout": 0.3})  # dropout: eval mode
+    result = fit(p, "mlp", 0, data, tmp_path / "run", progress=False, evaluate=False)
+    net = LitClassifier.load_from_checkpoint(result.checkpoint, weights_only=True).net.eval()
+    with torch.no_grad():
+        logits = net(torch.as_tensor(data.val.x))
+    y = torch.as_tensor(data.val.y)
+    last = result.history[-1]
+    assert last["val/acc"] == pytest.approx(float((logits.argmax(1) == y).float().mean()), abs=1e-6)
+    assert last["val/loss"] == pytest.approx(float(torch.nn.functional.cross_entropy(logits, y)), rel=1e-5)
+    assert len({h["val/loss"] for h in result.history}) == len(result.history)  # measured every epoch
+
+
 def test_checkpoint_loads_with_no_extra_arguments(params: Params, prepared: Path, tmp_path: Path) -> None:
     data = load_prepared(prepared)
     result = fit(params, "mlp", 0, data, tmp_path / "run", progress=False)

@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import logging
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -185,16 +184,13 @@ def train_gan(
         recorder = EpochCheckpoint(run_dir / "last.ckpt", params.tracking.uri, run_id)
         callbacks = [EpochSeed(params.seed), Quality(), recorder]
         callbacks += [EpochProgress(f"gan seed {params.seed}")] if progress else []
-        trainer = make_trainer(params, callbacks, max_epochs=g.epochs, validate=False)
-        with warnings.catch_warnings():
-            # The classifiers' data module serves validation batches too; the GAN is judged by ``Quality``.
-            warnings.filterwarnings("ignore", message=".*`val_dataloader` but have no `validation_step`")
-            resume_fit(
-                trainer,
-                system,
-                TensorDataModule(data, params.train.batch_size, params.seed),
-                run_dir / "last.ckpt",
-            )
+        trainer = make_trainer(params, callbacks, max_epochs=g.epochs)
+        resume_fit(
+            trainer,
+            system,
+            TensorDataModule(data, params.train.batch_size, params.seed),
+            run_dir / "last.ckpt",
+        )
         history = recorder.history
         final = {name.removeprefix("gan/"): v for name, v in history[-1].items() if name.startswith("gan/")}
         samples = system.sample().numpy()

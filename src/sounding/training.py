@@ -236,11 +236,10 @@ def build_system(params: Params, arch: str, data: Prepared, backbone_lr_scale: f
     )
 
 
-def make_trainer(
-    params: Params, callbacks: list[Callback], max_epochs: int | None = None, validate: bool = True
-) -> L.Trainer:
-    """A Trainer configured from ``params.compute``; no Lightning logger or bar. (Clipping is the
-    LightningModule's: Lightning refuses Trainer-level clipping under manual optimisation.)"""
+def make_trainer(params: Params, callbacks: list[Callback], max_epochs: int | None = None) -> L.Trainer:
+    """A Trainer configured from ``params.compute``; no Lightning logger or bar, no validation loop (the
+    LightningModules validate inside their training epoch: ``LitClassifier``). (Clipping is the
+    LightningModule's too: Lightning refuses Trainer-level clipping under manual optimisation.)"""
     c, t = params.compute, params.train
     return L.Trainer(
         max_epochs=max_epochs or t.epochs,
@@ -256,7 +255,7 @@ def make_trainer(
         enable_progress_bar=False,
         enable_model_summary=False,
         num_sanity_val_steps=0,
-        limit_val_batches=None if validate else 0,
+        limit_val_batches=0,
     )
 
 

@@ -3,7 +3,7 @@
 One study per architecture, data and search configuration, in an RDB storage (a sqlite file by default,
 PostgreSQL for workers on several machines). Each trial is the same ``training.fit`` as ``sounding train``
 (with its tuning epochs and without the test set), fed to Optuna's Lightning pruning callback epoch by
-epoch, and tracked as a nested MLflow run under one parent run per study.
+epoch (``pruning.EpochEndPruning``), and tracked as a nested MLflow run under one parent run per study.
 
 Exact trial budget with several workers: Optuna's ``MaxTrialsCallback`` counts after a trial ends, so two
 workers that finish together can both start one more. Here each worker takes a lock (a file lock for
@@ -307,9 +307,9 @@ class TuneJob:
 
 def _objective(job: TuneJob, params: Params, data: Any, lock: BudgetLock):
     import optuna
-    from optuna_integration import PyTorchLightningPruningCallback
 
     from sounding import tracking
+    from sounding.pruning import EpochEndPruning
     from sounding.training import fingerprint, fit
 
     space = search_space(params, job.arch)
@@ -329,7 +329,7 @@ def _objective(job: TuneJob, params: Params, data: Any, lock: BudgetLock):
         # end without reporting an epoch to this study's pruner, and the study would differ from a fresh one.
         run_dir = Path(job.out_dir) / "trials" / job.study / fingerprint(p, job.arch, p.seed, data.sha256)
         tags = {"stage": "tune", "arch": job.arch, "study": job.study, "optuna_trial": str(trial.number)}
-        pruning = PyTorchLightningPruningCallback(trial, monitor="val/acc")
+        pruning = EpochEndPruning(trial, monitor="val/acc")
         state = "COMPLETE"
         with tracking.resumable_run(
             p,

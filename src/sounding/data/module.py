@@ -124,7 +124,9 @@ class TensorDataModule(L.LightningDataModule):
             return batches
         return BatchGroups(batches, None if self.trainer is None or self.trainer.world_size == 1 else 1)
 
-    def val_dataloader(self) -> InMemoryBatches:
+    def val_batches(self) -> InMemoryBatches:
+        """This process's validation shard, read by the LightningModule at each epoch's end
+        (``LitClassifier``); not a ``val_dataloader``: Lightning's validation loop does not run."""
         return self._batches(self.data.val, self.eval_batch_size, shuffle=False)
 
     def test_dataloader(self) -> InMemoryBatches:

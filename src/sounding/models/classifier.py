@@ -32,6 +32,13 @@ class LitClassifier(L.LightningModule):
     networks. Under several processes or float16 AMP, backward and step go through Lightning's wrappers,
     which synchronise gradients (DDP) and scale the loss; a single process in 32-bit or bf16 needs neither.
 
+    Validation is the module's too: the epoch's last ``training_step`` ends with a pass over the
+    datamodule's ``val_batches()`` (each process its shard, the sums reduced over processes), which puts
+    ``val/loss`` and ``val/acc`` in ``trainer.callback_metrics`` before any epoch-end hook runs. Lightning's
+    evaluation loop (disabled by ``training.make_trainer``) cost about 0.5 ms an epoch in dispatch alone, 5%
+    of an epoch of the logistic model (docs/benchmarks.md, figure 1). Callbacks read validation metrics at
+    ``on_train_epoch_end``; ``on_validation_*`` hooks never run during a fit.
+
     Logged per epoch: ``train/loss``, ``train/acc``, ``val/loss``, ``val/acc``, ``grad_norm/<layer>``
     (mean L2 norm of each weight's gradient before clipping); on test ``test/acc``, ``test/f1_macro``,
     ``test/loss``.
@@ -66,6 +73,7 @@ class LitClassifier(L.LightningModule):
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_f1 = MulticlassF1Score(num_classes, average="macro")
         self._weights = weight_matrices(self.net)
+        self._val_batches: Any = None  # the fit's validation loader, set in on_fit_start
         self._reset_epoch_sums()
 
     def _reset_epoch_sums(self) -> None:
@@ -79,6 +87,8 @@ class LitClassifier(L.LightningModule):
     def on_fit_start(self) -> None:
         trainer = self.trainer
         self._lightning_steps = trainer.world_size > 1 or trainer.precision not in ("32-true", "bf16-mixed")
+        val_batches = getattr(trainer.datamodule, "val_batches", None)  # TensorDataModule's
+        self._val_batches = val_batches() if val_batches is not None else None
 
     def training_step(self, batch: Batch | list[Batch], batch_idx: int) -> None:
         """One optimizer step per mini-batch of ``batch``: one (x, y) pair, or a list of them."""
@@ -114,6 +124,8 @@ class LitClassifier(L.LightningModule):
             optimizer.step()
         counts = torch.tensor([seen, len(batches)], device=self.device)
         self._epoch_sums += torch.cat([loss_sum[None], correct[None], counts, grad_sq])
+        if batch_idx + 1 == self.trainer.num_training_batches:
+            self._validate()
 
     def on_train_epoch_start(self) -> None:
         self._reset_epoch_sums()
@@ -133,19 +145,21 @@ class LitClassifier(L.LightningModule):
                 {f"grad_norm/{name}": grad_sq[i] / steps for i, (name, _) in enumerate(self._weights)}
             )
 
-    def on_validation_epoch_start(self) -> None:
-        self._val_sums = torch.zeros(3, device=self.device)  # loss sum, correct, seen
-
-    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        x, y = batch
-        logits = self.net(x)
-        self._val_sums[0] += F.cross_entropy(logits, y, reduction="sum")
-        self._val_sums[1] += (logits.argmax(1) == y).sum()
-        self._val_sums[2] += len(y)
-
-    def on_validation_epoch_end(self) -> None:
-        loss, correct, seen = self._sum_over_processes(self._val_sums)
-        # Straight into the dict callbacks read (Optuna pruning, early stopping, EpochCheckpoint): for two
+    def _validate(self) -> None:
+        """``val/loss`` and ``val/acc`` of the current weights, over every process's validation shard."""
+        if self._val_batches is None:
+            return
+        sums = torch.zeros(3, device=self.device)  # loss sum, correct, seen
+        self.net.eval()
+        with torch.no_grad():
+            for x, y in self._val_batches:
+                logits = self.net(x)
+                sums[0] += F.cross_entropy(logits, y, reduction="sum")
+                sums[1] += (logits.argmax(1) == y).sum()
+                sums[2] += len(y)
+        self.net.train()
+        loss, correct, seen = self._sum_over_processes(sums)
+        # Straight into the dict callbacks read (Optuna pruning, EpochCheckpoint, the progress bar): for two
         # values already summed over processes, ``self.log`` walked Lightning's whole result collection
         # and cost more than the validation pass itself (docs/benchmarks.md, figure 1).
         self.trainer.callback_metrics.update({"val/loss": loss / seen, "val/acc": correct / seen})
