@@ -59,7 +59,7 @@ def plain_fit(params: Params, arch: str, data, state: dict, workdir: Path) -> No
     history, best = [], {"epoch": -1, "val/acc": -1.0, "state": None}
     last_write = 0.0
     for epoch in range(params.train.epochs):
-        torch.manual_seed(params.seed * 100_003 + epoch)
+        torch.default_generator.manual_seed(params.seed * 100_003 + epoch)  # as EpochSeed does on a CPU
         order.set_epoch(epoch)
         net.train()
         loss_sum, correct, grad_sq = torch.zeros(()), torch.zeros(()), torch.zeros(len(weights))

@@ -72,7 +72,13 @@ class EpochSeed(Callback):
         self.seed = seed
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        torch.manual_seed(self.seed * 100_003 + trainer.current_epoch + 7_919_000 * trainer.global_rank)
+        seed = self.seed * 100_003 + trainer.current_epoch + 7_919_000 * trainer.global_rank
+        if pl_module.device.type == "cpu":
+            # The same numbers as torch.manual_seed, which also queues CUDA's lazy seeding with a formatted
+            # stack trace even on a CPU-only run: 87 µs a call against 1 µs, about 1% of a logistic epoch.
+            torch.default_generator.manual_seed(seed)
+        else:
+            torch.manual_seed(seed)
 
 
 class EpochCheckpoint(Checkpoint):
