@@ -29,32 +29,29 @@ SUITE = [
 """Modules in the order of the figures they produce; each has ``measure() -> list[Figure]``."""
 
 
-def kept_rows(out: Path, remeasured: set[int]) -> tuple[list[str], str]:
-    """Rows of an existing results table whose figures were not measured again (for ``--update``), and
-    when and how that table was measured (its header up to the machine)."""
+def kept_rows(out: Path, remeasured: set[int]) -> list[str]:
+    """Rows of an existing results table whose figures were not measured again (for ``--update``); each
+    keeps the time of the run that measured it."""
     lines = out.read_text().splitlines() if out.is_file() else []
     rows = [line for line in lines if line.startswith("| ") and line[2:3].isdigit()]
-    header = next((line for line in lines if line.startswith("Measured ")), "")
-    kept = [row for row in rows if int(row.split("|")[1]) not in remeasured]
-    return kept, header.removeprefix("Measured ").split(" on: ")[0]
+    return [row for row in rows if int(row.split("|")[1]) not in remeasured]
 
 
-def write_results(
-    figures: list[Figure], started: str, out: Path, kept: list[str] = (), kept_from: str = ""
-) -> str:
-    rows = sorted([*(f.row() for f in figures), *kept], key=lambda row: int(row.split("|")[1]))
+def write_results(figures: list[Figure], started: str, out: Path, kept: list[str] = ()) -> str:
+    rows = sorted([*(f.row(started) for f in figures), *kept], key=lambda row: int(row.split("|")[1]))
     how = "by `make bench`"
-    if kept:  # say which rows are new and where the others come from
+    if kept:
         numbers = ", ".join(str(n) for n in sorted({f.number for f in figures}))
-        how = f"(figures {numbers}; the other rows: {kept_from}) by `python -m benchmarks --update`"
+        how = f"by `python -m benchmarks --update` (figures {numbers}; the other rows from earlier runs)"
     lines = [
         "# Benchmark results",
         "",
-        f"Measured {started} {how} on: {machine()}; Python {platform.python_version()}, "
-        f"torch {torch.__version__}. Every ratio is the median over interleaved pairs measured in one run.",
+        f"Latest run {started} {how} on: {machine()}; Python {platform.python_version()}, "
+        f"torch {torch.__version__}. Every ratio is the median over interleaved pairs measured in one run; "
+        "each row says when its run started.",
         "",
-        "| # | figure | measured | target | verdict | detail |",
-        "|---:|---|---:|---|---|---|",
+        "| # | figure | measured | target | verdict | run (UTC) | detail |",
+        "|---:|---|---:|---|---|---|---|",
         *rows,
         "",
     ]
@@ -72,7 +69,7 @@ def main() -> None:
     chosen = [
         m for m in SUITE if (not args.only or m in args.only.split(",")) and m not in args.skip.split(",")
     ]
-    started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    started = time.strftime("%Y-%m-%d %H:%M", time.gmtime())
     figures: list[Figure] = []
     for name in chosen:
         if importlib.util.find_spec(f"benchmarks.{name}") is None:
@@ -81,8 +78,8 @@ def main() -> None:
         print(f"== {name}", flush=True)
         figures += importlib.import_module(f"benchmarks.{name}").measure()
     out = Path(__file__).parent / "results.md"
-    kept, kept_from = kept_rows(out, {f.number for f in figures}) if args.update else ([], "")
-    print(write_results(figures, started, out, kept, kept_from))
+    kept = kept_rows(out, {f.number for f in figures}) if args.update else []
+    print(write_results(figures, started, out, kept))
     print(f"written to {out} (load average now {', '.join(f'{x:.2f}' for x in os.getloadavg())})")
 
 

@@ -69,10 +69,13 @@ class Figure:
     passed: bool | None
     detail: str = ""
 
-    def row(self) -> str:
+    def row(self, when: str) -> str:
+        """The table row, stamped with ``when`` the run that measured it started."""
         verdict = {True: "pass", False: "falls short", None: "–"}[self.passed]
         value = "–" if self.value is None else f"{self.value:.3g}"
-        return f"| {self.number} | {self.name} | {value} | {self.target} | {verdict} | {self.detail} |"
+        return (
+            f"| {self.number} | {self.name} | {value} | {self.target} | {verdict} | {when} | {self.detail} |"
+        )
 
 
 def prepared_default_data(workdir: Path):
