@@ -1,10 +1,10 @@
 """Training with MLflow tracking ÷ without, same fit, interleaved pairs, median (target ≤ 1.02).
 
 The tracked side runs `sounding.training.fit` inside `tracking.tracked_run` on a sqlite store, exactly as
-`sounding train` does: flattened params at start, epoch metrics buffered and sent every few seconds, flush and
-close at the end. The untracked side runs the same fit with no run.
+`sounding train` does: flattened params and epoch metrics handed to the writer process (metrics every half
+second), the run closed once they are stored. The untracked side runs the same fit with no run.
 
-    python -m benchmarks.tracking_overhead [--arch mlp] [--epochs 150] [--pairs 5]
+    python -m benchmarks.tracking_overhead [--arch mlp] [--epochs 150] [--pairs 9]
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ import statistics
 import tempfile
 from pathlib import Path
 
+import torch
+
 from benchmarks.common import Figure, interleaved, machine, prepared_default_data, ratio
 from sounding import tracking
 from sounding.config import Params
@@ -23,12 +25,13 @@ from sounding.training import fit
 
 logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
 MIN_SECONDS = 60.0
-"""Pairs are added (up to 15) until they fill this: a 3-second fit moves by ±3% from one pair to the next
-on a quiet machine, and the median of 5 pairs by as much as the 2% under test (1.03 and 0.975 in two
-runs of the same code)."""
+PAIRS = 9
+"""At least this many pairs, more (up to 15) while they fill ``MIN_SECONDS``: a fit moves by ±3% from one
+pair to the next, so the median of 5 pairs moved by more than the 2% under test (1.032, 0.995 and 0.943 in
+three runs of the same code, with 5-second fits that filled 60 s in 5 pairs)."""
 
 
-def measure(arch: str = "mlp", epochs: int = 150, pairs: int = 5) -> list[Figure]:
+def measure(arch: str = "mlp", epochs: int = 150, pairs: int = PAIRS) -> list[Figure]:
     """Figure 4: training with MLflow tracking ÷ without."""
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -50,6 +53,7 @@ def measure(arch: str = "mlp", epochs: int = 150, pairs: int = 5) -> list[Figure
             with tracking.tracked_run(params, f"{arch}-bench", {"stage": "bench"}) as run_id:
                 fit(params, arch, params.seed, data, work / "b", run_id=run_id, progress=False)
 
+        torch.set_num_threads(params.compute.threads)  # as fit() will: the machine line shows it
         print(f"machine: {machine()}")
         with_t, without = interleaved(tracked, untracked, pairs, min_seconds=MIN_SECONDS)
     r = ratio(with_t, without)
@@ -67,7 +71,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", default="mlp")
     parser.add_argument("--epochs", type=int, default=150)
-    parser.add_argument("--pairs", type=int, default=5)
+    parser.add_argument("--pairs", type=int, default=PAIRS)
     args = parser.parse_args()
     measure(args.arch, args.epochs, args.pairs)
 
