@@ -41,8 +41,9 @@ def write_results(figures: list[Figure], started: str, out: Path, kept: list[str
     rows = sorted([*(f.row(started) for f in figures), *kept], key=lambda row: int(row.split("|")[1]))
     how = "by `make bench`"
     if kept:
-        numbers = ", ".join(str(n) for n in sorted({f.number for f in figures}))
-        how = f"by `python -m benchmarks --update` (figures {numbers}; the other rows from earlier runs)"
+        numbers = sorted({f.number for f in figures})
+        which = ("figure " if len(numbers) == 1 else "figures ") + ", ".join(map(str, numbers))
+        how = f"by `python -m benchmarks --update` ({which}; the other rows from earlier runs)"
     lines = [
         "# Benchmark results",
         "",
