@@ -73,7 +73,7 @@ class LitClassifier(L.LightningModule):
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_f1 = MulticlassF1Score(num_classes, average="macro")
         self._weights = weight_matrices(self.net)
-        self._val_batches: Any = None  # the fit's validation loader, set in on_fit_start
+        self._val_batches: list[Batch] | None = None  # the fit's validation batches, set in on_fit_start
         self._reset_epoch_sums()
 
     def _reset_epoch_sums(self) -> None:
@@ -88,7 +88,8 @@ class LitClassifier(L.LightningModule):
         trainer = self.trainer
         self._lightning_steps = trainer.world_size > 1 or trainer.precision not in ("32-true", "bf16-mixed")
         val_batches = getattr(trainer.datamodule, "val_batches", None)  # TensorDataModule's
-        self._val_batches = val_batches() if val_batches is not None else None
+        # Sliced once: the validation batches are the same at every epoch (no shuffling).
+        self._val_batches = list(val_batches()) if val_batches is not None else None
 
     def training_step(self, batch: Batch | list[Batch], batch_idx: int) -> None:
         """One optimizer step per mini-batch of ``batch``: one (x, y) pair, or a list of them."""
