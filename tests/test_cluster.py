@@ -119,7 +119,8 @@ def test_torchrun_variables_give_the_rank() -> None:
 
 
 def test_local_tuning_workers_are_dealt_the_visible_gpus_round_robin(monkeypatch: pytest.MonkeyPatch) -> None:
-    from sounding.tuning import _start, worker_gpus
+    from sounding.parallel import worker_gpus
+    from sounding.tuning import _start
 
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")
     assert worker_gpus(tiny_params(), 3) == ["2", "3", "2"]
@@ -227,10 +228,12 @@ def test_torchrun_ddp_of_the_cli_trains_to_the_end_with_one_run_one_checkpoint_a
     assert run.info.status == "FINISHED" and run.data.metrics["test/acc"] == seed["test/acc"]
     assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "val/acc")) == [0, 1, 2]
     assert [a.path for a in client.list_artifacts(run.info.run_id, "checkpoint")] == ["checkpoint/model.ckpt"]
-    # One checkpoint folder: rank zero's last.ckpt (resume) and model.ckpt (selected weights), nothing else.
+    # One checkpoint folder, rank zero's: best.ckpt and last.ckpt (Lightning's ModelCheckpoint: the best
+    # val/acc, and what a rerun resumes), model.ckpt (the selected weights), nothing else.
     written = sorted(p.relative_to(root).as_posix() for p in (root / "checkpoints").rglob("*") if p.is_file())
     run_dir = written[0].rsplit("/", 1)[0]
-    assert written == [f"{run_dir}/last.ckpt", f"{run_dir}/model.ckpt", f"{run_dir}/run.json"], written
+    names = ["best.ckpt", "last.ckpt", "model.ckpt", "run.json"]
+    assert written == [f"{run_dir}/{name}" for name in names], written
     assert sorted(p.name for p in (root / "models/cnn").iterdir()) == [
         "config.json",
         "model.ckpt",
@@ -241,9 +244,7 @@ def test_torchrun_ddp_of_the_cli_trains_to_the_end_with_one_run_one_checkpoint_a
 @pytest.mark.slow
 def test_a_killed_ddp_run_resumes_from_its_checkpoint_in_the_same_mlflow_run(tmp_path: Path) -> None:
     epochs = 40
-    root = _ddp_root(
-        tmp_path, **{"train.epochs": epochs, "train.checkpoint_every_s": 0}
-    )  # kill after epoch 3
+    root = _ddp_root(tmp_path, **{"train.epochs": epochs})  # kill after epoch 3
     first = subprocess.Popen(
         _torchrun_cmd("train", "cnn", "-q"),
         cwd=root,

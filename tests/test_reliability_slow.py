@@ -26,9 +26,7 @@ def test_repeated_kill_9_never_leaves_a_torn_checkpoint_and_training_still_compl
     """An MLP on 540 samples spends a large share of each epoch writing its checkpoint, so kills at
     random moments land during writes. Every ``last.ckpt`` left behind must load, and the run continues."""
     epochs = 600
-    params = write_params(
-        tmp_path / "params.yaml", tiny_params(**{"train.epochs": epochs, "train.checkpoint_every_s": 0})
-    )
+    params = write_params(tmp_path / "params.yaml", tiny_params(**{"train.epochs": epochs}))
     run_cli("prepare", "--params", str(params), cwd=tmp_path, check=True)
     rng, kills, last_epoch, last_write = random.Random(0), 0, -1, 0
     for _ in range(6):

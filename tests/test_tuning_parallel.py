@@ -82,7 +82,7 @@ def test_a_killed_worker_s_trial_fails_is_retried_from_its_checkpoint_and_the_co
     tmp_path: Path, postgres_url: str, figures: Counter[str]
 ) -> None:
     # A checkpoint every epoch: the retry then resumes at the epoch after the last one reported.
-    overrides = {"tune.n_trials": 4, "tune.epochs": 40, "tune.pruner": "none", "train.checkpoint_every_s": 0}
+    overrides = {"tune.n_trials": 4, "tune.epochs": 40, "tune.pruner": "none"}
     root = _setup(tmp_path, **overrides)
     victim = _tune(root, "--storage", postgres_url)
     deadline = time.time() + 120

@@ -135,10 +135,6 @@ class TrainParams(Section):
     gradient_clip_algorithm: Literal["norm", "value"] = "norm"
     select: Literal["best_val", "last"] = "best_val"
     """Which epoch's weights are tested and shipped: the best validation accuracy, or the last."""
-    checkpoint_every_s: NonNegative = 1.0
-    """Least time between two resumable checkpoints (the last epoch is always written); 0 writes every
-    epoch. A crash loses at most this much training, and epochs of a few milliseconds are not slowed
-    by a file write each."""
 
     @field_validator("archs")
     @classmethod
@@ -157,7 +153,17 @@ class ComputeParams(Section):
     strategy: Literal["auto", "ddp", "fsdp"] = "auto"
     precision: Literal["32", "bf16-mixed", "16-mixed"] = "32"
     threads: PositiveInt = 1
-    """torch CPU threads. On small models 1 is usually faster than 2 (see docs/benchmarks.md)."""
+    """torch CPU threads per process. On small models 1 is faster than 2 (see docs/benchmarks.md)."""
+    workers: PositiveInt | Literal["auto"] = "auto"
+    """Processes that run independent fits side by side: the seeds of ``train``, the fits of ``transfer``,
+    the configurations of ``depth``. ``auto``: one per GPU when training runs on GPUs, else one per core
+    this process may use. Results are those of a serial run (1)."""
+
+
+RESULT_COMPUTE = tuple(
+    f"compute.{key}" for key in ("accelerator", "devices", "num_nodes", "strategy", "precision", "threads")
+)
+"""The compute keys a result may depend on: ``compute.workers`` only decides how many fits run at once."""
 
 
 class DepthParams(Section):

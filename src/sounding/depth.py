@@ -21,6 +21,8 @@ from torch import nn
 from sounding.config import Params
 from sounding.models.nets.base import weight_matrices
 
+EXPERIMENT = "depth"
+
 
 @dataclass(frozen=True)
 class DepthConfig:
@@ -78,69 +80,96 @@ def run_depth_study(
     checkpoints: str | Path = "checkpoints",
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Stage ``depth``: train every configuration of the grid, write ``metrics_path`` and ``plots_dir``."""
+    """Stage ``depth``: train every configuration of the grid (side by side in ``compute.workers``
+    processes), write ``metrics_path`` and ``plots_dir``."""
     from tqdm.auto import tqdm
 
-    from sounding import plots, tracking
+    from sounding import parallel, plots, tracking
     from sounding.data.prepare import load_prepared
-    from sounding.errors import TrainingDiverged
     from sounding.files import write_json
-    from sounding.models.factory import build_net, net_kwargs
-    from sounding.training import fingerprint, fit
 
-    data = load_prepared(data_dir)
+    load_prepared(data_dir)  # verified here, before any work and before any worker starts
     plots_dir = Path(plots_dir)
-    x = torch.as_tensor(data.train.x[:500])
-    y = torch.as_tensor(data.train.y[:500])
-    rows = []
-    for config in tqdm(grid(params), desc="depth study", unit="config", disable=None if progress else True):
-        p = params.with_overrides(config.overrides(params))
-        torch.manual_seed(params.seed)
-        net = build_net(
-            "mlp", data.spec.input_shape, data.spec.num_classes, data.spec.layout, **net_kwargs(p, "mlp")
-        )
-        at_init = layer_grad_norms(net, x, y)
-        ratio = first_last_ratio(at_init)
-        run_dir = Path(checkpoints) / "depth" / fingerprint(p, "mlp", params.seed, data.sha256)
-        tags = {
-            "stage": "depth",
-            "arch": "mlp",
-            "seed": str(params.seed),
-            "data_sha256": data.sha256,
-            "config": config.name,
-        }
-        with tracking.resumable_run(p, run_dir, config.name, tags, experiment="depth") as run_id:
-            try:
-                result = fit(p, "mlp", params.seed, data, run_dir, run_id=run_id, progress=False)
-                history, acc, diverged = result.history, result.metrics["test/acc"], False
-            except TrainingDiverged:
-                history, acc, diverged = [], float("nan"), True
-            final = {"diverged": float(diverged)}
-            if ratio is not None:
-                final["init/first_last_ratio"] = ratio
-            if not diverged:
-                final["test/acc"] = acc
-            tracking.log_metrics(p.tracking.uri, run_id, final, step=p.train.epochs)
-            png = plots.depth_heatmap(
-                at_init, history, config.name, plots_dir / "heatmaps" / f"{config.name}.png"
-            )
-            tracking.log_artifacts(p.tracking.uri, run_id, [png], "plots")
-        rows.append(
-            {
-                "config": config.name,
-                "depth": config.depth,
-                "residual": config.residual,
-                "init": config.init,
-                "clip": config.clip,
-                "diverged": diverged,
-                "test_acc": None if diverged else acc,
-                "init_grad_norms": at_init,
-                "init_first_last_ratio": ratio,
-                "run_id": run_id,
-            }
-        )
+    configs = grid(params)
+    jobs = [
+        ConfigJob(params.model_dump_json(), c, str(data_dir), str(plots_dir), str(checkpoints))
+        for c in configs
+    ]
+    if parallel.n_workers(params, len(jobs)) > 1:  # the experiment exists before the workers meet it
+        tracking.experiment_id(params.tracking.uri, EXPERIMENT)
+    bar = tqdm(total=len(jobs), desc="depth study", unit="config", disable=None if progress else True)
+    rows = parallel.run_jobs(params, train_config, jobs, on_done=lambda _: bar.update(1))
+    bar.close()
     plots.depth_summary(rows, plots_dir / "accuracy_vs_depth.png")
     plots.depth_ratio_summary(rows, plots_dir / "init_gradient_ratio.png")
     summary = {"configs": rows, "n_diverged": sum(r["diverged"] for r in rows)}
     write_json(metrics_path, summary)
     return summary
+
+
+@dataclass(frozen=True)
+class ConfigJob:
+    """One configuration of the study (picklable: it may run in a worker process)."""
+
+    params_json: str
+    config: DepthConfig
+    data_dir: str
+    plots_dir: str
+    checkpoints: str
+
+
+def train_config(job: ConfigJob) -> dict[str, Any]:
+    """Gradient norms at initialisation, then a tracked ``fit``, of one configuration: its summary row."""
+    from sounding import plots, tracking
+    from sounding.data.prepare import load_prepared
+    from sounding.errors import TrainingDiverged
+    from sounding.models.factory import build_net, net_kwargs
+    from sounding.training import fingerprint, fit
+
+    params, config = Params.model_validate_json(job.params_json), job.config
+    data = load_prepared(job.data_dir)
+    x = torch.as_tensor(data.train.x[:500])
+    y = torch.as_tensor(data.train.y[:500])
+    p = params.with_overrides(config.overrides(params))
+    torch.manual_seed(params.seed)
+    net = build_net(
+        "mlp", data.spec.input_shape, data.spec.num_classes, data.spec.layout, **net_kwargs(p, "mlp")
+    )
+    at_init = layer_grad_norms(net, x, y)
+    ratio = first_last_ratio(at_init)
+    run_dir = Path(job.checkpoints) / "depth" / fingerprint(p, "mlp", params.seed, data.sha256)
+    tags = {
+        "stage": "depth",
+        "arch": "mlp",
+        "seed": str(params.seed),
+        "data_sha256": data.sha256,
+        "config": config.name,
+    }
+    with tracking.resumable_run(p, run_dir, config.name, tags, experiment=EXPERIMENT) as run_id:
+        try:
+            result = fit(p, "mlp", params.seed, data, run_dir, run_id=run_id, progress=False)
+            history, acc, diverged = result.history, result.metrics["test/acc"], False
+        except TrainingDiverged:
+            history, acc, diverged = [], float("nan"), True
+        final = {"diverged": float(diverged)}
+        if ratio is not None:
+            final["init/first_last_ratio"] = ratio
+        if not diverged:
+            final["test/acc"] = acc
+        tracking.log_metrics(p.tracking.uri, run_id, final, step=p.train.epochs)
+        png = plots.depth_heatmap(
+            at_init, history, config.name, Path(job.plots_dir) / "heatmaps" / f"{config.name}.png"
+        )
+        tracking.log_artifacts(p.tracking.uri, run_id, [png], "plots")
+    return {
+        "config": config.name,
+        "depth": config.depth,
+        "residual": config.residual,
+        "init": config.init,
+        "clip": config.clip,
+        "diverged": diverged,
+        "test_acc": None if diverged else acc,
+        "init_grad_norms": at_init,
+        "init_first_last_ratio": ratio,
+        "run_id": run_id,
+    }

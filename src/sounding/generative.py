@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from sounding.config import Params
+from sounding.config import RESULT_COMPUTE, Params
+from sounding.data.module import TensorDataModule
 
 COLLAPSE_RATIO = 0.5
 log = logging.getLogger(__name__)
@@ -89,6 +90,14 @@ def quality(
     }
 
 
+class TrainingBatches(TensorDataModule):
+    """The GAN's data: training batches only. Its figures come from the judge at each epoch's end
+    (``Quality``), so Lightning runs no validation loop (and expects no ``validation_step``)."""
+
+    val_dataloader = None  # Lightning's is_overridden reads None as "not defined"
+    test_dataloader = None
+
+
 def train_gan(
     params: Params,
     data_dir: str | Path,
@@ -103,20 +112,12 @@ def train_gan(
     import lightning as L
 
     from sounding import plots, tracking
-    from sounding.data.module import TensorDataModule
     from sounding.data.prepare import load_prepared
     from sounding.errors import BadInput
     from sounding.files import atomic_write, sha256_file, write_json
     from sounding.models.factory import load_net
     from sounding.models.gan import LitGAN
-    from sounding.training import (
-        EpochCheckpoint,
-        EpochProgress,
-        EpochSeed,
-        code_version,
-        make_trainer,
-        resume_fit,
-    )
+    from sounding.training import code_version, train_system
 
     data = load_prepared(data_dir)
     if data.spec.layout != "sequence" or len(data.spec.input_shape) != 1:
@@ -174,24 +175,26 @@ def train_gan(
     # and resuming them under another would mix two instruments in one report.
     judge_sha256 = sha256_file(Path(judge_dir) / "model.safetensors")
     fp = (
-        params.section_hash("gan", "train.batch_size", "compute")
+        params.section_hash("gan", "train.batch_size", *RESULT_COMPUTE)
         + f"-{data.sha256[:8]}-{judge_sha256[:8]}-{code_version()}"
     )
     run_dir = Path(checkpoints) / "gan" / fp
     tags = {"stage": "train", "arch": "gan", "seed": str(params.seed), "data_sha256": data.sha256}
     plots_dir, model_dir = Path(plots_dir), Path(model_dir)
     with tracking.resumable_run(params, run_dir, f"gan-seed{params.seed}", tags) as run_id:
-        recorder = EpochCheckpoint(run_dir / "last.ckpt", params.tracking.uri, run_id)
-        callbacks = [EpochSeed(params.seed), Quality(), recorder]
-        callbacks += [EpochProgress(f"gan seed {params.seed}")] if progress else []
-        trainer = make_trainer(params, callbacks, max_epochs=g.epochs)
-        resume_fit(
-            trainer,
+        fitted = train_system(
+            params,
             system,
-            TensorDataModule(data, params.train.batch_size, params.seed),
-            run_dir / "last.ckpt",
+            TrainingBatches(data, params.train.batch_size, params.seed),
+            run_dir,
+            params.seed,
+            max_epochs=g.epochs,
+            run_id=run_id,
+            callbacks=[Quality()],
+            progress=progress,
+            monitor=None,
         )
-        history = recorder.history
+        history = fitted.history.rows
         final = {name.removeprefix("gan/"): v for name, v in history[-1].items() if name.startswith("gan/")}
         samples = system.sample().numpy()
         collapsed = [int(c) for c in np.flatnonzero(diversity(samples, y_val, k) < COLLAPSE_RATIO * real_div)]
@@ -207,7 +210,7 @@ def train_gan(
             "collapsed_classes": collapsed,
             "references": references,
             "epochs": len(history),
-            "train_time_s": recorder.train_time_s,
+            "train_time_s": fitted.history.train_time_s,
             "data_sha256": data.sha256,
             "judge_sha256": judge_sha256,
             "run_id": run_id,

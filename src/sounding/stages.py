@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import shutil
 import statistics
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,19 +46,19 @@ def train_architecture(
     ``metrics_path`` the test metrics as mean ± std over seeds; ``plots_dir`` learning-curve and
     confusion-matrix CSVs for ``dvc plots`` plus PNGs. Each seed is one MLflow run ``ARCH-seedN`` tagged
     with ``stage`` (the ``pretrain`` stage trains through here too). ``tuned`` is a ``sounding tune``
-    result (``best.json``) whose values replace those of params.
+    result (``best.json``) whose values replace those of params. The seeds train side by side in
+    ``compute.workers`` processes (``parallel.run_jobs``).
 
-    Under several processes (``torchrun``, ``srun``; ``compute.strategy: ddp``) every rank trains and
-    tests, and only rank zero creates the MLflow runs and writes files; every rank returns the same
-    metrics (synchronised across ranks), with ``rank`` and ``processes``.
+    Under several processes (``torchrun``, ``srun``; ``compute.strategy: ddp``) the seeds train one after
+    another, every rank trains and tests, and only rank zero creates the MLflow runs and writes files;
+    every rank returns the same metrics (synchronised across ranks), with ``rank`` and ``processes``.
     """
-    from contextlib import nullcontext
+    from tqdm.auto import tqdm
 
-    from sounding import tracking
+    from sounding import parallel, tracking
     from sounding.data.prepare import load_prepared
-    from sounding.training import build_system, fingerprint, fit, process_rank
+    from sounding.training import build_system, process_rank
 
-    model_dir, plots_dir = Path(model_dir), Path(plots_dir)
     data = load_prepared(data_dir)
     tuned_values: dict[str, Any] = {}
     if tuned is not None:
@@ -66,35 +67,40 @@ def train_architecture(
         params, tuned_values = apply_tuned(params, arch, tuned, data.sha256)
     build_system(params, arch, data)  # a shape the architecture cannot take fails here, before any training
     rank, processes = process_rank(params)  # a compute section that cannot run here fails here too
-    per_seed = []
-    model_uri = None
-    for i, seed in enumerate(params.seeds()):
-        run_dir = Path(checkpoints) / arch / fingerprint(params, arch, seed, data.sha256)
-        tags = {"stage": stage, "arch": arch, "seed": str(seed), "data_sha256": data.sha256}
-        # Other ranks take part in training and testing (collective calls) but create no run.
-        run = tracking.resumable_run(params, run_dir, f"{arch}-seed{seed}", tags) if rank == 0 else None
-        with run or nullcontext(None) as run_id:
-            result = fit(params, arch, seed, data, run_dir, run_id=run_id, progress=progress)
-            final = {k: v for k, v in result.metrics.items() if k.startswith("test/")}
-            final.update(
-                n_params=result.n_params, train_time_s=result.train_time_s, samples_per_s=result.samples_per_s
-            )
-            if rank == 0:
-                uri = _publish_seed(params, arch, seed, data, result, final, model_dir, plots_dir, i == 0)
-                model_uri = model_uri or uri
-        per_seed.append(
-            {
-                "seed": seed,
-                "run_id": run_id,
-                **final,
-                "val/acc": result.metrics.get("val/acc"),
-                "train/loss": result.metrics.get("train/loss"),
-                "epochs": len(result.history),
-                "selected_epoch": int(result.metrics["selected_epoch"]),
-                "resumed_epochs": result.resumed_epochs,
-                "device": result.device,
-            }
+    seeds = params.seeds()
+    side_by_side = processes == 1 and parallel.n_workers(params, len(seeds)) > 1
+    if side_by_side:  # the store and experiment exist before the workers meet them: two creating one race
+        tracking.experiment_id(params.tracking.uri, params.tracking.experiment)
+    jobs = [
+        SeedJob(
+            params.model_dump_json(),
+            arch,
+            seed,
+            i == 0,
+            rank,
+            str(data_dir),
+            str(model_dir),
+            str(plots_dir),
+            str(checkpoints),
+            stage,
+            progress and not side_by_side,  # one bar per fit in a single process, one over seeds otherwise
         )
+        for i, seed in enumerate(seeds)
+    ]
+    bar = tqdm(
+        total=len(jobs),
+        desc=f"{stage} {arch}",
+        unit="seed",
+        disable=None if side_by_side and progress else True,
+    )
+    if processes > 1:  # every rank trains every seed together with the others
+        per_seed = [train_seed(job) for job in jobs]
+    else:
+        per_seed = parallel.run_jobs(params, train_seed, jobs, on_done=lambda _: bar.update(1))
+    bar.close()
+    model_uri = per_seed[0].pop("model_uri")
+    for row in per_seed[1:]:
+        row.pop("model_uri")
     acc_mean, acc_std = _mean_std([s["test/acc"] for s in per_seed])
     f1_mean, f1_std = _mean_std([s["test/f1_macro"] for s in per_seed])
     metrics = {
@@ -118,6 +124,64 @@ def train_architecture(
     if rank == 0:
         write_json(metrics_path, metrics)
     return {**metrics, "rank": rank}
+
+
+@dataclass(frozen=True)
+class SeedJob:
+    """One seed of ``train_architecture`` (picklable: it may run in a worker process)."""
+
+    params_json: str
+    arch: str
+    seed: int
+    first: bool
+    """The first seed's model is the one shipped (``model_dir``) and its plot data the one DVC reads."""
+    rank: int
+    data_dir: str
+    model_dir: str
+    plots_dir: str
+    checkpoints: str
+    stage: str
+    progress: bool
+
+
+def train_seed(job: SeedJob) -> dict[str, Any]:
+    """Train, test and publish one seed in its own MLflow run; its figures (and ``model_uri`` for the
+    first seed). Rank zero alone creates the run and writes files."""
+    from contextlib import nullcontext
+
+    from sounding import tracking
+    from sounding.data.prepare import load_prepared
+    from sounding.training import fingerprint, fit
+
+    params, arch, seed = Params.model_validate_json(job.params_json), job.arch, job.seed
+    data = load_prepared(job.data_dir)
+    run_dir = Path(job.checkpoints) / arch / fingerprint(params, arch, seed, data.sha256)
+    tags = {"stage": job.stage, "arch": arch, "seed": str(seed), "data_sha256": data.sha256}
+    # Other ranks take part in training and testing (collective calls) but create no run.
+    run = tracking.resumable_run(params, run_dir, f"{arch}-seed{seed}", tags) if job.rank == 0 else None
+    model_uri = None
+    with run or nullcontext(None) as run_id:
+        result = fit(params, arch, seed, data, run_dir, run_id=run_id, progress=job.progress)
+        final = {k: v for k, v in result.metrics.items() if k.startswith("test/")}
+        final.update(
+            n_params=result.n_params, train_time_s=result.train_time_s, samples_per_s=result.samples_per_s
+        )
+        if job.rank == 0:
+            model_uri = _publish_seed(
+                params, arch, seed, data, result, final, Path(job.model_dir), Path(job.plots_dir), job.first
+            )
+    return {
+        "seed": seed,
+        "run_id": run_id,
+        **final,
+        "val/acc": result.metrics.get("val/acc"),
+        "train/loss": result.metrics.get("train/loss"),
+        "epochs": len(result.history),
+        "selected_epoch": int(result.metrics["selected_epoch"]),
+        "resumed_epochs": result.resumed_epochs,
+        "device": result.device,
+        "model_uri": model_uri,
+    }
 
 
 def _publish_seed(

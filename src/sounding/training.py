@@ -13,7 +13,6 @@ import functools
 import hashlib
 import json
 import logging
-import math
 import os
 import sys
 import time
@@ -24,11 +23,13 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Callback, Checkpoint
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.loggers import Logger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.utilities import rank_zero_only
 
 from sounding import tracking
-from sounding.config import Params
+from sounding.config import RESULT_COMPUTE, Params
 from sounding.data.module import TensorDataModule
 from sounding.data.prepare import Prepared
 from sounding.files import atomic_write
@@ -39,8 +40,8 @@ from sounding.models.factory import net_kwargs
 for _name in ("lightning.pytorch", "lightning.fabric"):
     logging.getLogger(_name).setLevel(logging.WARNING)
 warnings.filterwarnings("ignore", message=r".*LeafSpec.*is deprecated")
-# Validation metrics are sums already reduced over processes (LitClassifier): no sync_dist needed.
-warnings.filterwarnings("ignore", message=r".*sync_dist=True.*when logging on epoch level in distributed")
+# A rerun resumes from its run folder's checkpoints: that the folder is not empty is the point.
+warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
 
 
 @dataclass
@@ -75,106 +76,120 @@ class EpochSeed(Callback):
         seed = self.seed * 100_003 + trainer.current_epoch + 7_919_000 * trainer.global_rank
         if pl_module.device.type == "cpu":
             # The same numbers as torch.manual_seed, which also queues CUDA's lazy seeding with a formatted
-            # stack trace even on a CPU-only run: 87 µs a call against 1 µs, about 1% of a logistic epoch.
+            # stack trace even on a CPU-only run: 87 µs a call against 1 µs.
             torch.default_generator.manual_seed(seed)
         else:
             torch.manual_seed(seed)
 
 
-class EpochCheckpoint(Checkpoint):
-    """Records each epoch's metrics, keeps the best-``val/acc`` weights, writes ``last.ckpt`` (after an
-    epoch at least ``every_s`` seconds after the previous write, and after the last epoch), and sends the
-    metrics to MLflow in batches (every ``flush_s`` seconds and at the end). The writer process stores a
-    batch while training goes on, so the run's end waits only for the last ``flush_s`` of metrics: with
-    5 s, a 3-second MLP fit waited 0.1 s at its end for all of its 1,650 values.
+class History(Callback):
+    """The per-epoch rows of a fit (``epoch``, ``time_s`` and every scalar in ``trainer.callback_metrics``):
+    what the plots, the depth study and ``FitResult`` read.
 
-    Being a ``Checkpoint``, Lightning calls it after the LightningModule's own epoch-end hook, so the
-    epoch's train metrics are complete. History and best weights travel inside the checkpoint, which makes
-    MLflow catch up after a crash: on resume, epochs in the history but not in the run are logged, and an
-    epoch already in the run is never logged again (a re-run epoch yields the same values).
+    Stateful: the rows travel inside ``last.ckpt``, so a resumed fit has its whole history, and on resume
+    it hands them to the ``RunLogger``, which sends the epochs its MLflow run lacks (a crash between a
+    checkpoint and the delivery of its epochs' metrics loses nothing). Place it before the
+    ``ModelCheckpoint``: both act at a training epoch's end, and the checkpoint must hold the epoch's row.
     """
 
-    def __init__(
-        self,
-        path: Path,
-        uri: str | None = None,
-        run_id: str | None = None,
-        flush_s: float = 0.5,
-        every_s: float = 0.0,
-    ):
-        self.path, self.uri, self.run_id, self.flush_s, self.every_s = path, uri, run_id, flush_s, every_s
-        self._last_write = -math.inf  # the first epoch is always written
-        self.history: list[dict[str, float]] = []
+    def __init__(self) -> None:
+        self.rows: list[dict[str, float]] = []
         self.train_time_s = 0.0
-        self.best: dict[str, Any] = {"epoch": -1, "val/acc": -1.0, "state": None}
         self.resumed_epochs = 0
         self._epoch_start = 0.0
-        self._logged: set[int] = set()
-        self._pending: list[dict[str, float]] = []
-        self._last_flush = 0.0
-
-    def _tracking(self, trainer: L.Trainer) -> bool:
-        return bool(self.run_id) and trainer.is_global_zero
-
-    def _flush(self) -> None:
-        if self._pending:
-            tracking.send_steps(self.uri, self.run_id, [(int(r["epoch"]), r) for r in self._pending])
-            self._logged.update(int(r["epoch"]) for r in self._pending)
-            self._pending = []
-        self._last_flush = time.monotonic()
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.resumed_epochs = len(self.history)  # restored from the checkpoint before this hook
-        if self._tracking(trainer):
-            # What the run holds, with an earlier fit of it in this process stored first.
-            self._logged = set(tracking.sent_steps(self.uri, self.run_id, "epoch"))
-            self._pending = [row for row in self.history if int(row["epoch"]) not in self._logged]
-            self._flush()
+        self.resumed_epochs = len(self.rows)  # restored from the checkpoint before this hook
+        if isinstance(trainer.logger, RunLogger):
+            trainer.logger.resume(self.rows)
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._epoch_start = time.perf_counter()
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.train_time_s += time.perf_counter() - self._epoch_start
-        epoch = trainer.current_epoch
+        pl_module.log("time_s", self.train_time_s)  # to the loggers, as the epoch's other figures
         row = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
-        row.update(getattr(pl_module, "epoch_metrics", {}))
-        row.update(epoch=epoch, time_s=self.train_time_s)
-        self.history.append(row)
-        if row.get("val/acc", -1.0) > self.best["val/acc"]:
-            state = {k: v.detach().cpu().clone() for k, v in pl_module.state_dict().items()}
-            self.best = {"epoch": epoch, "val/acc": row["val/acc"], "state": state}
-        if self._tracking(trainer):
-            if epoch not in self._logged:
-                self._pending.append(row)
-            if time.monotonic() - self._last_flush >= self.flush_s:
-                self._flush()
-        last = epoch + 1 >= (trainer.max_epochs or 0) or trainer.should_stop
-        if last or time.monotonic() - self._last_write >= self.every_s:
-            trainer.save_checkpoint(self.path, weights_only=False)  # full state: optimizer, loops, callbacks
-            self._last_write = time.monotonic()
-
-    # The last metrics are handed over, not waited for: the run's end (``tracking.tracked_run``) waits,
-    # so the test evaluation and the plots, or the next tuning trial, overlap their writing.
-    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self._tracking(trainer):
-            self._flush()
-
-    def on_exception(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
-    ) -> None:
-        if self._tracking(trainer):
-            self._flush()
+        self.rows.append({**row, "epoch": trainer.current_epoch, "time_s": self.train_time_s})
 
     def state_dict(self) -> dict[str, Any]:
-        # The history as one JSON string: torch.save handles each Python object separately, and a list of
-        # per-epoch dicts pickled that way cost more than the epoch itself for small models.
-        return {"history": json.dumps(self.history), "train_time_s": self.train_time_s, "best": self.best}
+        # The rows as one JSON string: torch.save pickles each Python object separately, and a list of
+        # per-epoch dicts pickled that way cost more than an epoch of a small model.
+        return {"history": json.dumps(self.rows), "train_time_s": self.train_time_s}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.history = json.loads(state_dict["history"])
+        self.rows = json.loads(state_dict["history"])
         self.train_time_s = float(state_dict["train_time_s"])
-        self.best = dict(state_dict["best"])
+
+
+class RunLogger(Logger):
+    """A Lightning ``Logger`` for one MLflow run, written through the tracking writer process.
+
+    Lightning hands it an epoch's metrics in several calls (validation, then the training epoch), each
+    with the epoch; they are logged at step = epoch, each key once. They go in batches, every ``flush_s``
+    seconds and after every checkpoint, to ``tracking``'s writer process, which stores them while training
+    goes on: MLflow's SQL store spends about 80 µs of Python per value, a few percent of a small model's
+    fit when written in the training process, and a server costs tens of milliseconds per call. An epoch
+    the run already holds (a resumed fit re-running the epoch a crash interrupted) is not logged twice.
+    """
+
+    def __init__(self, uri: str, run_id: str, flush_s: float = 0.5) -> None:
+        super().__init__()
+        self.uri, self.run_id, self.flush_s = uri, run_id, flush_s
+        self._held: set[int] | None = None  # epochs the run held when this fit started
+        self._pending: dict[int, dict[str, float]] = {}
+        self._sent: dict[int, set[str]] = {}  # keys sent per epoch of this fit
+        self._last_flush = time.monotonic()
+
+    @property
+    def name(self) -> str:
+        return "mlflow"
+
+    @property
+    def version(self) -> str:
+        return self.run_id
+
+    @rank_zero_only
+    def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
+        """Nothing: the run's params are logged when it is created (``tracking.tracked_run``)."""
+
+    @rank_zero_only
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        epoch = int(metrics["epoch"]) if "epoch" in metrics else int(step or 0)
+        self._add(epoch, metrics)
+        if time.monotonic() - self._last_flush >= self.flush_s:
+            self.flush()
+
+    def resume(self, rows: list[dict[str, float]]) -> None:
+        """Send the epochs of ``rows`` (a resumed fit's history) that the run does not hold yet."""
+        for row in rows:
+            self._add(int(row["epoch"]), row)
+        self.flush()
+
+    def _add(self, epoch: int, metrics: dict[str, Any]) -> None:
+        if self._held is None:
+            self._held = set(tracking.sent_steps(self.uri, self.run_id, "epoch"))
+        if epoch in self._held:
+            return
+        sent = self._sent.setdefault(epoch, set())
+        row = self._pending.setdefault(epoch, {})
+        row.update({k: float(v) for k, v in metrics.items() if k not in sent})
+
+    def flush(self) -> None:
+        """Hand the pending metrics to the writer process (the run's end waits for them to be stored)."""
+        if self._pending:
+            tracking.send_steps(self.uri, self.run_id, list(self._pending.items()))
+            for epoch, row in self._pending.items():
+                self._sent[epoch].update(row)
+            self._pending = {}
+        self._last_flush = time.monotonic()
+
+    def after_save_checkpoint(self, checkpoint_callback: Any) -> None:
+        self.flush()
+
+    @rank_zero_only
+    def finalize(self, status: str) -> None:
+        self.flush()
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -188,35 +203,29 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         atomic_write(path, lambda tmp: torch.save(checkpoint, tmp), fsync=False)
 
 
-class EpochProgress(Callback):
-    """One progress bar over epochs (cheaper and more readable than a per-step bar for small models)."""
-
-    def __init__(self, desc: str) -> None:
-        self.desc, self.bar = desc, None
-
-    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        from tqdm.auto import tqdm
-
-        if trainer.is_global_zero:
-            self.bar = tqdm(
-                total=trainer.max_epochs,
-                initial=trainer.current_epoch,
-                desc=self.desc,
-                unit="epoch",
-                leave=False,
-                dynamic_ncols=True,
-                disable=None,
-            )  # no bar off a TTY
-
-    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.bar is not None:
-            acc = trainer.callback_metrics.get("val/acc")
-            self.bar.set_postfix({"val/acc": f"{float(acc):.3f}"} if acc is not None else {})
-            self.bar.update(1)
-
-    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.bar is not None:
-            self.bar.close()
+def checkpointing(run_dir: Path, monitor: str | None = "val/acc") -> list[ModelCheckpoint]:
+    """Lightning's ``ModelCheckpoint``s of a fit: with ``monitor``, ``run_dir/best.ckpt`` (the epoch of
+    highest ``monitor``, the first of equals), then ``run_dir/last.ckpt`` after every epoch, what a rerun
+    resumes. Two callbacks, not one with ``save_last``: Lightning 2.6 writes ``last.ckpt`` only in the
+    epochs that improve ``monitor``. The best one comes first, so ``last.ckpt`` holds its current state."""
+    last = ModelCheckpoint(
+        dirpath=run_dir,
+        filename="last",
+        save_on_train_epoch_end=True,
+        enable_version_counter=False,
+    )
+    if monitor is None:
+        return [last]
+    best = ModelCheckpoint(
+        dirpath=run_dir,
+        filename="best",
+        monitor=monitor,
+        mode="max",
+        save_on_train_epoch_end=True,
+        enable_version_counter=False,
+        auto_insert_metric_name=False,
+    )
+    return [best, last]
 
 
 def build_system(params: Params, arch: str, data: Prepared, backbone_lr_scale: float = 1.0) -> LitClassifier:
@@ -237,16 +246,23 @@ def build_system(params: Params, arch: str, data: Prepared, backbone_lr_scale: f
         l1=t.l1,
         lr_schedule=t.lr_schedule,
         backbone_lr_scale=backbone_lr_scale,
-        gradient_clip_val=t.gradient_clip_val,
-        gradient_clip_algorithm=t.gradient_clip_algorithm,
     )
 
 
-def make_trainer(params: Params, callbacks: list[Callback], max_epochs: int | None = None) -> L.Trainer:
-    """A Trainer configured from ``params.compute``; no Lightning logger or bar, no validation loop (the
-    LightningModules validate inside their training epoch: ``LitClassifier``). (Clipping is the
-    LightningModule's too: Lightning refuses Trainer-level clipping under manual optimisation.)"""
+def make_trainer(
+    params: Params,
+    callbacks: list[Callback],
+    max_epochs: int | None = None,
+    logger: Logger | None = None,
+    progress: bool = False,
+    clip_gradients: bool = True,
+) -> L.Trainer:
+    """A Trainer configured from ``params.compute`` and the clipping of ``params.train`` (``clip_gradients``
+    false for manual optimisation, the GAN's, which Lightning does not clip). No sanity check or model
+    summary: they cost more than an epoch of these small networks; ``progress``: Lightning's bar, on a
+    terminal only."""
     c, t = params.compute, params.train
+    clip = clip_gradients and t.gradient_clip_val > 0
     return L.Trainer(
         max_epochs=max_epochs or t.epochs,
         accelerator=c.accelerator,
@@ -256,12 +272,14 @@ def make_trainer(params: Params, callbacks: list[Callback], max_epochs: int | No
         precision=c.precision,
         callbacks=callbacks,
         plugins=[AtomicCheckpointIO()],
-        logger=False,
-        enable_checkpointing=True,  # our EpochCheckpoint is the checkpoint callback (no default one added)
-        enable_progress_bar=False,
+        logger=logger or False,
+        gradient_clip_val=t.gradient_clip_val if clip else None,
+        gradient_clip_algorithm=t.gradient_clip_algorithm if clip else None,
+        enable_checkpointing=any(isinstance(cb, ModelCheckpoint) for cb in callbacks),
+        enable_progress_bar=progress and sys.stderr.isatty(),  # a bar in a log file is a wall of \r
         enable_model_summary=False,
         num_sanity_val_steps=0,
-        limit_val_batches=0,
+        log_every_n_steps=1,  # only epoch-level values are logged; this silences the "few steps" warning
     )
 
 
@@ -334,26 +352,72 @@ def check_checkpoint(path: Path) -> None:
         ) from None
 
 
-def resume_fit(
-    trainer: L.Trainer, system: L.LightningModule, datamodule: L.LightningDataModule, checkpoint: Path
-) -> None:
-    """``trainer.fit``, resuming from ``checkpoint`` when it exists.
+@dataclass
+class Fitted:
+    """A finished ``train_system``: the trainer, its history and where its checkpoints are."""
+
+    trainer: L.Trainer
+    history: History
+    best: ModelCheckpoint | None
+    """The callback that keeps the best-``val/acc`` weights (none without a monitored metric)."""
+
+
+def train_system(
+    params: Params,
+    system: L.LightningModule,
+    datamodule: L.LightningDataModule,
+    run_dir: Path,
+    seed: int,
+    *,
+    max_epochs: int | None = None,
+    run_id: str | None = None,
+    callbacks: list[Callback] | None = None,
+    progress: bool = False,
+    monitor: str | None = "val/acc",
+) -> Fitted:
+    """``trainer.fit`` of ``system``, resuming from ``run_dir/last.ckpt`` when it exists; with ``run_id``,
+    epoch metrics go to that MLflow run (``RunLogger``).
 
     The checkpoint loads with ``weights_only=True``: resuming never unpickles arbitrary objects, even from
     a tampered file. Lightning ends an interrupted fit with SystemExit (SIGTERMException on SIGTERM,
     ``sys.exit(1)`` after Ctrl-C); it is re-raised as KeyboardInterrupt so the MLflow run ends KILLED.
     """
-    if checkpoint.is_file():
-        check_checkpoint(checkpoint)
+    history, checkpoints = History(), checkpointing(run_dir, monitor)
+    logger = RunLogger(params.tracking.uri, run_id) if run_id else None
+    trainer = make_trainer(
+        params,
+        [EpochSeed(seed), *(callbacks or []), history, *checkpoints],
+        max_epochs=max_epochs,
+        logger=logger,
+        progress=progress,
+        clip_gradients=system.automatic_optimization,
+    )
+    resume = run_dir / "last.ckpt"
+    if resume.is_file():
+        check_checkpoint(resume)
     try:
         trainer.fit(
             system,
             datamodule=datamodule,
-            ckpt_path=str(checkpoint) if checkpoint.is_file() else None,
+            ckpt_path=str(resume) if resume.is_file() else None,
             weights_only=True,
         )
     except SystemExit as exc:
         raise KeyboardInterrupt(type(exc).__name__) from None
+    finally:
+        if logger is not None:
+            logger.flush()  # a failed or interrupted fit's epochs too
+    return Fitted(trainer, history, checkpoints[0] if monitor else None)
+
+
+def load_best(system: L.LightningModule, fitted: Fitted) -> int:
+    """Load the best-``val/acc`` weights into ``system`` and return their epoch (-1 when there are none)."""
+    best = fitted.best.best_model_path if fitted.best is not None else ""
+    if not best or not Path(best).is_file():
+        return -1
+    state = torch.load(best, map_location=system.device, weights_only=True)
+    system.load_state_dict(state["state_dict"])
+    return int(state["epoch"])
 
 
 def fit(
@@ -371,52 +435,46 @@ def fit(
 
     With ``train.select: best_val`` the weights of the epoch with the best ``val/acc`` are evaluated on
     test and kept (early-stopping model selection); with ``last``, the final epoch's. They are saved as
-    ``run_dir/model.ckpt``. With ``run_id``, epoch metrics go to that MLflow run. ``evaluate=False``
-    skips the test set (tuning trials must not see it).
+    ``run_dir/model.ckpt``. With ``run_id``, epoch metrics go to that MLflow run.
+    ``evaluate=False`` skips the test set (tuning trials must not see it).
     """
     run_dir = Path(run_dir)
     torch.set_num_threads(params.compute.threads)
     L.seed_everything(seed, verbose=False)
     system = build_system(params, arch, data)
-    datamodule = TensorDataModule(data, params.train.batch_size, seed, group_batches=True)
-    recorder = EpochCheckpoint(
-        run_dir / "last.ckpt",
-        params.tracking.uri if run_id else None,
-        run_id,
-        every_s=params.train.checkpoint_every_s,
+    datamodule = TensorDataModule(data, params.train.batch_size, seed)
+    fitted = train_system(
+        params, system, datamodule, run_dir, seed, run_id=run_id, callbacks=callbacks, progress=progress
     )
-    extra = [EpochProgress(f"{arch} seed {seed}")] if progress else []
-    trainer = make_trainer(params, [EpochSeed(seed), recorder, *extra, *(callbacks or [])])
-    resume = run_dir / "last.ckpt"
-    resume_fit(trainer, system, datamodule, resume)
-    selected = len(recorder.history) - 1
-    if params.train.select == "best_val" and recorder.best["state"] is not None:
-        system.load_state_dict(recorder.best["state"])
-        selected = recorder.best["epoch"]
+    trainer, rows = fitted.trainer, fitted.history.rows
+    selected = len(rows) - 1
+    if params.train.select == "best_val" and (best := load_best(system, fitted)) >= 0:
+        selected = best
     model_ckpt = run_dir / "model.ckpt"
     trainer.save_checkpoint(model_ckpt, weights_only=True)
     metrics: dict[str, float] = {}
     if evaluate:
+        # The run's epochs are its steps: the caller logs the test figures with the fit's others.
+        trainer.loggers = []
         test = trainer.test(system, datamodule=datamodule, verbose=False)[0]
         metrics.update({k: float(v) for k, v in test.items()})
-    if recorder.history:
-        metrics.update(
-            {k: v for k, v in recorder.history[selected].items() if k.startswith(("val/", "train/"))}
-        )
+    if rows:
+        metrics.update({k: v for k, v in rows[selected].items() if k.startswith(("val/", "train/"))})
     metrics["selected_epoch"] = float(selected)
+    train_time_s = fitted.history.train_time_s
     samples = len(data.train.y) * trainer.current_epoch
     return FitResult(
         arch=arch,
         seed=seed,
         metrics=metrics,
-        history=recorder.history,
+        history=rows,
         checkpoint=str(model_ckpt),
         run_id=run_id,
         n_params=sum(p.numel() for p in system.net.parameters()),
-        train_time_s=recorder.train_time_s,
-        samples_per_s=samples / recorder.train_time_s if recorder.train_time_s else 0.0,
+        train_time_s=train_time_s,
+        samples_per_s=samples / train_time_s if train_time_s else 0.0,
         device=str(trainer.strategy.root_device),
-        resumed_epochs=recorder.resumed_epochs,
+        resumed_epochs=fitted.history.resumed_epochs,
     )
 
 
@@ -444,7 +502,7 @@ def fingerprint(params: Params, arch: str, seed: int, data_sha256: str) -> str:
             "train.gradient_clip_algorithm",
             "train.select",
             "train.lr_schedule",
-            "compute",
+            *RESULT_COMPUTE,
         )
         + f"-{data_sha256[:8]}-{code_version()}-s{seed}"
     )

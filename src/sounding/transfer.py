@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from sounding.config import Params
-from sounding.data.module import EpochPermutation, InMemoryBatches, TensorDataModule
+from sounding.data.module import EpochPermutation, TensorDataModule
 from sounding.data.prepare import DataSpec, Prepared
 from sounding.errors import BadInput
 
@@ -251,7 +251,7 @@ def _fit(
     """Train one strategy on one labelled subset (``data.train``) and return its test accuracy."""
     import lightning as L
 
-    from sounding.training import EpochCheckpoint, EpochSeed, build_system, make_trainer
+    from sounding.training import build_system, load_best, train_system
 
     t = params.transfer
     scale = {"scratch": 1.0, "linear_probe": 0.0, "finetune": t.backbone_lr_scale}[strategy]
@@ -264,14 +264,38 @@ def _fit(
     n = len(data.train.y)
     batch = min(params.train.batch_size, n)
     datamodule = BudgetDataModule(data, batch, seed, steps_per_epoch=max(1, t.steps // t.evals))
-    recorder = EpochCheckpoint(workdir / f"{backbone.arch}-{strategy}-{n}-s{seed}.ckpt")
-    trainer = make_trainer(params, [EpochSeed(seed), recorder], max_epochs=t.evals)
-    trainer.fit(system, datamodule=datamodule)
-    if params.train.select == "best_val" and recorder.best["state"] is not None:
-        system.load_state_dict(recorder.best["state"])
+    fitted = train_system(
+        params,
+        system,
+        datamodule,
+        workdir / f"{backbone.arch}-{strategy}-{n}-s{seed}",
+        seed,
+        max_epochs=t.evals,
+    )
+    if params.train.select == "best_val":
+        load_best(system, fitted)
     with torch.no_grad():
         logits = system.net.eval()(torch.as_tensor(data.test.x, device=system.device))
     return float((logits.argmax(1).cpu() == torch.as_tensor(data.test.y)).float().mean())
+
+
+@dataclass(frozen=True)
+class FitJob:
+    """One fit of the study (picklable: it may run in a worker process, ``parallel.run_jobs``)."""
+
+    params_json: str
+    backbone: Backbone
+    strategy: str
+    seed: int
+    data: Prepared
+    """The target data with its training part cut to the budget."""
+    workdir: str
+
+
+def fit_job(job: FitJob) -> float:
+    """``_fit`` of a ``FitJob``: its test accuracy."""
+    params = Params.model_validate_json(job.params_json)
+    return _fit(params, job.backbone, job.strategy, job.seed, job.data, Path(job.workdir))
 
 
 def _summary(values: list[float]) -> tuple[float, float]:
@@ -295,7 +319,7 @@ def run_transfer(
 
     from tqdm.auto import tqdm
 
-    from sounding import tracking
+    from sounding import parallel, tracking
     from sounding.data.prepare import Split, load_prepared
     from sounding.files import write_json
 
@@ -318,16 +342,20 @@ def run_transfer(
         tracking.tracked_run(params, "transfer", tags, experiment=EXPERIMENT) as parent,
         tempfile.TemporaryDirectory() as workdir,
     ):
+        jobs, keys = [], []
         for arch, backbone in backbones.items():
-            arch_params = params.with_overrides({f"models.{arch}": backbone.net})
+            arch_params = params.with_overrides({f"models.{arch}": backbone.net}).model_dump_json()
             for budget in budgets:
                 for seed in seeds:
                     idx = subsets[budget, seed]
                     subset = dataclasses.replace(data, train=Split(data.train.x[idx], data.train.y[idx]))
                     for strategy in STRATEGIES:
-                        value = _fit(arch_params, backbone, strategy, seed, subset, Path(workdir))
-                        acc.setdefault((arch, strategy, budget), []).append(value)
-                        fits.update(1)
+                        jobs.append(FitJob(arch_params, backbone, strategy, seed, subset, workdir))
+                        keys.append((arch, strategy, budget))
+        # Side by side in compute.workers processes; each fit depends on its seed alone.
+        values = parallel.run_jobs(params, fit_job, jobs, on_done=lambda _: fits.update(1))
+        for key, value in zip(keys, values, strict=True):
+            acc.setdefault(key, []).append(value)
         fits.close()
         labels = {b: len(subsets[b, seeds[0]]) for b in budgets}
         results = _results(acc, backbones, budgets, labels)
@@ -454,14 +482,14 @@ class BudgetSampler(EpochPermutation):
     epoch, the full training set about once.
     """
 
-    def __init__(self, size: int, n: int, seed: int, rank: int = 0, world_size: int = 1) -> None:
-        super().__init__(n, shuffle=True, seed=seed, rank=rank, world_size=world_size)
+    def __init__(self, size: int, n: int, seed: int) -> None:
+        super().__init__(n, seed)
         self.size = size
 
     def indices(self) -> torch.Tensor:
         gen = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
         passes = [torch.randperm(self.size, generator=gen) for _ in range(-(-self.n // self.size))]
-        return torch.cat(passes)[: self.n][self.rank :: self.world_size]
+        return torch.cat(passes)[: self.n]
 
 
 class BudgetDataModule(TensorDataModule):
@@ -471,10 +499,5 @@ class BudgetDataModule(TensorDataModule):
         super().__init__(data, batch_size, seed)
         self.steps_per_epoch = steps_per_epoch
 
-    def train_dataloader(self) -> InMemoryBatches:
-        loader = super().train_dataloader()
-        s = loader.sampler
-        loader.sampler = BudgetSampler(
-            len(loader.y), self.steps_per_epoch * self.batch_size, self.seed, s.rank, s.world_size
-        )
-        return loader
+    def train_sampler(self) -> BudgetSampler:
+        return BudgetSampler(len(self.data.train.y), self.steps_per_epoch * self.batch_size, self.seed)

@@ -3,7 +3,7 @@
 One study per architecture, data and search configuration, in an RDB storage (a sqlite file by default,
 PostgreSQL for workers on several machines). Each trial is the same ``training.fit`` as ``sounding train``
 (with its tuning epochs and without the test set), fed to Optuna's Lightning pruning callback epoch by
-epoch (``pruning.EpochEndPruning``), and tracked as a nested MLflow run under one parent run per study.
+epoch (Optuna's ``PyTorchLightningPruningCallback``), and tracked as a nested MLflow run under one parent run per study.
 
 Exact trial budget with several workers: Optuna's ``MaxTrialsCallback`` counts after a trial ends, so two
 workers that finish together can both start one more. Here each worker takes a lock (a file lock for
@@ -29,7 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sounding.config import Params, Range, TrainParams
+from sounding import parallel
+from sounding.config import RESULT_COMPUTE, Params, Range, TrainParams
 from sounding.errors import BadInput
 from sounding.files import write_json
 
@@ -47,7 +48,7 @@ def study_name(params: Params, arch: str, data_sha256: str) -> str:
         "tune.startup_trials",
         "tune.baseline",
         "tune.space",
-        "compute",
+        *RESULT_COMPUTE,
         "seed",
     )
     search = hashlib.sha256(f"{search}-{params.tune_epochs(arch)}".encode()).hexdigest()
@@ -307,9 +308,9 @@ class TuneJob:
 
 def _objective(job: TuneJob, params: Params, data: Any, lock: BudgetLock):
     import optuna
+    from optuna_integration import PyTorchLightningPruningCallback
 
     from sounding import tracking
-    from sounding.pruning import EpochEndPruning
     from sounding.training import fingerprint, fit
 
     space = search_space(params, job.arch)
@@ -329,7 +330,7 @@ def _objective(job: TuneJob, params: Params, data: Any, lock: BudgetLock):
         # end without reporting an epoch to this study's pruner, and the study would differ from a fresh one.
         run_dir = Path(job.out_dir) / "trials" / job.study / fingerprint(p, job.arch, p.seed, data.sha256)
         tags = {"stage": "tune", "arch": job.arch, "study": job.study, "optuna_trial": str(trial.number)}
-        pruning = EpochEndPruning(trial, monitor="val/acc")
+        pruning = PyTorchLightningPruningCallback(trial, monitor="val/acc")
         state = "COMPLETE"
         with tracking.resumable_run(
             p,
@@ -429,22 +430,6 @@ def _progress_bar(study: Any, total: int):
     return tqdm(total=total, desc=f"tune {study.study_name}", unit="trial", leave=False, disable=None)
 
 
-def worker_gpus(params: Params, workers: int) -> list[str | None]:
-    """The GPU each local worker sees (its ``CUDA_VISIBLE_DEVICES``): the GPUs visible to this process
-    dealt round-robin, so N workers on a machine with G GPUs use all of them, N // G or more per GPU.
-    ``None`` (inherit) when training runs on the CPU or there is no GPU."""
-    if params.compute.accelerator == "cpu":
-        return [None] * workers
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if visible is not None:
-        gpus = [g.strip() for g in visible.split(",") if g.strip()]
-    else:
-        import torch
-
-        gpus = [str(i) for i in range(torch.cuda.device_count())]  # NVML: no CUDA context in this process
-    return [gpus[i % len(gpus)] if gpus else None for i in range(workers)]
-
-
 def _start(proc: Any, gpu: str | None) -> None:
     """Start a spawned process with ``CUDA_VISIBLE_DEVICES=gpu`` (a spawned child copies the environment
     as it is when it starts)."""
@@ -466,7 +451,7 @@ def _spawn_workers(job: TuneJob, workers: int) -> None:
     # spawn, not fork: torch and the sqlalchemy engines of this process must not be inherited.
     ctx = multiprocessing.get_context("spawn")
     procs = [ctx.Process(target=run_worker, args=(job, i), name=f"tune-worker-{i}") for i in range(workers)]
-    for proc, gpu in zip(procs, worker_gpus(job.params, workers), strict=True):
+    for proc, gpu in zip(procs, parallel.worker_gpus(job.params, workers), strict=True):
         _start(proc, gpu)
     try:
         for proc in procs:

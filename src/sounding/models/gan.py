@@ -44,7 +44,6 @@ class LitGAN(L.LightningModule):
         noise = torch.Generator().manual_seed(seed)
         self.register_buffer("z_val", torch.randn(num_classes * samples_per_class, latent, generator=noise))
         self.register_buffer("y_val", torch.arange(num_classes).repeat_interleave(samples_per_class))
-        self._sums = {"d": 0.0, "g": 0.0, "n": 0}
 
     def sample(self) -> torch.Tensor:
         """The averaged generator's output on the fixed validation noise (``samples_per_class`` per class,
@@ -60,6 +59,7 @@ class LitGAN(L.LightningModule):
         # generator has not changed in between, and its forward pass is the dearest op of the step.
         fake = self.generator(torch.randn(n, hp.latent, device=self.device), y)
         real_target = torch.full((n,), 1.0 - hp.label_smoothing, device=self.device)
+        self.toggle_optimizer(opt_d)
         for step in range(hp.d_steps):
             if step == 0:
                 d_fake = fake.detach()
@@ -73,28 +73,22 @@ class LitGAN(L.LightningModule):
             opt_d.zero_grad()
             self.manual_backward(d_loss)
             opt_d.step()
+        self.untoggle_optimizer(opt_d)
+        self.toggle_optimizer(opt_g)
         g_loss = F.binary_cross_entropy_with_logits(
             self.discriminator(fake, y), torch.ones(n, device=self.device)
         )
         opt_g.zero_grad()
         self.manual_backward(g_loss)
         opt_g.step()
+        self.untoggle_optimizer(opt_g)
         with torch.no_grad():
             for averaged, current in zip(
                 self.generator_ema.parameters(), self.generator.parameters(), strict=True
             ):
                 averaged.lerp_(current, 1.0 - hp.ema)
-        self._sums["d"] += float(d_loss.detach()) * n
-        self._sums["g"] += float(g_loss.detach()) * n
-        self._sums["n"] += n
-
-    def on_train_epoch_start(self) -> None:
-        self._sums = {"d": 0.0, "g": 0.0, "n": 0}
-
-    def on_train_epoch_end(self) -> None:
-        n = max(self._sums["n"], 1)
-        self.log("train/d_loss", self._sums["d"] / n)
-        self.log("train/g_loss", self._sums["g"] / n)
+        self.log("train/d_loss", d_loss.detach(), on_step=False, on_epoch=True, batch_size=n)
+        self.log("train/g_loss", g_loss.detach(), on_step=False, on_epoch=True, batch_size=n)
 
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
         hp = self.hparams
