@@ -46,7 +46,7 @@ test: $(STAMP) ## Run the whole test suite: fast tier, then the slow end-to-end 
 test-fast: $(STAMP) ## Run the fast tier only
 	$(BIN)/pytest -q -n $(TEST_WORKERS)
 
-bench: $(STAMP) ## Run every benchmark (about 21 minutes) and write benchmarks/results.md
+bench: $(STAMP) ## Run every benchmark (about 45 minutes) and write benchmarks/results.md
 	$(BIN)/python -m benchmarks
 
 lint: $(STAMP) ## Ruff lint and format check

@@ -5,6 +5,10 @@
 5: a second, no-op `dvc repro` ÷ the full run (median of 3), and its absolute time; targets < 0.05, < 1 s.
 3: each tuning study's bookkeeping (wall time − its trials' fit time) ÷ its wall time, from
    `tuning/ARCH/best.json`: the studies the pipeline runs on the defaults; target ≤ 0.02.
+9: the same `dvc repro` in a second fresh clone with `compute.workers: 1` (independent fits one after
+   another, as before they ran side by side): wall time of the default run ÷ that one (target ≤ 0.65 on
+   2 cores), and the CPU use of each (user + system time of every process ÷ wall time; target ≥ 1.70 on
+   2 cores). One pair: each side is a whole pipeline, run one after the other on the same machine.
 
 The clone uses this checkout's `.venv`; the install that `make run` does on a fresh machine is not timed.
 
@@ -16,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -28,8 +33,16 @@ from benchmarks.common import Figure, machine
 REPO = Path(__file__).resolve().parents[1]
 
 
-def timed_repro(root: Path, env: dict[str, str]) -> tuple[float, dict[str, float]]:
-    """Run `dvc repro`, echoing its output; return its wall time and each stage's share of it."""
+def cpu_seconds() -> float:
+    """User + system time of this process's finished children (and theirs)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def timed_repro(root: Path, env: dict[str, str]) -> tuple[float, dict[str, float], float]:
+    """Run `dvc repro`, echoing its output; return its wall time, each stage's share of it and the CPU
+    time it used (user + system, every process)."""
+    cpu = cpu_seconds()
     start = time.perf_counter()
     stages: dict[str, float] = {}
     current, since = None, start
@@ -48,7 +61,20 @@ def timed_repro(root: Path, env: dict[str, str]) -> tuple[float, dict[str, float
     end = time.perf_counter()
     if current:
         stages[current] = end - since
-    return end - start, stages
+    return end - start, stages, cpu_seconds() - cpu
+
+
+def serial_repro(env: dict[str, str]) -> tuple[float, float]:
+    """Wall and CPU time of `dvc repro` in a fresh clone whose params say ``compute.workers: 1``."""
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp) / "sounding"
+        subprocess.run(["git", "clone", "-q", str(REPO), str(root)], check=True)
+        params = root / "params.yaml"
+        text = params.read_text()
+        assert "\n  workers: auto" in text, "params.yaml no longer sets compute.workers: auto"
+        params.write_text(text.replace("\n  workers: auto", "\n  workers: 1", 1))
+        total, _, cpu = timed_repro(root, env)
+    return total, cpu
 
 
 def measure(keep: Path | None = None) -> list[Figure]:
@@ -57,7 +83,7 @@ def measure(keep: Path | None = None) -> list[Figure]:
         root = keep or Path(tmp) / "sounding"
         subprocess.run(["git", "clone", "-q", str(REPO), str(root)], check=True)
         print(f"machine: {machine()}")
-        total, stages = timed_repro(root, env)
+        total, stages, cpu = timed_repro(root, env)
         noops = []
         for _ in range(3):
             start = time.perf_counter()
@@ -74,11 +100,17 @@ def measure(keep: Path | None = None) -> list[Figure]:
             arch: json.loads((root / "tuning" / arch / "best.json").read_text())
             for arch in ("linear", "mlp", "cnn", "rnn")
         }
+    print("== the same pipeline with compute.workers: 1", flush=True)
+    serial, serial_cpu = serial_repro(env)
     noop = statistics.median(noops)
     by_stage = ", ".join(f"{name} {seconds:.0f} s" for name, seconds in stages.items())
     reached = ", ".join(f"{arch} {acc:.3f}" for arch, acc in accuracy.items())
     print(f"dvc repro {total:.0f} s: {by_stage}\ntest accuracy (mean of seeds): {reached}")
     print(f"no-op dvc repro {noop:.2f} s = {noop / total:.4f} of the full run")
+    print(
+        f"workers auto {total:.0f} s (CPU {cpu / total:.2f}) vs workers 1 {serial:.0f} s "
+        f"(CPU {serial_cpu / serial:.2f}): ratio {total / serial:.3f}"
+    )
     return [
         Figure(
             5,
@@ -100,6 +132,22 @@ def measure(keep: Path | None = None) -> list[Figure]:
             )
             for arch, s in studies.items()
             if s.get("bookkeeping_fraction") is not None
+        ),
+        Figure(
+            9,
+            "dvc repro wall time, compute.workers auto ÷ 1",
+            total / serial,
+            "≤ 0.65",
+            total / serial <= 0.65,
+            f"{total:.0f} s vs {serial:.0f} s, one pair, {os.cpu_count()} cores",
+        ),
+        Figure(
+            9,
+            "dvc repro CPU use (user + system ÷ wall), compute.workers auto",
+            cpu / total,
+            "≥ 1.70",
+            cpu / total >= 1.70,
+            f"{cpu:.0f} s of CPU in {total:.0f} s; with workers 1: {serial_cpu / serial:.2f}",
         ),
         Figure(
             7,

@@ -4,6 +4,7 @@ MLflow client configured from the environment, and a round trip through `mlflow 
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -19,7 +20,7 @@ import torch
 from sounding.config import load_params
 from sounding.errors import BadInput
 from sounding.training import make_trainer, process_rank
-from tests.conftest import SOUNDING, free_port, mlflow_server, run_cli, tiny_params, write_params
+from tests.conftest import REPO, SOUNDING, free_port, mlflow_server, run_cli, tiny_params, write_params
 
 BIN = Path(sys.executable).parent
 
@@ -186,6 +187,30 @@ def _ddp_root(tmp_path: Path, **overrides: object) -> Path:
     write_params(tmp_path / "params.yaml", _ddp(**{"compute.devices": 2, **overrides}))
     assert run_cli("prepare", cwd=tmp_path).returncode == 0
     return tmp_path
+
+
+@pytest.mark.slow
+def test_a_ddp_fit_steps_like_a_single_process_with_as_many_batches_on_each_rank(tmp_path: Path) -> None:
+    """Two gloo processes: Lightning's distributed sampler deals each rank the same number of batches
+    (padded when the training set does not split evenly), and ``global_step`` counts optimizer steps."""
+    root = _ddp_root(tmp_path, **{"data.mnist1d.num_samples": 610, "train.epochs": 2})
+    cmd = _torchrun_cmd("-")[:-2] + ["-m", "tests.ddp_probe"]  # torchrun of a module instead of the CLI
+    result = subprocess.run(
+        cmd,
+        cwd=root,
+        capture_output=True,
+        text=True,
+        env=_loopback_env() | {"PYTHONPATH": str(REPO)},
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr[-4000:]
+    ranks = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    n_train = len(np.load(root / "data/prepared/train.npz")["y"])
+    assert n_train % 2 == 1  # an odd training set: one rank's shard is padded by one sample
+    per_rank = math.ceil(math.ceil(n_train / 2) / 100)  # batches of 100 over each rank's shard
+    assert sorted(r["rank"] for r in ranks) == [0, 1]
+    assert [r["batches"] for r in ranks] == [2 * per_rank] * 2
+    assert [r["global_step"] for r in ranks] == [2 * per_rank] * 2
 
 
 def _rank_lines(stdout: str) -> dict[int, list[str]]:

@@ -56,9 +56,23 @@ def n_workers(params: Params, jobs: int) -> int:
     return max(1, min(workers, jobs))
 
 
-def _init_worker(gpus: Any, threads: int) -> None:
-    """A worker process: its GPU, its thread count, and SIGTERM ending a job like Ctrl-C (its MLflow run
-    then ends KILLED, as in the parent)."""
+class Stopped(RuntimeError):
+    """A job not started because the run was stopped (another job failed, or an interrupt)."""
+
+
+_stop: Any = None  # the pool's stop event, in a worker process
+_busy = False  # whether this worker is running a job
+
+
+def _init_worker(gpus: Any, stop: Any, threads: int) -> None:
+    """A worker process: its GPU, its thread count, and interrupts that stop a running job only.
+
+    SIGTERM (from ``run_jobs``) and SIGINT (Ctrl-C reaches the whole process group) raise
+    KeyboardInterrupt inside a running job, whose MLflow run then ends KILLED; an idle worker ignores
+    them and is shut down by the pool (an interrupt in the pool's own loop would break the pool, which
+    then kills every worker, mid-cleanup)."""
+    global _stop
+    _stop = stop
     if gpus is not None:
         gpu = gpus.get()
         if gpu is not None:
@@ -67,10 +81,24 @@ def _init_worker(gpus: Any, threads: int) -> None:
 
     torch.set_num_threads(threads)
     signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
 
 
 def _interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
+    if _busy:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _call(fn: Callable[[Job], Result], job: Job) -> Result:
+    """``fn(job)`` in a worker, unless the run has been stopped."""
+    global _busy
+    if _stop.is_set():
+        raise Stopped("not started: the run was stopped")
+    _busy = True
+    try:
+        return fn(job)
+    finally:
+        _busy = False
 
 
 def run_jobs(
@@ -83,10 +111,10 @@ def run_jobs(
 
     ``fn`` must be a module-level function and the jobs and results picklable (paths, strings, numbers).
     ``on_done`` is called in this process with each result as it arrives (a progress bar). The first job
-    to fail cancels those not started, interrupts the running ones (SIGTERM, which a worker turns into
-    KeyboardInterrupt: their MLflow runs end KILLED, their checkpoints stay for a rerun) and raises its
-    exception here; so does an interrupt of this process (Ctrl-C, or SIGTERM turned into
-    KeyboardInterrupt by the CLI).
+    to fail stops the jobs not started yet, waits for those running (their runs end as they would in a
+    serial run) and raises its exception here. An interrupt of this process (Ctrl-C, or SIGTERM turned
+    into KeyboardInterrupt by the CLI) interrupts the running jobs too (SIGTERM, which a worker turns into
+    KeyboardInterrupt: their MLflow runs end KILLED, their checkpoints stay for a rerun).
     """
     workers = n_workers(params, len(jobs))
     if workers == 1:
@@ -99,29 +127,29 @@ def run_jobs(
     # spawn, not fork: a forked copy of a process that has used torch's thread pools or opened database
     # connections inherits them in an undefined state.
     ctx = multiprocessing.get_context("spawn")
-    gpus = ctx.Queue()
+    gpus, stop = ctx.Queue(), ctx.Event()
     for gpu in worker_gpus(params, workers):
         gpus.put(gpu)
     pool = ProcessPoolExecutor(
-        workers, mp_context=ctx, initializer=_init_worker, initargs=(gpus, params.compute.threads)
+        workers, mp_context=ctx, initializer=_init_worker, initargs=(gpus, stop, params.compute.threads)
     )
-    futures: list[Future] = [pool.submit(fn, job) for job in jobs]
+    futures: list[Future] = [pool.submit(_call, fn, job) for job in jobs]
     try:
         pending = set(futures)
         while pending:
             done, pending = wait(pending, return_when=FIRST_EXCEPTION)
             for future in done:
                 if future.exception() is not None:
+                    stop.set()  # jobs not started yet do not start; those running finish
                     raise future.exception()
                 if on_done is not None:
                     on_done(future.result())
         return [f.result() for f in futures]
-    except BaseException:
-        for future in futures:
-            future.cancel()
+    except (KeyboardInterrupt, SystemExit):
+        stop.set()
         for proc in list(getattr(pool, "_processes", {}).values()):  # the executor keeps no public list
             if proc.is_alive():
-                proc.terminate()  # SIGTERM: the job ends like Ctrl-C (``_init_worker``)
+                proc.terminate()  # SIGTERM: a running job ends like Ctrl-C (``_init_worker``)
         raise
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
