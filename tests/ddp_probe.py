@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 import lightning as L
@@ -28,7 +29,7 @@ def main() -> None:
     params = load_params("params.yaml")
     steps = Steps()
     fit(params, "mlp", params.seed, load_prepared("data/prepared"), "run", callbacks=[steps], progress=False)
-    rank = L.fabric.utilities.rank_zero.rank_zero_only.rank
+    rank = int(os.environ["RANK"])  # torchrun's
     print(json.dumps({"rank": rank, "global_step": steps.global_step, "batches": steps.batches}), flush=True)
 
 

@@ -80,7 +80,7 @@ def test_tune_writes_best_params_counts_plots_and_nested_mlflow_runs(prepared: P
     assert all(set(c.data.params) >= {"dropout", "weight_decay", "gradient_clip_val"} for c in children)
     complete = next(c for c in children if c.data.tags["trial_state"] == "COMPLETE")
     steps = tracking.logged_steps(params.tracking.uri, complete.info.run_id, "val/acc")
-    assert steps == [0, 1, 2]  # per-epoch metrics of the trial
+    assert steps == [0, 1, 2], (complete.info, complete.data.metrics, complete.data.tags)  # per-epoch metrics
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "tuning")}
     assert {"tuning/history.png", "tuning/best.json"} <= artifacts
 

@@ -26,7 +26,6 @@ import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import Logger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
-from lightning.pytorch.utilities import rank_zero_only
 
 from sounding import tracking
 from sounding.config import RESULT_COMPUTE, Params
@@ -131,6 +130,9 @@ class RunLogger(Logger):
     goes on: MLflow's SQL store spends about 80 µs of Python per value, a few percent of a small model's
     fit when written in the training process, and a server costs tens of milliseconds per call. An epoch
     the run already holds (a resumed fit re-running the epoch a crash interrupted) is not logged twice.
+
+    Only rank zero has one (other ranks create no run), so its methods are not ``rank_zero_only``: that
+    flag is process-global, and a Trainer created earlier in the process may have left it at another rank.
     """
 
     def __init__(self, uri: str, run_id: str, flush_s: float = 0.5) -> None:
@@ -149,11 +151,9 @@ class RunLogger(Logger):
     def version(self) -> str:
         return self.run_id
 
-    @rank_zero_only
     def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
         """Nothing: the run's params are logged when it is created (``tracking.tracked_run``)."""
 
-    @rank_zero_only
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         epoch = int(metrics["epoch"]) if "epoch" in metrics else int(step or 0)
         self._add(epoch, metrics)
@@ -187,7 +187,6 @@ class RunLogger(Logger):
     def after_save_checkpoint(self, checkpoint_callback: Any) -> None:
         self.flush()
 
-    @rank_zero_only
     def finalize(self, status: str) -> None:
         self.flush()
 
