@@ -126,7 +126,7 @@ class RunLogger(Logger):
 
     Lightning hands it an epoch's metrics in several calls (validation, then the training epoch), each
     with the epoch; they are logged at step = epoch, each key once. They go in batches, every ``flush_s``
-    seconds and after every checkpoint, to ``tracking``'s writer process, which stores them while training
+    seconds and at the fit's end, to ``tracking``'s writer process, which stores them while training
     goes on: MLflow's SQL store spends about 80 µs of Python per value, a few percent of a small model's
     fit when written in the training process, and a server costs tens of milliseconds per call. An epoch
     the run already holds (a resumed fit re-running the epoch a crash interrupted) is not logged twice.
@@ -183,9 +183,6 @@ class RunLogger(Logger):
                 self._sent[epoch].update(row)
             self._pending = {}
         self._last_flush = time.monotonic()
-
-    def after_save_checkpoint(self, checkpoint_callback: Any) -> None:
-        self.flush()
 
     def finalize(self, status: str) -> None:
         self.flush()
