@@ -65,8 +65,10 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
 
 def tiny_params(**overrides: object) -> Params:
     """Defaults shrunk to seconds: a 600-sample MNIST-1D, 3 epochs, one seed, a local sqlite store; tuning
-    runs 3 trials of 3 epochs; transfer pretrains 2 epochs on 600 source samples and each fit is 6 steps."""
+    runs 3 trials of 3 epochs; transfer pretrains 2 epochs on 600 source samples and each fit is 6 steps;
+    one process (the tests of fits side by side ask for more: tests/test_parallel_slow.py)."""
     base = {
+        "compute.workers": 1,
         "data.mnist1d.num_samples": 600,
         "train.epochs": 3,
         "train.n_seeds": 1,

@@ -8,6 +8,7 @@ import pytest
 
 from sounding import tracking
 from sounding.config import Params
+from tests.conftest import tiny_params
 
 
 def _run(params: Params, run_id: str):
@@ -136,3 +137,17 @@ def _missing_once(lookup):
         return None if len(calls) == 1 else lookup(self, name)
 
     return first_none
+
+
+def _tags(_: object) -> dict[str, str]:
+    return tracking.orchestration_tags()
+
+
+def test_worker_processes_carry_the_orchestration_tags_of_the_process_that_started_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from sounding import parallel
+
+    flow = {"prefect.flow_run_id": "0f5e", "prefect.deployment": "nightly"}
+    monkeypatch.setattr(tracking, "_inherited_tags", flow)  # as if this process ran in a flow run
+    assert parallel.run_jobs(tiny_params(**{"compute.workers": 2}), _tags, [0, 1]) == [flow, flow]

@@ -111,7 +111,8 @@ def test_raising_and_nan_trials_fail_and_the_study_goes_on(
         return result
 
     monkeypatch.setattr(training, "fit", flaky_fit)
-    params = tune_params(**{"tune.pruner": "none"})
+    # One process: the patched fit runs where the trials do.
+    params = tune_params(**{"tune.pruner": "none", "compute.workers": 1})
     summary = tune(params, "mlp", prepared, "tuning/mlp", progress=False)
     assert summary["counts"] == {"complete": 3, "pruned": 0, "failed": 2}
     states = [t.state.name for t in _study(params, "mlp", prepared).trials]
@@ -236,7 +237,7 @@ def test_ctrl_c_interrupts_a_trial_at_once_but_optunas_bookkeeping_only_when_don
     study = optuna.create_study(direction="maximize")
     reached = False
     with pytest.raises(KeyboardInterrupt), _InterruptGate() as gate:
-        study.optimize(gate.objective(lambda t: 1.0), n_trials=1, callbacks=[ctrl_c])
+        study.optimize(gate.interruptible(lambda t: 1.0), n_trials=1, callbacks=[ctrl_c])
         reached = True
         gate.raise_held()
     assert reached and [t.state.name for t in study.trials] == ["COMPLETE"]
@@ -247,6 +248,6 @@ def test_ctrl_c_interrupts_a_trial_at_once_but_optunas_bookkeeping_only_when_don
         return 1.0
 
     with pytest.raises(KeyboardInterrupt), _InterruptGate() as gate:
-        study.optimize(gate.objective(trains), n_trials=1)
+        study.optimize(gate.interruptible(trains), n_trials=1)
     assert [t.state.name for t in study.trials] == ["COMPLETE", "FAIL"]
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the gate restores the handler

@@ -1,4 +1,5 @@
-"""Parallel tuning: workers sharing one study (sqlite file, PostgreSQL), exact trial counts, dead workers."""
+"""Parallel tuning: batches trained side by side give the one-process study; processes sharing one study
+(sqlite file, PostgreSQL) keep exact trial counts; dead processes' trials are retried."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from optuna.storages import RetryFailedTrialCallback
+from optuna.storages import RetryHeartbeatStaleTrialCallback
 
 from sounding.config import load_params
 from sounding.tuning import storage_url, study_name
@@ -57,6 +58,33 @@ def _tune(root: Path, *args: str) -> subprocess.Popen:
         env=dict(os.environ, PYTHONWARNINGS="ignore"),
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
+
+
+def _trials(study: optuna.Study) -> list[tuple]:
+    return [(t.state.name, t.params, t.value, t.intermediate_values) for t in study.get_trials()]
+
+
+def test_a_batch_trained_in_two_processes_gives_the_study_of_one_process(tmp_path: Path) -> None:
+    # A wide learning-rate range: some trials are clearly worse from the first epoch, so some are pruned
+    # (against trials of earlier batches only, whichever process reaches an epoch first).
+    overrides = {
+        "tune.n_trials": 6,
+        "tune.epochs": 6,
+        "tune.warmup_epochs": 1,
+        "tune.space.lr": {"low": 1e-5, "high": 3e-2, "log": True},
+    }
+    studies = []
+    for workers in (1, 2):
+        (tmp_path / f"workers{workers}").mkdir()
+        root = _setup(tmp_path / f"workers{workers}", **overrides)
+        result = run_cli("tune", "mlp", "-q", "--workers", str(workers), cwd=root)
+        assert result.returncode == 0, result.stdout + result.stderr
+        study = _study(root, "mlp")
+        _assert_exact(study, 6)
+        assert len({t.user_attrs["worker"] for t in study.trials}) == workers
+        studies.append(_trials(study))
+    assert studies[0] == studies[1]
+    assert {state for state, *_ in studies[0]} == {"COMPLETE", "PRUNED"}
 
 
 def test_two_local_workers_on_the_default_sqlite_storage_run_exactly_n_trials(tmp_path: Path) -> None:
@@ -105,7 +133,7 @@ def test_a_killed_worker_s_trial_fails_is_retried_from_its_checkpoint_and_the_co
     assert survivor.returncode == 0, out
     trials = _assert_exact(_study(root, "mlp", postgres_url), 4)
     assert trials[killed].state.name == "FAIL"
-    retry = next(t for t in trials if RetryFailedTrialCallback.retried_trial_number(t) == killed)
+    retry = next(t for t in trials if RetryHeartbeatStaleTrialCallback.retried_trial_number(t) == killed)
     assert retry.state.name == "COMPLETE" and retry.params == trials[killed].params
     # The retry resumed the dead trial's checkpoint: it reported no epoch before the one it resumed at.
     assert min(retry.intermediate_values) >= 3

@@ -111,7 +111,9 @@ def tune(
     storage: Annotated[
         str | None, typer.Option(help="Optuna storage URL (overrides tune.storage), e.g. postgresql://…")
     ] = None,
-    workers: Annotated[int | None, typer.Option(help="Local worker processes (tune.workers).")] = None,
+    workers: Annotated[
+        int | None, typer.Option(help="Processes training a batch's trials (compute.workers).")
+    ] = None,
     n_trials: Annotated[int | None, typer.Option(help="Trials in the study (tune.n_trials).")] = None,
     timeout: Annotated[float | None, typer.Option(help="Seconds before no new trial starts.")] = None,
     params_path: ParamsOpt = Path("params.yaml"),
@@ -120,8 +122,9 @@ def tune(
 ) -> None:
     """Tune dropout, L2 and gradient clipping of ARCH with Optuna (pruned); resumes an interrupted study."""
     _check_arch(arch)
-    options = {"storage": storage, "workers": workers, "n_trials": n_trials, "timeout": timeout}
+    options = {"storage": storage, "n_trials": n_trials, "timeout": timeout}
     extra = [f"tune.{k}={v}" for k, v in options.items() if v is not None]
+    extra += [f"compute.workers={workers}"] if workers is not None else []
     params = _params(params_path, (overrides or []) + extra)
     from sounding.tuning import tune as run_tuning
 

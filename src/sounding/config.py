@@ -309,14 +309,17 @@ class TuneParams(Section):
     sample is 0.25 pp) and a study's best is the maximum of many noisy values, so smaller gains are
     mostly luck and did not carry over to the test set."""
     storage: str | None = None
-    """Optuna storage URL. Default: ``sqlite:///tuning/optuna.db``. PostgreSQL for parallel workers."""
-    workers: PositiveInt = 1
-    """Local worker processes sharing the study (more than one makes the search order timing-dependent)."""
+    """Optuna storage URL. Default: ``sqlite:///tuning/optuna.db``. PostgreSQL for ``sounding tune`` on
+    several machines sharing one study."""
+    batch: PositiveInt = 2
+    """Trials asked together, from the same finished trials, and trained side by side (``compute.workers``
+    processes). Part of what a study means: the tuned values depend on it, not on the processes."""
     heartbeat_s: PositiveInt = 10
-    """Trial heartbeat: a trial silent for ``grace_s`` is marked FAIL and re-queued."""
+    """Trial heartbeat: a trial silent for ``grace_s`` (its process died) is marked FAIL and re-queued."""
     grace_s: PositiveInt = 30
     max_retry: Annotated[int, Field(ge=0)] = 1
-    """Times a trial of a dead worker is re-queued with the same params (it resumes its checkpoint)."""
+    """Times an unfinished trial (its process died or was interrupted) is re-queued with the same params
+    (it resumes its checkpoint)."""
     space: SearchSpace = SearchSpace()
 
     @field_validator("storage")

@@ -64,8 +64,9 @@ _stop: Any = None  # the pool's stop event, in a worker process
 _busy = False  # whether this worker is running a job
 
 
-def _init_worker(gpus: Any, stop: Any, threads: int) -> None:
-    """A worker process: its GPU, its thread count, and interrupts that stop a running job only.
+def _init_worker(gpus: Any, stop: Any, threads: int, tags: dict[str, str]) -> None:
+    """A worker process: its GPU, its thread count, the orchestration tags of its parent (its MLflow runs
+    belong to the same Prefect flow run), and interrupts that stop a running job only.
 
     SIGTERM (from ``run_jobs``) and SIGINT (Ctrl-C reaches the whole process group) raise
     KeyboardInterrupt inside a running job, whose MLflow run then ends KILLED; an idle worker ignores
@@ -79,6 +80,9 @@ def _init_worker(gpus: Any, stop: Any, threads: int) -> None:
             os.environ["CUDA_VISIBLE_DEVICES"] = gpu
     import torch
 
+    from sounding import tracking
+
+    tracking.inherit_orchestration_tags(tags)
     torch.set_num_threads(threads)
     signal.signal(signal.SIGTERM, _interrupt)
     signal.signal(signal.SIGINT, _interrupt)
@@ -90,13 +94,19 @@ def _interrupt(signum: int, frame: Any) -> None:
 
 
 def _call(fn: Callable[[Job], Result], job: Job) -> Result:
-    """``fn(job)`` in a worker, unless the run has been stopped."""
+    """``fn(job)`` in a worker, unless the run has been stopped. What the job handed to this process's
+    MLflow writer is stored before its result is returned: the pool may end the process (and its writer)
+    as soon as the last result is in."""
     global _busy
+    from sounding import tracking
+
     if _stop.is_set():
         raise Stopped("not started: the run was stopped")
     _busy = True
     try:
-        return fn(job)
+        result = fn(job)
+        tracking.wait_sent()
+        return result
     finally:
         _busy = False
 
@@ -107,49 +117,78 @@ def run_jobs(
     jobs: Sequence[Job],
     on_done: Callable[[Result], None] | None = None,
 ) -> list[Result]:
-    """``[fn(job) for job in jobs]``, in ``n_workers`` spawned processes when that is more than one.
+    """``[fn(job) for job in jobs]``, in ``n_workers`` spawned processes when that is more than one
+    (``Workers.run``)."""
+    with Workers(params, len(jobs)) as workers:
+        return workers.run(fn, jobs, on_done)
 
-    ``fn`` must be a module-level function and the jobs and results picklable (paths, strings, numbers).
-    ``on_done`` is called in this process with each result as it arrives (a progress bar). The first job
-    to fail stops the jobs not started yet, waits for those running (their runs end as they would in a
-    serial run) and raises its exception here. An interrupt of this process (Ctrl-C, or SIGTERM turned
-    into KeyboardInterrupt by the CLI) interrupts the running jobs too (SIGTERM, which a worker turns into
-    KeyboardInterrupt: their MLflow runs end KILLED, their checkpoints stay for a rerun).
-    """
-    workers = n_workers(params, len(jobs))
-    if workers == 1:
-        results = []
-        for job in jobs:
-            results.append(fn(job))
-            if on_done is not None:
-                on_done(results[-1])
-        return results
-    # spawn, not fork: a forked copy of a process that has used torch's thread pools or opened database
-    # connections inherits them in an undefined state.
-    ctx = multiprocessing.get_context("spawn")
-    gpus, stop = ctx.Queue(), ctx.Event()
-    for gpu in worker_gpus(params, workers):
-        gpus.put(gpu)
-    pool = ProcessPoolExecutor(
-        workers, mp_context=ctx, initializer=_init_worker, initargs=(gpus, stop, params.compute.threads)
-    )
-    futures: list[Future] = [pool.submit(_call, fn, job) for job in jobs]
-    try:
-        pending = set(futures)
-        while pending:
-            done, pending = wait(pending, return_when=FIRST_EXCEPTION)
-            for future in done:
-                if future.exception() is not None:
-                    stop.set()  # jobs not started yet do not start; those running finish
-                    raise future.exception()
+
+class Workers:
+    """``n_workers(params, jobs)`` spawned processes, kept for several ``run`` calls (a study's batches
+    start no new processes); with one, jobs run in this process."""
+
+    def __init__(self, params: Params, jobs: int) -> None:
+        self.params, self.size = params, n_workers(params, jobs)
+        self._pool: ProcessPoolExecutor | None = None
+        self._stop: Any = None
+
+    def __enter__(self) -> Workers:
+        from sounding import tracking
+
+        if self.size > 1:
+            # spawn, not fork: a forked copy of a process that has used torch's thread pools or opened
+            # database connections inherits them in an undefined state.
+            ctx = multiprocessing.get_context("spawn")
+            gpus, self._stop = ctx.Queue(), ctx.Event()
+            for gpu in worker_gpus(self.params, self.size):
+                gpus.put(gpu)
+            self._pool = ProcessPoolExecutor(
+                self.size,
+                mp_context=ctx,
+                initializer=_init_worker,
+                initargs=(gpus, self._stop, self.params.compute.threads, tracking.orchestration_tags()),
+            )
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def run(
+        self,
+        fn: Callable[[Job], Result],
+        jobs: Sequence[Job],
+        on_done: Callable[[Result], None] | None = None,
+    ) -> list[Result]:
+        """``[fn(job) for job in jobs]``. ``fn`` must be a module-level function and the jobs and results
+        picklable (paths, strings, numbers). ``on_done`` is called in this process with each result as it
+        arrives (a progress bar). The first job to fail stops the jobs not started yet, waits for those
+        running (their runs end as they would in a serial run) and raises its exception here. An interrupt
+        of this process (Ctrl-C, or SIGTERM turned into KeyboardInterrupt by the CLI) interrupts the
+        running jobs too (SIGTERM, which a worker turns into KeyboardInterrupt: their MLflow runs end
+        KILLED, their checkpoints stay for a rerun)."""
+        if self._pool is None:
+            results = []
+            for job in jobs:
+                results.append(fn(job))
                 if on_done is not None:
-                    on_done(future.result())
-        return [f.result() for f in futures]
-    except (KeyboardInterrupt, SystemExit):
-        stop.set()
-        for proc in list(getattr(pool, "_processes", {}).values()):  # the executor keeps no public list
-            if proc.is_alive():
-                proc.terminate()  # SIGTERM: a running job ends like Ctrl-C (``_init_worker``)
-        raise
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+                    on_done(results[-1])
+            return results
+        futures: list[Future] = [self._pool.submit(_call, fn, job) for job in jobs]
+        try:
+            pending = set(futures)
+            while pending:
+                done, pending = wait(pending, return_when=FIRST_EXCEPTION)
+                for future in done:
+                    if future.exception() is not None:
+                        self._stop.set()  # jobs not started yet do not start; those running finish
+                        raise future.exception()
+                    if on_done is not None:
+                        on_done(future.result())
+            return [f.result() for f in futures]
+        except (KeyboardInterrupt, SystemExit):
+            self._stop.set()
+            for proc in list(getattr(self._pool, "_processes", {}).values()):  # no public list
+                if proc.is_alive():
+                    proc.terminate()  # SIGTERM: a running job ends like Ctrl-C (``_init_worker``)
+            raise

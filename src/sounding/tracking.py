@@ -44,13 +44,25 @@ def git_sha() -> str:
         return "unknown"
 
 
+_inherited_tags: dict[str, str] | None = None  # a worker process's: those of the process that started it
+
+
 def orchestration_tags() -> dict[str, str]:
-    """``prefect.flow_run_id`` and ``prefect.deployment`` of the Prefect flow run this code runs in, if any."""
+    """``prefect.flow_run_id`` and ``prefect.deployment`` of the Prefect flow run this code runs in, if any
+    (in a worker process of ``parallel``: those of the process that started it)."""
+    if _inherited_tags is not None:
+        return dict(_inherited_tags)
     if "prefect" not in sys.modules:  # not under Prefect; importing it would cost a second for nothing
         return {}
     from prefect.runtime import flow_run
 
     return _flow_run_tags(flow_run.id) if flow_run.id else {}
+
+
+def inherit_orchestration_tags(tags: dict[str, str]) -> None:
+    """Make ``tags`` this process's orchestration tags (a worker process runs outside the flow's context)."""
+    global _inherited_tags
+    _inherited_tags = dict(tags)
 
 
 @cache

@@ -1,16 +1,18 @@
 """``sounding tune ARCH``: Optuna search over dropout, L2 and gradient clipping, pruned, resumable, parallel.
 
 One study per architecture, data and search configuration, in an RDB storage (a sqlite file by default,
-PostgreSQL for workers on several machines). Each trial is the same ``training.fit`` as ``sounding train``
-(with its tuning epochs and without the test set), fed to Optuna's Lightning pruning callback epoch by
-epoch (Optuna's ``PyTorchLightningPruningCallback``), and tracked as a nested MLflow run under one parent run per study.
+PostgreSQL for ``sounding tune`` on several machines). Each trial is the same ``training.fit`` as ``sounding
+train`` (with its tuning epochs and without the test set), fed to Optuna's Lightning pruning callback epoch
+by epoch (``PyTorchLightningPruningCallback``), and tracked as a nested MLflow run under one parent run per
+study.
 
-Exact trial budget with several workers: Optuna's ``MaxTrialsCallback`` counts after a trial ends, so two
-workers that finish together can both start one more. Here each worker takes a lock (a file lock for
-sqlite, an advisory lock for PostgreSQL), counts complete + pruned + running trials, and holds the lock
-until its new trial is RUNNING in the storage. Dead workers: every trial sends a heartbeat; a trial silent
-for ``tune.grace_s`` is marked FAIL and ``RetryFailedTrialCallback`` queues a copy with the same params,
-whose checkpoint folder (named from those params) lets it resume where the dead one stopped.
+Trials run in batches of ``tune.batch`` through Optuna's ask-and-tell interface, side by side in
+``compute.workers`` processes, with results that do not depend on the number of processes (``run_study``).
+Exact trial budget with several ``sounding tune`` processes on one study: each counts complete + pruned +
+running trials under a lock (a file lock for sqlite, an advisory lock for PostgreSQL) held until its new
+trials are RUNNING in the storage. Dead processes: the asking process sends its trials' heartbeats; a trial
+silent for ``tune.grace_s`` is marked FAIL and ``RetryHeartbeatStaleTrialCallback`` queues a copy with the same
+params, whose checkpoint folder (named from those params) lets it resume where the dead one stopped.
 """
 
 from __future__ import annotations
@@ -18,14 +20,14 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import multiprocessing
+import math
 import os
 import socket
 import time
 import warnings
 from collections import Counter
 from contextlib import suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +49,7 @@ def study_name(params: Params, arch: str, data_sha256: str) -> str:
         "tune.warmup_epochs",
         "tune.startup_trials",
         "tune.baseline",
+        "tune.batch",
         "tune.space",
         *RESULT_COMPUTE,
         "seed",
@@ -100,7 +103,7 @@ def experiment(params: Params) -> str:
 
 
 def _make_storage(params: Params, url: str):
-    from optuna.storages import RDBStorage, RetryFailedTrialCallback
+    from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 
     t = params.tune
     engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
@@ -111,7 +114,7 @@ def _make_storage(params: Params, url: str):
             engine_kwargs=engine,
             heartbeat_interval=t.heartbeat_s,
             grace_period=t.grace_s,
-            failed_trial_callback=RetryFailedTrialCallback(max_retry=t.max_retry),
+            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=t.max_retry),
         )
     if url.startswith("sqlite"):
         _fast_sqlite(storage.engine)
@@ -189,14 +192,14 @@ class _InterruptGate:
             (signum, frame), self._held = self._held, None
             self._previous[signum](signum, frame)
 
-    def objective(self, func: Any) -> Any:
+    def interruptible(self, func: Any) -> Any:
         """``func``, interruptible while it runs."""
 
-        def gated(trial: Any) -> Any:
+        def gated(*args: Any, **kwargs: Any) -> Any:
             self._open = True
             try:
                 self.raise_held()
-                return func(trial)
+                return func(*args, **kwargs)
             finally:
                 self._open = False
 
@@ -208,6 +211,7 @@ def _quiet_optuna() -> None:
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeats, retries
     for handler in logging.getLogger("optuna").handlers:
         if not any(isinstance(f, _NoTracebackOnCtrlC) for f in handler.filters):
             handler.addFilter(_NoTracebackOnCtrlC())
@@ -226,11 +230,11 @@ def _make_pruner(params: Params, arch: str):
     return optuna.pruners.NopPruner()
 
 
-def _make_sampler(params: Params, worker: int):
+def _make_sampler(params: Params):
     import optuna
 
-    # Each worker its own seed: identically seeded workers would propose identical random start-up trials.
-    return optuna.samplers.TPESampler(seed=params.seed + worker, n_startup_trials=params.tune.startup_trials)
+    seed = params.seed + _launcher_rank()
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=params.tune.startup_trials)
 
 
 class BudgetLock:
@@ -289,8 +293,8 @@ class BudgetLock:
 
 
 @dataclass(frozen=True)
-class TuneJob:
-    """Everything a worker process needs (picklable: paths and strings, no tensors)."""
+class TrialJob:
+    """One trial of a batch, as a worker process runs it (picklable: paths and strings, no tensors)."""
 
     params_json: str
     arch: str
@@ -299,39 +303,70 @@ class TuneJob:
     storage: str
     study: str
     parent_run_id: str | None
-    deadline: float | None
+    trial_id: int
 
     @property
     def params(self) -> Params:
         return Params.model_validate_json(self.params_json)
 
 
-def _objective(job: TuneJob, params: Params, data: Any, lock: BudgetLock):
+class _BatchView:
+    """The study's storage as one trial of a batch sees it: trials that have not finished (its batch's
+    siblings, another machine's trials) are hidden. The pruner then judges the trial against the trials
+    finished before its batch started, whichever sibling reaches an epoch first, so a batch run in two
+    processes gives the study of a batch run in one. Everything else, writes included, goes through."""
+
+    def __init__(self, storage: Any, trial_id: int) -> None:
+        self._storage, self._trial_id = storage, trial_id
+
+    def get_all_trials(self, study_id: int, deepcopy: bool = True, states: Any = None) -> list[Any]:
+        trials = self._storage.get_all_trials(study_id, deepcopy=deepcopy, states=states)
+        return [t for t in trials if t.state.is_finished() or t._trial_id == self._trial_id]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._storage, name)
+
+
+_storages: dict[str, Any] = {}  # a worker process's storage per URL, kept across the trials it runs
+
+
+def run_trial(job: TrialJob) -> dict[str, Any]:
+    """Train one asked trial with Optuna's Lightning pruning callback, in its own nested MLflow run, and
+    return its outcome (``number``, ``state``: COMPLETE, PRUNED or FAIL, ``value``) for the process that
+    asked it to tell. An exception of the trial is its FAIL, as in ``study.optimize(catch=...)``;
+    an interrupt propagates."""
     import optuna
     from optuna_integration import PyTorchLightningPruningCallback
 
     from sounding import tracking
+    from sounding.data.prepare import load_prepared
     from sounding.training import fingerprint, fit
 
-    space = search_space(params, job.arch)
-
-    def objective(trial: optuna.Trial) -> float:
-        lock.release()  # the trial is RUNNING in the storage: other workers may count it now
-        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
-        if os.environ.get("CUDA_VISIBLE_DEVICES"):
-            trial.set_user_attr("cuda_visible_devices", os.environ["CUDA_VISIBLE_DEVICES"])
-        overrides = {}
-        for name, (key, r) in space.items():
-            suggest = trial.suggest_int if r.is_int else trial.suggest_float
-            overrides[key] = suggest(name, r.low, r.high, log=r.log)
-        p = trial_params(params, job.arch, overrides)
-        # Named from the trial's params: a retried trial (same params) resumes the dead one's checkpoint.
-        # Under the study's name: another study's finished trial (another pruner, say) would resume at its
-        # end without reporting an epoch to this study's pruner, and the study would differ from a fresh one.
-        run_dir = Path(job.out_dir) / "trials" / job.study / fingerprint(p, job.arch, p.seed, data.sha256)
-        tags = {"stage": "tune", "arch": job.arch, "study": job.study, "optuna_trial": str(trial.number)}
-        pruning = PyTorchLightningPruningCallback(trial, monitor="val/acc")
-        state = "COMPLETE"
+    _quiet_optuna()
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    params = job.params
+    if job.storage not in _storages:
+        _storages[job.storage] = _make_storage(params, job.storage)
+    study = optuna.load_study(
+        study_name=job.study,
+        storage=_BatchView(_storages[job.storage], job.trial_id),
+        sampler=optuna.samplers.RandomSampler(),  # unused: the asking process sampled every value
+        pruner=_make_pruner(params, job.arch),
+    )
+    trial = optuna.trial.Trial(study, job.trial_id)
+    trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+    if os.environ.get("CUDA_VISIBLE_DEVICES"):
+        trial.set_user_attr("cuda_visible_devices", os.environ["CUDA_VISIBLE_DEVICES"])
+    overrides = {key: trial.params[name] for name, (key, _) in search_space(params, job.arch).items()}
+    p = trial_params(params, job.arch, overrides)
+    data = load_prepared(job.data_dir)
+    # Named from the trial's params: a retried trial (same params) resumes the dead one's checkpoint.
+    # Under the study's name: another study's finished trial (another pruner, say) would resume at its
+    # end without reporting an epoch to this study's pruner, and the study would differ from a fresh one.
+    run_dir = Path(job.out_dir) / "trials" / job.study / fingerprint(p, job.arch, p.seed, data.sha256)
+    tags = {"stage": "tune", "arch": job.arch, "study": job.study, "optuna_trial": str(trial.number)}
+    outcome: dict[str, Any] = {"number": trial.number, "state": "COMPLETE", "value": None}
+    try:
         with tracking.resumable_run(
             p,
             run_dir,
@@ -344,22 +379,25 @@ def _objective(job: TuneJob, params: Params, data: Any, lock: BudgetLock):
         ) as run_id:
             start = time.perf_counter()
             try:
+                pruning = PyTorchLightningPruningCallback(trial, monitor="val/acc")
                 result = fit(
                     p, job.arch, p.seed, data, run_dir, run_id, [pruning], progress=False, evaluate=False
                 )
+                outcome["value"] = float(result.metrics["val/acc"])
+                if not math.isfinite(outcome["value"]):
+                    raise ValueError(f"val/acc is {outcome['value']}")
             except optuna.TrialPruned:
-                state = "PRUNED"
+                outcome["state"] = "PRUNED"
             except Exception:
-                state = "FAIL"
-                raise
+                outcome["state"] = "FAIL"
+                raise  # the MLflow run ends FAILED
             finally:
                 trial.set_user_attr("fit_s", time.perf_counter() - start)  # training time, for the overhead
-                tracking.send_tags(p.tracking.uri, run_id, {"trial_state": state})
-        if state == "PRUNED":
-            raise optuna.TrialPruned()
-        return result.metrics["val/acc"]
-
-    return objective
+                tracking.send_tags(p.tracking.uri, run_id, {"trial_state": outcome["state"]})
+    except Exception as exc:
+        outcome.update(state="FAIL", value=None)
+        logging.getLogger(__name__).warning("trial %d failed: %r", trial.number, exc, exc_info=True)
+    return outcome
 
 
 def _states(study: Any) -> Counter[str]:
@@ -367,57 +405,118 @@ def _states(study: Any) -> Counter[str]:
     return Counter(t.state.name for t in study.get_trials(deepcopy=False))
 
 
-def run_worker(
-    job: TuneJob, worker: int = 0, progress: bool = False, storage: Any = None, data: Any = None
+class _Heartbeats:
+    """Heartbeats of a batch's trials, sent from the process that asked them for as long as the batch
+    runs (its trials may wait for a free worker): if that process dies, they stop, and after
+    ``tune.grace_s`` the next process to look at the study fails the trials and re-queues them
+    (``fail_stale_trials`` with Optuna's ``RetryHeartbeatStaleTrialCallback``)."""
+
+    def __init__(self, storage: Any, trial_ids: list[int], interval: float) -> None:
+        import threading
+
+        self._storage, self._ids, self._interval = storage, trial_ids, interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name="tune-heartbeats", daemon=True)
+
+    def _beat(self) -> None:
+        while True:
+            for trial_id in self._ids:
+                self._storage.record_heartbeat(trial_id)
+            if self._stop.wait(self._interval):
+                return
+
+    def __enter__(self) -> _Heartbeats:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def _distribution(r: Range):
+    from optuna.distributions import FloatDistribution, IntDistribution
+
+    if r.is_int:
+        return IntDistribution(int(r.low), int(r.high), log=r.log)
+    return FloatDistribution(r.low, r.high, log=r.log)
+
+
+def _launcher_rank() -> int:
+    """This process's rank among copies started by srun or torchrun (0 otherwise): copies of ``sounding
+    tune`` on a cluster seed their samplers apart, or their random start-up trials would be the same."""
+    return int(os.environ.get("SLURM_PROCID") or os.environ.get("RANK") or 0)
+
+
+def run_study(
+    params: Params, arch: str, study: Any, storage: Any, job: TrialJob, deadline: float | None, progress: bool
 ) -> None:
-    """Run trials of ``job.study`` until it holds ``tune.n_trials`` complete + pruned trials (or the
-    deadline passes), waiting for other workers' running trials before leaving. A worker in the calling
-    process reuses its ``storage`` and ``data``; a spawned one opens its own."""
+    """Ask ``tune.batch`` trials at a time, train them side by side (``compute.workers`` processes, each
+    its own trial) and tell their outcomes once the whole batch is done; until the study holds
+    ``tune.n_trials`` complete + pruned trials or the deadline passes.
+
+    Why batches: Optuna's sampler and pruner decide from the trials finished so far, so trials running
+    side by side would make the search depend on which finished first. A batch is asked from the same
+    history, its trials are pruned against trials finished before it (``_BatchView``) and told together,
+    so the study, and the tuned values, are the same in one process or in several. Other ``sounding
+    tune`` processes (other machines, on a shared PostgreSQL study) may work on the study at the same
+    time: each counts the budget under a lock, and their trials then interleave by timing."""
     import optuna
-    import torch
+    from optuna.trial import TrialState
 
     from sounding import tracking
-    from sounding.data.prepare import load_prepared
 
-    _quiet_optuna()
-    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    params = job.params
-    torch.set_num_threads(params.compute.threads)
-    data = data or load_prepared(job.data_dir)
-    study = optuna.load_study(
-        study_name=job.study,
-        storage=storage or _make_storage(params, job.storage),
-        sampler=_make_sampler(params, worker),
-        pruner=_make_pruner(params, job.arch),
-    )
-    lock = BudgetLock(job.storage, job.study)
-    bar = _progress_bar(study, params.tune.n_trials) if progress else None
-    with _InterruptGate() as gate:
-        objective = gate.objective(_objective(job, params, data, lock))
+    t = params.tune
+    distributions = {name: _distribution(r) for name, (_, r) in search_space(params, arch).items()}
+    retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=t.max_retry)
+    lock = BudgetLock(job.storage, study.study_name)
+    bar = _progress_bar(study, t.n_trials) if progress else None
+    outcomes: dict[int, dict[str, Any]] = {}  # of the running batch, by trial number, as they arrive
+    with _InterruptGate() as gate, parallel.Workers(params, t.batch) as workers:
         try:
             while True:
-                lock.acquire()
-                optuna.storages.fail_stale_trials(study)  # a dead worker's trial: FAIL, and its retry queued
-                states = _states(study)
-                if bar is not None:
-                    bar.update(states["COMPLETE"] + states["PRUNED"] - bar.n)
-                    with suppress(ValueError):
-                        bar.set_postfix({"best val/acc": f"{study.best_value:.3f}"})
-                # Stop at the deadline, or when as many trials failed as the budget (a broken objective).
-                late = job.deadline is not None and time.time() >= job.deadline
-                late = late or states["FAIL"] >= params.tune.n_trials
-                if late or sum(states[s] for s in COUNTED) >= params.tune.n_trials:
-                    lock.release()
-                    if late or not states["RUNNING"]:
+                with lock:
+                    optuna.storages.fail_stale_trials(study)  # a dead process's trials: FAIL, re-queued
+                    counts = _states(study)
+                    if bar is not None:
+                        bar.update(counts["COMPLETE"] + counts["PRUNED"] - bar.n)
+                        with suppress(ValueError):
+                            bar.set_postfix({"best val/acc": f"{study.best_value:.3f}"})
+                    # Stop at the deadline, or when as many trials failed as the budget (a broken objective).
+                    late = deadline is not None and time.time() >= deadline
+                    late = late or counts["FAIL"] >= t.n_trials
+                    size = t.n_trials - sum(counts[s] for s in COUNTED)
+                    with warnings.catch_warnings():  # heartbeats come from ``_Heartbeats``, not ``optimize``
+                        warnings.filterwarnings("ignore", "Heartbeat of storage", UserWarning)
+                        asked = [study.ask(distributions) for _ in range(0 if late else min(t.batch, size))]
+                gate.raise_held()  # Ctrl-C since the last batch: stop before training another
+                if not asked:
+                    if late or not counts["RUNNING"]:
                         break
-                    time.sleep(1.0)  # another worker's trial may still fail and be re-queued
+                    time.sleep(1.0)  # another process's trial may still fail and be re-queued
                     continue
-                gate.raise_held()  # Ctrl-C since the last trial: stop before starting another
-                # The lock stays held until the objective starts, i.e. until the new trial is RUNNING.
-                study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=False)
-                lock.release()  # when the trial could not start
-            tracking.wait_sent()  # the trials' MLflow runs are complete before this worker returns
+                jobs = [replace(job, trial_id=trial._trial_id) for trial in asked]
+                outcomes.clear()
+                try:
+                    with _Heartbeats(storage, [j.trial_id for j in jobs], t.heartbeat_s):
+                        gate.interruptible(workers.run)(
+                            run_trial, jobs, on_done=lambda o: outcomes.update({o["number"]: o})
+                        )
+                finally:
+                    # Told together, in trial order: what finished, as it finished; what did not (an
+                    # interrupt, a worker process killed) as FAIL, re-queued with the same values to resume
+                    # from its checkpoint on the next run.
+                    for trial in asked:
+                        o = outcomes.get(trial.number)
+                        if o is None or o["state"] == "FAIL":
+                            study.tell(trial, state=TrialState.FAIL)
+                            if o is None:
+                                retry(study, study.get_trials(deepcopy=False)[trial.number])
+                        elif o["state"] == "PRUNED":
+                            study.tell(trial, state=TrialState.PRUNED)
+                        else:
+                            study.tell(trial, o["value"])
+            tracking.wait_sent()  # the trials' MLflow runs are complete before the summary
         finally:
             lock.close()
             if bar is not None:
@@ -428,41 +527,6 @@ def _progress_bar(study: Any, total: int):
     from tqdm.auto import tqdm
 
     return tqdm(total=total, desc=f"tune {study.study_name}", unit="trial", leave=False, disable=None)
-
-
-def _start(proc: Any, gpu: str | None) -> None:
-    """Start a spawned process with ``CUDA_VISIBLE_DEVICES=gpu`` (a spawned child copies the environment
-    as it is when it starts)."""
-    if gpu is None:
-        proc.start()
-        return
-    saved = os.environ.get("CUDA_VISIBLE_DEVICES")
-    os.environ["CUDA_VISIBLE_DEVICES"] = gpu
-    try:
-        proc.start()
-    finally:
-        if saved is None:
-            del os.environ["CUDA_VISIBLE_DEVICES"]
-        else:
-            os.environ["CUDA_VISIBLE_DEVICES"] = saved
-
-
-def _spawn_workers(job: TuneJob, workers: int) -> None:
-    # spawn, not fork: torch and the sqlalchemy engines of this process must not be inherited.
-    ctx = multiprocessing.get_context("spawn")
-    procs = [ctx.Process(target=run_worker, args=(job, i), name=f"tune-worker-{i}") for i in range(workers)]
-    for proc, gpu in zip(procs, parallel.worker_gpus(job.params, workers), strict=True):
-        _start(proc, gpu)
-    try:
-        for proc in procs:
-            proc.join()
-    except BaseException:
-        for proc in procs:
-            proc.terminate()
-        raise
-    failed = [p.name for p in procs if p.exitcode != 0]
-    if failed:
-        raise RuntimeError(f"tuning workers {', '.join(failed)} failed; rerun `sounding tune` to resume")
 
 
 def tune(
@@ -504,7 +568,11 @@ def tune(
     with BudgetLock(url, "setup"):
         storage = _make_storage(params, url)
         study = optuna.create_study(
-            study_name=name, storage=storage, direction="maximize", load_if_exists=True
+            study_name=name,
+            storage=storage,
+            direction="maximize",
+            load_if_exists=True,
+            sampler=_make_sampler(params),
         )
         if not study.trials and params.tune.baseline:
             baseline = {n: _current(params, key) for n, (key, r) in space.items()}
@@ -517,15 +585,12 @@ def tune(
                 parent = rid
             study.set_user_attr("mlflow_run_id", parent)
     deadline = time.time() + params.tune.timeout if params.tune.timeout else None
-    job = TuneJob(params.model_dump_json(), arch, str(data_dir), str(out_dir), url, name, parent, deadline)
+    job = TrialJob(params.model_dump_json(), arch, str(data_dir), str(out_dir), url, name, parent, -1)
     # Trials finished before this call (an enqueued baseline or retry has not run yet: it is not one).
     done_before = {t.number for t in study.trials if t.state.is_finished()}
     start = time.perf_counter()
     with tracking.tracked_run(params, f"{arch}-tune", {}, run_id=parent, experiment=experiment(params)):
-        if params.tune.workers == 1:
-            run_worker(job, 0, progress=progress, storage=storage, data=data)
-        else:
-            _spawn_workers(job, params.tune.workers)
+        run_study(params, arch, study, storage, job, deadline, progress)
         wall_s = time.perf_counter() - start
         study = optuna.load_study(study_name=name, storage=storage)
         summary = _summarise(params, arch, data.sha256, study, space, done_before, wall_s)
@@ -573,6 +638,7 @@ def _summarise(
     adopted = baseline is None or best.value - baseline.value >= params.tune.min_gain
     chosen = best if adopted else baseline
     fit_s = sum(t.user_attrs.get("fit_s", 0.0) for t in trials if t.number not in done_before)
+    processes = parallel.n_workers(params, params.tune.batch)  # the bookkeeping share means one process
     return {
         "arch": arch,
         "enabled": True,
@@ -589,8 +655,9 @@ def _summarise(
         "epochs_budget": params.tune.n_trials * params.tune_epochs(arch),
         "wall_s": wall_s,
         "fit_s": fit_s,
-        "workers": params.tune.workers,
-        "bookkeeping_fraction": (wall_s - fit_s) / wall_s if params.tune.workers == 1 and fit_s else None,
+        "batch": params.tune.batch,
+        "processes": processes,
+        "bookkeeping_fraction": (wall_s - fit_s) / wall_s if processes == 1 and fit_s else None,
     }
 
 
