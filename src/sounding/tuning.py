@@ -475,6 +475,7 @@ def run_study(
     with _InterruptGate() as gate, parallel.Workers(params, t.batch) as workers:
         try:
             while True:
+                gate.raise_held()  # Ctrl-C since the last batch: stop before asking another
                 with lock:
                     optuna.storages.fail_stale_trials(study)  # a dead process's trials: FAIL, re-queued
                     counts = _states(study)
@@ -489,7 +490,6 @@ def run_study(
                     with warnings.catch_warnings():  # heartbeats come from ``_Heartbeats``, not ``optimize``
                         warnings.filterwarnings("ignore", "Heartbeat of storage", UserWarning)
                         asked = [study.ask(distributions) for _ in range(0 if late else min(t.batch, size))]
-                gate.raise_held()  # Ctrl-C since the last batch: stop before training another
                 if not asked:
                     if late or not counts["RUNNING"]:
                         break
