@@ -60,5 +60,5 @@ def test_stage_writes_metrics_plots_and_runs(params: Params, prepared: Path, tmp
     assert len(list((tmp_path / "plots" / "heatmaps").glob("*.png"))) == 4
     from sounding import tracking
 
-    exp = tracking.client(small.tracking.uri).get_experiment_by_name("depth")
+    exp = tracking.client(small.tracking.uri).get_experiment_by_name("sounding-depth")
     assert len(tracking.client(small.tracking.uri).search_runs([exp.experiment_id])) == 4

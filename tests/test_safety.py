@@ -85,3 +85,17 @@ def test_servers_started_by_make_bind_to_loopback() -> None:
         block = makefile[makefile.index(line) : makefile.index(line) + 400]
         assert "--host 127.0.0.1" in block or "--host $(HOST)" in block, line
     assert re.search(r"^HOST \?= 127\.0\.0\.1$", makefile, re.M) or "--host $(HOST)" not in makefile
+
+
+def test_outputs_follow_the_umask_like_any_other_tool(tmp_path: Path) -> None:
+    import os
+
+    from sounding.files import write_json
+
+    previous = os.umask(0o022)
+    try:
+        assert write_json(tmp_path / "shared.json", {"a": 1}).stat().st_mode & 0o777 == 0o644
+        os.umask(0o077)
+        assert write_json(tmp_path / "private.json", {"a": 1}).stat().st_mode & 0o777 == 0o600
+    finally:
+        os.umask(previous)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
@@ -151,3 +152,34 @@ def test_worker_processes_carry_the_orchestration_tags_of_the_process_that_start
     flow = {"prefect.flow_run_id": "0f5e", "prefect.deployment": "nightly"}
     monkeypatch.setattr(tracking, "_inherited_tags", flow)  # as if this process ran in a flow run
     assert parallel.run_jobs(tiny_params(**{"compute.workers": 2}), _tags, [0, 1]) == [flow, flow]
+
+
+def test_runs_carry_mlflows_source_tags_and_the_dvc_stage(
+    params: Params, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import subprocess
+
+    def git(*args: str) -> None:
+        subprocess.run(["git", *args], check=True, capture_output=True, cwd=tmp_path)
+
+    git("init", "-q")
+    (tmp_path / "dvc.lock").write_text("schema: '2.0'\n")
+    (tmp_path / "params.yaml").write_text("seed: 42\n")
+    git("add", "dvc.lock", "params.yaml")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "x")
+    head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=tmp_path).stdout
+    (tmp_path / "dvc.lock").write_text("schema: '2.0'\nstages: {}\n")  # as `dvc repro` rewrites it
+    monkeypatch.setenv("DVC_STAGE", "train@cnn")
+    monkeypatch.setenv("DVC_EXP_NAME", "lucid-lr")
+    tracking.git_sha.cache_clear()
+    with tracking.tracked_run(params, "x", {}) as run_id:
+        pass
+    tags = _run(params, run_id).data.tags
+    assert tags["mlflow.source.git.commit"] == head.strip() == tags["git_sha"]  # dvc.lock is no change
+    assert tags["mlflow.user"] and tags["mlflow.source.type"] == "LOCAL" and tags["mlflow.source.name"]
+    assert (tags["dvc.stage"], tags["dvc.exp_name"]) == ("train@cnn", "lucid-lr")
+
+    (tmp_path / "params.yaml").write_text("seed: 43\n")
+    tracking.git_sha.cache_clear()
+    assert tracking.git_sha() == head.strip() + "-dirty"
+    tracking.git_sha.cache_clear()

@@ -21,6 +21,7 @@ from sounding.errors import BadInput
 from sounding.models.classifier import LitClassifier
 from sounding.models.factory import build_net, save_net
 from sounding.transfer import (
+    ROWS,
     STRATEGIES,
     BudgetSampler,
     _results,
@@ -261,9 +262,15 @@ def test_gains_are_paired_differences_and_their_shrinking_is_reported() -> None:
         acc["cnn", "finetune", b] = [
             x + d for x, d in zip(v, {0.01: (0.1, 0.1), 0.1: (0.3, 0.3), 1.0: (0.0, 0.0)}[b], strict=True)
         ]
-    results = _results(acc, {"cnn": None}, budgets, {b: int(b * 100) for b in budgets})
+    labels = {b: int(b * 100) for b in budgets}
+    results = _results(acc, {"cnn": None}, budgets, labels, {"cnn": 0.5})
     probe = results["cnn"]["linear_probe"]["0.01"]
     assert probe["gain"] == pytest.approx(0.4) and probe["gain_std"] == pytest.approx(0.1414, abs=1e-4)
+    assert probe["gain_over_zero_shot"] == pytest.approx(0.1)  # mean 0.6 against the source's own 0.5
+    assert [r["acc"] for r in results["cnn"]["zero_shot"].values()] == [0.5] * 3
+    assert (
+        "zero_shot" not in _results(acc, {"cnn": None}, budgets, labels, {"cnn": None})["cnn"]
+    )  # a new head
     assert "gain" not in results["cnn"]["scratch"]["0.01"]
     gains = gain_profile(results, budgets)
     assert gains["cnn"]["linear_probe"]["by_budget"] == pytest.approx([0.4, 0.2, 0.05])
@@ -307,19 +314,27 @@ def test_stage_writes_metrics_plots_runs_and_is_deterministic(prepared: Path, tm
     for strategy in STRATEGIES:
         row = s["results"]["mlp"][strategy]["0.1"]
         assert len(row["per_seed"]) == 2 and 0 <= row["acc"] <= 1
-        assert ("gain" in row) == (strategy != "scratch")
+        assert ("gain" in row) == ("gain_over_zero_shot" in row) == (strategy != "scratch")
+    # Zero-shot: the pretrained network as it is, the same at every budget; the gains over it are paired
+    # with nothing (it has no seed), so they are the plain difference of accuracies.
+    zero = s["results"]["mlp"]["zero_shot"]
+    assert (
+        zero["0.1"]["acc"] == zero["1"]["acc"] and zero["0.1"]["labels"] == 0 and 0 <= zero["1"]["acc"] <= 1
+    )
+    finetune = s["results"]["mlp"]["finetune"]["0.1"]
+    assert finetune["gain_over_zero_shot"] == pytest.approx(finetune["acc"] - zero["0.1"]["acc"])
     for strategy in STRATEGIES[1:]:
         profile = s["gains"]["mlp"][strategy]
         by_budget = [s["results"]["mlp"][strategy][b]["gain"] for b in ("0.1", "1")]
         assert profile["by_budget"] == by_budget and profile["shrinks"] == (by_budget[0] > by_budget[1])
     csv = (tmp_path / "plots" / "mlp.csv").read_text().splitlines()
-    assert csv[0] == "labels,budget,scratch,linear_probe,finetune" and len(csv) == 3
+    assert csv[0] == "labels,budget,zero_shot,scratch,linear_probe,finetune" and len(csv) == 3
     assert (tmp_path / "plots" / "accuracy_vs_budget.png").is_file()
 
     c = tracking.client(params.tracking.uri)
-    runs = c.search_runs([tracking.experiment_id(params.tracking.uri, "transfer")])
+    runs = c.search_runs([tracking.experiment_id(params.tracking.uri, "sounding-transfer")])
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == s["run_id"]]
-    assert len(children) == len(STRATEGIES) * 2
+    assert len(children) == len(ROWS) * 2
     assert [a.path for a in c.list_artifacts(s["run_id"], "plots")][0].endswith("accuracy_vs_budget.png")
 
     again = run_transfer(*args, tmp_path / "again.json", tmp_path / "again", progress=False)
@@ -366,6 +381,8 @@ def test_cli_pretrain_transfer_and_leaderboard(tmp_path: Path) -> None:
         sum(line.startswith(f"| {a} | ") for line in section.splitlines()) == 4 for a in ("cnn", "mlp")
     )
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    runs = tracking.client(uri).search_runs([tracking.experiment_id(uri, "transfer")], max_results=100)
+    runs = tracking.client(uri).search_runs(
+        [tracking.experiment_id(uri, "sounding-transfer")], max_results=100
+    )
     stages = sorted(r.data.tags["stage"] for r in runs)
     assert stages.count("pretrain") == 2 and stages.count("transfer") == 1 + 2 * 3 * 4

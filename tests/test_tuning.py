@@ -29,13 +29,103 @@ def tune_params(**overrides: object):
 
 
 def test_a_best_trial_gaining_less_than_min_gain_leaves_the_params_values(prepared: Path) -> None:
-    summary = tune(tune_params(**{"tune.min_gain": 1.0}), "mlp", prepared, "tuning/mlp", progress=False)
-    assert summary["adopted"] == "baseline"
-    assert summary["overrides"] == {
-        "models.mlp.dropout": 0.0,
-        "train.weight_decay": 5e-4,
-        "train.gradient_clip_val": 0.0,
-    }
+    params = tune_params(**{"tune.min_gain": 1.0})
+    summary = tune(params, "mlp", prepared, "tuning/mlp", progress=False)
+    assert summary["adopted"] == "baseline" and summary["overrides"] == {}
+    assert (summary["baseline_state"], summary["baseline_source"]) == ("complete", "trial 0")
+    metrics = stages.train_architecture(
+        params,
+        "mlp",
+        prepared,
+        "models",
+        "metrics.json",
+        "plots",
+        progress=False,
+        tuned="tuning/mlp/best.json",
+    )
+    assert metrics["adopted"] == "baseline" and "| baseline kept |" in leaderboard([metrics], "mnist1d")
+
+
+def test_a_baseline_outside_the_search_space_is_trained_beside_the_study(prepared: Path) -> None:
+    # weight_decay 0 (the published setting) lies below the log range: it cannot be a trial.
+    params = tune_params(**{"train.weight_decay": 0.0, "tune.min_gain": 1.0})
+    summary = tune(params, "mlp", prepared, "tuning/mlp", progress=False)
+    assert summary["baseline_source"] == "reference fit" and summary["baseline_state"] == "complete"
+    assert 0 < summary["baseline_value"] <= 1
+    assert summary["adopted"] == "baseline" and summary["overrides"] == {}
+    study = _study(params, "mlp", prepared)
+    assert not any(t.user_attrs.get("baseline") for t in study.trials)  # not a trial of the study
+    runs = tracking.client(params.tracking.uri).search_runs(
+        [tracking.client(params.tracking.uri).get_experiment_by_name("sounding-tuning").experiment_id],
+        "tags.baseline = 'reference fit'",
+    )
+    assert len(runs) == 1 and runs[0].data.params["weight_decay"] == "0.0"
+    again = tune(params.with_overrides({"tune.n_trials": 4}), "mlp", prepared, "tuning/mlp", progress=False)
+    assert again["baseline_value"] == summary["baseline_value"]  # remembered with the study, not refitted
+    assert (
+        len(
+            tracking.client(params.tracking.uri).search_runs(
+                [runs[0].info.experiment_id], "tags.baseline = 'reference fit'"
+            )
+        )
+        == 1
+    )
+
+
+def test_a_failed_baseline_is_reported_and_the_best_trial_adopted(
+    prepared: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sounding.training as training
+
+    real_fit, calls = training.fit, []
+
+    def fails_first(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:  # trial 0, the baseline
+            raise RuntimeError("injected failure")
+        return real_fit(*args, **kwargs)
+
+    monkeypatch.setattr(training, "fit", fails_first)
+    params = tune_params(**{"compute.workers": 1})  # one process: the patched fit runs where the trials do
+    summary = tune(params, "mlp", prepared, "tuning/mlp", progress=False)
+    assert (summary["baseline_state"], summary["baseline_source"], summary["baseline_value"]) == (
+        "failed",
+        "trial 0",
+        None,
+    )
+    assert summary["adopted"] == "tuned" and summary["overrides"]
+
+
+@pytest.mark.parametrize(("best_correct", "adopted"), [(268, "tuned"), (267, "baseline")])
+def test_min_gain_is_counted_in_validation_samples_at_its_boundary(best_correct: int, adopted: str) -> None:
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from sounding.tuning import _summarise
+
+    # 400 validation samples, min_gain 0.01: 4 samples. Accuracies arrive as float32, where 268/400 − 264/400
+    # is 0.0099999…, below 0.01: the gain must be counted, not compared as floats.
+    params = tune_params(**{"tune.min_gain": 0.01})
+    data = SimpleNamespace(sha256="0" * 64, val=SimpleNamespace(y=np.zeros(400)))
+    dist = optuna.distributions.FloatDistribution(0.0, 0.5)
+    study = optuna.create_study(direction="maximize")
+    for value, attrs in ((264, {"baseline": True}), (best_correct, {})):
+        study.add_trial(
+            optuna.trial.create_trial(
+                params={"dropout": value / 1000},
+                distributions={"dropout": dist},
+                value=float(np.float32(value / 400)),
+                user_attrs=attrs,
+            )
+        )
+    space = {"dropout": ("models.mlp.dropout", None)}
+    summary = _summarise(params, "mlp", data, study, space, set(), 1.0)
+    assert summary["adopted"] == adopted
+    assert (summary["gain_samples"], summary["min_gain_samples"]) == (best_correct - 264, 4)
+    assert summary["overrides"] == (
+        {} if adopted == "baseline" else {"models.mlp.dropout": best_correct / 1000}
+    )
 
 
 def _study(params, arch: str, prepared: Path) -> optuna.Study:
@@ -57,7 +147,7 @@ def test_tune_writes_best_params_counts_plots_and_nested_mlflow_runs(prepared: P
     }
     assert best["counts"]["complete"] + best["counts"]["pruned"] == 3 and best["counts"]["failed"] == 0
     assert 0 < best["value"] <= 1 and best["value"] >= best["baseline_value"]
-    assert best["adopted"] == "best"
+    assert best["adopted"] == "tuned"
     assert 0 < best["fit_s"] < best["wall_s"]
     for name in ("history", "importances", "intermediate", "parallel"):
         assert Path(f"tuning/mlp/plots/{name}.png").stat().st_size > 1000
@@ -165,7 +255,7 @@ def test_disabled_tuning_writes_an_empty_result_that_train_accepts(prepared: Pat
 def test_train_with_tuned_values_logs_them_and_refuses_another_dataset(prepared: Path) -> None:
     params = tune_params()
     sha = json.loads((prepared / "manifest.json").read_text())["sha256"]
-    best = {"arch": "mlp", "data_sha256": sha, "overrides": {"models.mlp.dropout": 0.25}}
+    best = {"arch": "mlp", "data_sha256": sha, "overrides": {"models.mlp.dropout": 0.25}, "adopted": "tuned"}
     Path("best.json").write_text(json.dumps(best))
     metrics = stages.train_architecture(
         params,
@@ -178,7 +268,7 @@ def test_train_with_tuned_values_logs_them_and_refuses_another_dataset(prepared:
         tuned="best.json",
     )
     assert metrics["tuned"] == {"models.mlp.dropout": 0.25}
-    assert "| dropout 0.25 |" in leaderboard([metrics], "mnist1d")
+    assert "| tuned: dropout 0.25 |" in leaderboard([metrics], "mnist1d")
     run = tracking.client(params.tracking.uri).get_run(metrics["seeds"][0]["run_id"])
     assert run.data.params["models.mlp.dropout"] == "0.25"
 

@@ -136,13 +136,20 @@ def tune(
     best = ", ".join(f"{k}={v:.3g}" for k, v in s["params"].items())
     typer.echo(
         f"{arch}: best val/acc {s['value']:.4f} (trial {s['trial']}: {best}); baseline "
-        f"{s['baseline_value'] if s['baseline_value'] is None else round(s['baseline_value'], 4)}; "
+        f"{s['baseline_state'] if s['baseline_value'] is None else round(s['baseline_value'], 4)}; "
         f"{c['complete']} complete, {c['pruned']} pruned, {c['failed']} failed; "
         f"{s['epochs_run']}/{s['epochs_budget']} epochs in {s['wall_s']:.1f} s"
     )
+    if s["baseline_state"] == "failed":
+        typer.echo(
+            f"{arch}: the baseline ({s['baseline_source']}: the params' values) failed; see its MLflow run. "
+            "train adopts the best trial's values, unchecked against it",
+            err=True,
+        )
     if s["adopted"] == "baseline":
         typer.echo(
-            f"{arch}: the best trial gains less than tune.min_gain={params.tune.min_gain} over the baseline: "
+            f"{arch}: the best trial gains {s['gain_samples']} of {s['val_samples']} validation samples over "
+            f"the baseline, fewer than tune.min_gain={params.tune.min_gain} ({s['min_gain_samples']} samples): "
             "train keeps the params' values"
         )
 
@@ -375,7 +382,7 @@ def retrain(
     force: Annotated[bool, typer.Option(help="Ignore cached results: rerun every stage.")] = False,
     params_path: ParamsOpt = Path("params.yaml"),
 ) -> None:
-    """Run the Prefect retraining flow once: only the stages whose inputs changed run (see README)."""
+    """Run the Prefect retraining flow once: only the stages whose inputs changed run (docs/scheduling.md)."""
     states = _retrain_module(params_path, archs).retrain(str(params_path), archs, force)
     typer.echo("\n".join(f"{name}: {state}" for name, state in states.items()))
 

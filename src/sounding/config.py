@@ -127,7 +127,7 @@ class TrainParams(Section):
     """``cosine`` decays the learning rate to zero over ``epochs``."""
     weight_decay: NonNegative = 5e-4
     """L2 strength. Coupled (added to the gradient) for adam and sgd; decoupled for adamw. The published
-    reference uses 0; without it every architecture overfits within a few dozen epochs (docs in README)."""
+    reference uses 0; without it every architecture overfits within a few dozen epochs (docs/params.md)."""
     l1: NonNegative = 0.0
     """L1 penalty on the weights, added to the loss."""
     gradient_clip_val: NonNegative = 0.0
@@ -304,8 +304,9 @@ class TuneParams(Section):
     baseline: bool = True
     """Trial 0 evaluates the current params, so the tuned result is never worse on validation."""
     min_gain: Annotated[float, Field(ge=0, le=1)] = 0.01
-    """``val/acc`` the best trial must gain over the baseline trial for its values to be adopted; below
-    it, ``train`` keeps the params' values. The validation split is small (400 samples by default: one
+    """``val/acc`` the best trial must gain over the baseline trial for its values to be adopted, counted
+    in validation samples (0.01 of 400 is 4: a gain of exactly 4 samples is adopted); below it, ``train``
+    keeps the params' values. The validation split is small (400 samples by default: one
     sample is 0.25 pp) and a study's best is the maximum of many noisy values, so smaller gains are
     mostly luck and did not carry over to the test set."""
     storage: str | None = None
@@ -405,7 +406,7 @@ class RetrainParams(Section):
     task_runner: Literal["processes", "threads"] = "processes"
     """Where the flow's tasks run. ``processes``: worker processes, side by side, each with its own torch
     random state, so results equal the CLI's. ``threads``: one thread in the flow's process, no start-up
-    cost (tests, debugging). Dask or Ray on a cluster: see the README."""
+    cost (tests, debugging). Dask or Ray on a cluster: see docs/scheduling.md."""
     max_workers: PositiveInt = 2
     """Tasks (tuning, training, pretraining, …) running at once."""
     retries: Annotated[int, Field(ge=0)] = 3

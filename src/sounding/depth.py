@@ -21,7 +21,10 @@ from torch import nn
 from sounding.config import Params
 from sounding.models.nets.base import weight_matrices
 
-EXPERIMENT = "depth"
+
+def experiment(params: Params) -> str:
+    """The study's MLflow experiment, beside the training runs: ``<tracking.experiment>-depth``."""
+    return f"{params.tracking.experiment}-depth"
 
 
 @dataclass(frozen=True)
@@ -96,7 +99,7 @@ def run_depth_study(
         for c in configs
     ]
     if parallel.n_workers(params, len(jobs)) > 1:  # the experiment exists before the workers meet it
-        tracking.experiment_id(params.tracking.uri, EXPERIMENT)
+        tracking.experiment_id(params.tracking.uri, experiment(params))
     bar = tqdm(total=len(jobs), desc="depth study", unit="config", disable=None if progress else True)
     rows = parallel.run_jobs(params, train_config, jobs, on_done=lambda _: bar.update(1))
     bar.close()
@@ -145,7 +148,7 @@ def train_config(job: ConfigJob) -> dict[str, Any]:
         "data_sha256": data.sha256,
         "config": config.name,
     }
-    with tracking.resumable_run(p, run_dir, config.name, tags, experiment=EXPERIMENT) as run_id:
+    with tracking.resumable_run(p, run_dir, config.name, tags, experiment=experiment(p)) as run_id:
         try:
             result = fit(p, "mlp", params.seed, data, run_dir, run_id=run_id, progress=False)
             history, acc, diverged = result.history, result.metrics["test/acc"], False

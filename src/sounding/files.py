@@ -33,6 +33,9 @@ def atomic_write(path: str | Path, write: Callable[[Path], None], fsync: bool = 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    # mkstemp creates the file 0600 whatever the umask; the output gets the mode any tool would give it
+    # (0644 under umask 022), so teammates sharing a workspace or a DVC cache can read it.
+    os.fchmod(fd, 0o666 & ~_umask())
     os.close(fd)
     try:
         write(Path(tmp))
@@ -44,6 +47,20 @@ def atomic_write(path: str | Path, write: Callable[[Path], None], fsync: bool = 
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def _umask() -> int:
+    """This process's umask (read without changing it where Linux allows)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)  # elsewhere: set and restore (a brief window, for other threads)
+    os.umask(mask)
+    return mask
 
 
 def write_json(path: str | Path, payload: Any) -> Path:

@@ -30,7 +30,7 @@ def leaderboard(rows: list[dict], source: str) -> str:
         f"Data: `{source}`, test accuracy as mean ± std over seeds. Published: Greydanus & Kobak (MNIST-1D).",
         "",
         "| rank | architecture | params | test acc | macro-F1 | published | seeds | train time (s) | samples/s "
-        "| device | tuned |",
+        "| device | tuning |",
         "|---:|---|---:|---|---:|---:|---:|---:|---:|---|---|",
     ]
     for rank, r in enumerate(sorted(rows, key=lambda r: -r["test_acc"]), start=1):
@@ -45,9 +45,13 @@ def leaderboard(rows: list[dict], source: str) -> str:
 
 
 def _tuned(row: dict) -> str:
-    """The values ``sounding tune`` chose, e.g. ``dropout 0.12, weight_decay 3.1e-05``; ``–`` if none."""
-    tuned = row.get("tuned") or {}
-    return ", ".join(f"{key.rsplit('.', 1)[-1]} {value:.2g}" for key, value in tuned.items()) or "–"
+    """What tuning decided: ``tuned: dropout 0.12, weight_decay 3.1e-05``, ``baseline kept`` (the params'
+    values beat or matched the best trial), ``disabled``, or ``–`` (trained without a tuning result)."""
+    adopted = row.get("adopted")
+    if adopted == "tuned":
+        values = ", ".join(f"{k.rsplit('.', 1)[-1]} {v:.2g}" for k, v in (row.get("tuned") or {}).items())
+        return f"tuned: {values}"
+    return {"baseline": "baseline kept", "disabled": "disabled"}.get(adopted, "–")
 
 
 def gan_section(gan: dict) -> str:
@@ -111,24 +115,28 @@ def depth_section(study: dict) -> str:
 
 
 def transfer_section(transfer: dict) -> str:
-    """Markdown: test accuracy of scratch, linear probe and fine-tuning at each label budget, with the gain
-    of each pretrained strategy over scratch."""
+    """Markdown: test accuracy of the pretrained network as it is (zero-shot), scratch, linear probe and
+    fine-tuning at each label budget, with the gains of each pretrained strategy over scratch and over
+    zero-shot."""
     lines = [
         "## Transfer: does a pretrained backbone help?",
         "",
         f"Backbones from `{transfer['source']}`; mean ± std test accuracy over seeds {transfer['seeds']}, "
-        f"{transfer['steps']} optimizer steps per fit. *gain* = accuracy − scratch's (paired per seed).",
+        f"{transfer['steps']} optimizer steps per fit. *zero-shot*: the pretrained network as it is, no "
+        "target label. Gains: accuracy − scratch's (paired per seed) / − zero-shot's.",
         "",
-        "| arch | budget | labels | scratch | linear probe (gain) | fine-tune (gain) |",
-        "|---|---:|---:|---|---|---|",
+        "| arch | budget | labels | zero-shot | scratch | linear probe (gains) | fine-tune (gains) |",
+        "|---|---:|---:|---|---|---|---|",
     ]
     for arch, r in transfer["results"].items():
         for budget, labels in transfer["labels"].items():
-            cells = [f"{r['scratch'][budget]['acc']:.3f} ± {r['scratch'][budget]['acc_std']:.3f}"]
-            cells += [
-                f"{r[s][budget]['acc']:.3f} ± {r[s][budget]['acc_std']:.3f} ({r[s][budget]['gain']:+.3f})"
-                for s in ("linear_probe", "finetune")
-            ]
+            zero = r.get("zero_shot")
+            cells = [f"{zero[budget]['acc']:.3f}" if zero else "–"]
+            cells += [f"{r['scratch'][budget]['acc']:.3f} ± {r['scratch'][budget]['acc_std']:.3f}"]
+            for s in ("linear_probe", "finetune"):
+                row = r[s][budget]
+                over_zero = f" / {row['gain_over_zero_shot']:+.3f}" if "gain_over_zero_shot" in row else ""
+                cells.append(f"{row['acc']:.3f} ± {row['acc_std']:.3f} ({row['gain']:+.3f}{over_zero})")
             lines.append(f"| {arch} | {budget} | {labels} | " + " | ".join(cells) + " |")
     lines += ["", "![accuracy against label budget](../plots/transfer/accuracy_vs_budget.png)", ""]
     return "\n".join(lines)

@@ -61,10 +61,11 @@ def train_architecture(
 
     data = load_prepared(data_dir)
     tuned_values: dict[str, Any] = {}
+    adopted = None  # no tuning result given
     if tuned is not None:
         from sounding.tuning import tuned as apply_tuned
 
-        params, tuned_values = apply_tuned(params, arch, tuned, data.sha256)
+        params, tuned_values, adopted = apply_tuned(params, arch, tuned, data.sha256)
     build_system(params, arch, data)  # a shape the architecture cannot take fails here, before any training
     rank, processes = process_rank(params)  # a compute section that cannot run here fails here too
     seeds = params.seeds()
@@ -119,6 +120,7 @@ def train_architecture(
         "model_uri": model_uri,
         "params_hash": params.section_hash(f"models.{arch}", "train", "seed"),
         "tuned": tuned_values,
+        "adopted": adopted,
         "seeds": per_seed,
     }
     if rank == 0:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import subprocess
 import sys
 import threading
@@ -28,13 +29,22 @@ STATUS_ON_INTERRUPT = "KILLED"
 
 @cache
 def git_sha() -> str:
-    """The commit the code runs from, with ``-dirty`` when the work tree has changes; ``unknown`` outside git."""
+    """The commit the code runs from, with ``-dirty`` when tracked files have changes; ``unknown`` outside
+    git. ``dvc.lock`` is left out: ``dvc repro`` rewrites it as it runs, so every run would be dirty."""
     try:
         sha = subprocess.run(
             ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True, timeout=5
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
+            [
+                "git",
+                "status",
+                "--porcelain",
+                "--untracked-files=no",
+                "--",
+                ":(top)",
+                ":(top,exclude)dvc.lock",
+            ],
             capture_output=True,
             text=True,
             timeout=5,
@@ -42,6 +52,24 @@ def git_sha() -> str:
         return sha + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
+
+
+def source_tags() -> dict[str, str]:
+    """Where a run comes from, in MLflow's standard tags (``mlflow.user``, ``mlflow.source.name`` and
+    ``.type``, ``mlflow.source.git.commit``: the UI's User, Source and Version columns), as MLflow's own
+    ``start_run`` sets them, with the command line as the source; and, when DVC runs the command, the
+    stage and the experiment (``dvc.stage``, ``dvc.exp_name``: DVC's ``DVC_STAGE``, ``DVC_EXP_NAME``)."""
+    from mlflow.tracking.context.registry import resolve_tags
+
+    tags = resolve_tags()
+    tags["mlflow.source.name"] = " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])[:500]
+    sha = git_sha()
+    if sha != "unknown":
+        tags["mlflow.source.git.commit"] = sha.removesuffix("-dirty")
+    for tag, variable in (("dvc.stage", "DVC_STAGE"), ("dvc.exp_name", "DVC_EXP_NAME")):
+        if os.environ.get(variable):
+            tags[tag] = os.environ[variable]
+    return tags
 
 
 _inherited_tags: dict[str, str] | None = None  # a worker process's: those of the process that started it
@@ -168,7 +196,13 @@ def tracked_run(
     uri = params.tracking.uri
     c = client(uri)
     if run_id is None:
-        all_tags = {"git_sha": git_sha(), "mlflow.runName": run_name, **orchestration_tags(), **tags}
+        all_tags = {
+            **source_tags(),
+            "git_sha": git_sha(),
+            "mlflow.runName": run_name,
+            **orchestration_tags(),
+            **tags,
+        }
         if parent_run_id:
             all_tags["mlflow.parentRunId"] = parent_run_id
         run = c.create_run(

@@ -7,6 +7,11 @@ in three ways, over the pipeline's seeds:
 - ``linear_probe``: the pretrained backbone frozen, only the head trained;
 - ``finetune``: the pretrained backbone and the head, the backbone at a lower learning rate.
 
+Beside them, ``zero_shot``: the pretrained network as it is, tested on the target with no target label
+(only with the source's head, which knows the target's classes). The gains of the pretrained strategies
+are reported over scratch and over zero-shot: at a small budget, much of a fine-tuned network's accuracy
+can be the source classifier's own.
+
 The head of both pretrained strategies is the source network's (``transfer.head: pretrained``, for a
 source with the target's classes) or a new one initialised as scratch's (``transfer.head: new``).
 
@@ -39,7 +44,14 @@ from sounding.data.prepare import DataSpec, Prepared
 from sounding.errors import BadInput
 
 STRATEGIES = ("scratch", "linear_probe", "finetune")
-EXPERIMENT = "transfer"
+"""The strategies trained at every budget and seed."""
+ROWS = ("zero_shot", *STRATEGIES)
+"""What the study reports per architecture and budget (``zero_shot`` only with ``transfer.head: pretrained``)."""
+
+
+def experiment(params: Params) -> str:
+    """The study's MLflow experiment, beside the training runs: ``<tracking.experiment>-transfer``."""
+    return f"{params.tracking.experiment}-transfer"
 
 
 @dataclass(frozen=True)
@@ -66,7 +78,7 @@ def source_params(params: Params) -> Params:
             "data": t.source_data.model_dump(mode="json"),
             "train.epochs": t.pretrain_epochs,
             "train.n_seeds": 1,
-            "tracking.experiment": EXPERIMENT,
+            "tracking.experiment": experiment(params),
         }
     )
 
@@ -274,9 +286,28 @@ def _fit(
     )
     if params.train.select == "best_val":
         load_best(system, fitted)
+    return _test_accuracy(system, data)
+
+
+def _test_accuracy(system: Any, data: Prepared) -> float:
     with torch.no_grad():
         logits = system.net.eval()(torch.as_tensor(data.test.x, device=system.device))
     return float((logits.argmax(1).cpu() == torch.as_tensor(data.test.y)).float().mean())
+
+
+def zero_shot(params: Params, backbone: Backbone, data: Prepared) -> float | None:
+    """Test accuracy of the pretrained network as it is (its backbone and the source's head), trained on no
+    target label; ``None`` with a new head (``transfer.head: new``), which knows nothing of the target."""
+    from sounding.training import build_system
+
+    if backbone.head is None:
+        return None
+    system = build_system(
+        params.with_overrides({f"models.{backbone.arch}": backbone.net}), backbone.arch, data
+    )
+    system.net.backbone.load_state_dict(backbone.state)
+    system.net.head.load_state_dict(backbone.head)
+    return _test_accuracy(system, data)
 
 
 @dataclass(frozen=True)
@@ -339,7 +370,7 @@ def run_transfer(
         disable=None if progress else True,
     )
     with (
-        tracking.tracked_run(params, "transfer", tags, experiment=EXPERIMENT) as parent,
+        tracking.tracked_run(params, "transfer", tags, experiment=experiment(params)) as parent,
         tempfile.TemporaryDirectory() as workdir,
     ):
         jobs, keys = [], []
@@ -358,10 +389,11 @@ def run_transfer(
             acc.setdefault(key, []).append(value)
         fits.close()
         labels = {b: len(subsets[b, seeds[0]]) for b in budgets}
-        results = _results(acc, backbones, budgets, labels)
+        zero = {arch: zero_shot(params, backbone, data) for arch, backbone in backbones.items()}
+        results = _results(acc, backbones, budgets, labels, zero)
         gains = gain_profile(results, budgets)
         for arch in backbones:
-            for strategy in STRATEGIES:
+            for strategy in results[arch]:
                 for budget in budgets:
                     row = results[arch][strategy][f"{budget:g}"]
                     child_tags = {**tags, "arch": arch, "strategy": strategy, "budget": f"{budget:g}"}
@@ -369,7 +401,7 @@ def run_transfer(
                         params,
                         f"{arch}-{strategy}-{budget:g}",
                         child_tags,
-                        experiment=EXPERIMENT,
+                        experiment=experiment(params),
                         parent_run_id=parent,
                     ) as child:
                         tracking.log_metrics(
@@ -410,7 +442,16 @@ def run_transfer(
                 f"{arch}/{s}/gain_shrinks": float(gains[arch][s]["shrinks"])
                 for arch in backbones
                 for s in STRATEGIES[1:]
-            },
+            }
+            | {
+                f"{arch}/{s}/gain_over_zero_shot_at_{smallest}": results[arch][s][smallest][
+                    "gain_over_zero_shot"
+                ]
+                for arch in backbones
+                for s in STRATEGIES[1:]
+                if zero[arch] is not None
+            }
+            | {f"{arch}/zero_shot/acc": zero[arch] for arch in backbones if zero[arch] is not None},
             step=0,
         )
         tracking.log_artifacts(uri, parent, pngs, "plots")
@@ -423,11 +464,20 @@ def _results(
     backbones: dict[str, Backbone],
     budgets: list[float],
     labels: dict[float, int],
+    zero: dict[str, float | None],
 ) -> dict[str, dict]:
-    """``results[arch][strategy][budget]``: accuracy mean ± std over seeds, per seed, and the gain over
-    scratch (mean ± std of the per-seed paired differences)."""
+    """``results[arch][row][budget]``: accuracy mean ± std over seeds, per seed, and for the pretrained
+    strategies the gain over scratch (mean ± std of the per-seed paired differences) and over zero-shot
+    (``zero[arch]``, the same at every budget: it uses no label; the row is left out when it is ``None``)."""
     results: dict[str, dict] = {}
     for arch in backbones:
+        if zero[arch] is not None:
+            results[arch] = {
+                "zero_shot": {
+                    f"{b:g}": {"acc": zero[arch], "acc_std": 0.0, "per_seed": [zero[arch]], "labels": 0}
+                    for b in budgets
+                }
+            }
         for strategy in STRATEGIES:
             for budget in budgets:
                 values = acc[arch, strategy, budget]
@@ -441,6 +491,8 @@ def _results(
                 if strategy != "scratch":
                     diffs = [a - b for a, b in zip(values, acc[arch, "scratch", budget], strict=True)]
                     row["gain"], row["gain_std"] = _summary(diffs)
+                    if zero[arch] is not None:
+                        row["gain_over_zero_shot"] = mean - zero[arch]
                 results.setdefault(arch, {}).setdefault(strategy, {})[f"{budget:g}"] = row
     return results
 
@@ -458,16 +510,17 @@ def gain_profile(results: dict, budgets: list[float]) -> dict[str, dict[str, dic
 
 
 def write_plots(results: dict, budgets: list[float], labels: dict[float, int], plots_dir: Path) -> list[Path]:
-    """``accuracy_vs_budget.png`` and, per architecture, ``ARCH.csv`` (labels, budget, one column per
-    strategy) for ``dvc plots``."""
+    """``accuracy_vs_budget.png`` and, per architecture, ``ARCH.csv`` (labels, budget, one column per row
+    of ``ROWS``; zero-shot empty when there is none) for ``dvc plots``."""
     from sounding import plots
     from sounding.files import write_text
 
     paths = []
-    for arch, by_strategy in results.items():
-        rows = ["labels,budget," + ",".join(STRATEGIES)]
+    for arch, by_row in results.items():
+        rows = ["labels,budget," + ",".join(ROWS)]
         rows += [
-            f"{labels[b]},{b:g}," + ",".join(f"{by_strategy[s][f'{b:g}']['acc']:.6g}" for s in STRATEGIES)
+            f"{labels[b]},{b:g},"
+            + ",".join(f"{by_row[r][f'{b:g}']['acc']:.6g}" if r in by_row else "" for r in ROWS)
             for b in budgets
         ]
         paths.append(write_text(plots_dir / f"{arch}.csv", "\n".join(rows) + "\n"))

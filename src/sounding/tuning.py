@@ -400,6 +400,45 @@ def run_trial(job: TrialJob) -> dict[str, Any]:
     return outcome
 
 
+def run_reference(job: TrialJob) -> float | None:
+    """Train the params' own values once, as a trial would (same length, seed and data), outside the
+    study: the baseline when those values lie outside the search space (``weight_decay: 0`` under a log
+    range), where a trial cannot hold them. Its validation accuracy, or ``None`` when it failed (logged)."""
+    from sounding import tracking
+    from sounding.data.prepare import load_prepared
+    from sounding.training import fingerprint, fit
+
+    params = job.params
+    p = trial_params(params, job.arch, {})
+    data = load_prepared(job.data_dir)
+    run_dir = (
+        Path(job.out_dir) / "trials" / job.study / f"baseline-{fingerprint(p, job.arch, p.seed, data.sha256)}"
+    )
+    tags = {"stage": "tune", "arch": job.arch, "study": job.study, "baseline": "reference fit"}
+    logged = {name: _current(p, key) for name, (key, _) in search_space(params, job.arch).items()}
+    try:
+        with tracking.resumable_run(
+            p,
+            run_dir,
+            f"{job.arch}-baseline",
+            tags,
+            experiment=experiment(p),
+            parent_run_id=job.parent_run_id,
+            logged_params={**logged, "epochs": p.train.epochs, "seed": p.seed},
+        ) as run_id:
+            value = float(
+                fit(p, job.arch, p.seed, data, run_dir, run_id, progress=False, evaluate=False).metrics[
+                    "val/acc"
+                ]
+            )
+            if not math.isfinite(value):
+                raise ValueError(f"val/acc is {value}")
+            return value
+    except Exception as exc:
+        logging.getLogger(__name__).warning("the baseline reference fit failed: %r", exc, exc_info=True)
+        return None
+
+
 def _states(study: Any) -> Counter[str]:
     """Number of trials per state name (``COMPLETE``, ``PRUNED``, ``RUNNING``, ``FAIL``, ``WAITING``)."""
     return Counter(t.state.name for t in study.get_trials(deepcopy=False))
@@ -574,10 +613,10 @@ def tune(
             load_if_exists=True,
             sampler=_make_sampler(params),
         )
-        if not study.trials and params.tune.baseline:
-            baseline = {n: _current(params, key) for n, (key, r) in space.items()}
-            if all(v in r for v, (_, r) in zip(baseline.values(), space.values(), strict=True)):
-                study.enqueue_trial(baseline, user_attrs={"baseline": True})
+        baseline = {n: _current(params, key) for n, (key, r) in space.items()}
+        inside = all(v in r for v, (_, r) in zip(baseline.values(), space.values(), strict=True))
+        if not study.trials and params.tune.baseline and inside:
+            study.enqueue_trial(baseline, user_attrs={"baseline": True})
         parent = study.user_attrs.get("mlflow_run_id")
         if parent is None:
             tags = {"stage": "tune", "arch": arch, "study": name}
@@ -590,10 +629,14 @@ def tune(
     done_before = {t.number for t in study.trials if t.state.is_finished()}
     start = time.perf_counter()
     with tracking.tracked_run(params, f"{arch}-tune", {}, run_id=parent, experiment=experiment(params)):
+        if params.tune.baseline and not inside and "baseline_value" not in study.user_attrs:
+            # Outside the search space the params' values cannot be a trial (a log range has no 0): they
+            # are trained once beside the study, and remembered with it for a rerun.
+            study.set_user_attr("baseline_value", run_reference(job))
         run_study(params, arch, study, storage, job, deadline, progress)
         wall_s = time.perf_counter() - start
         study = optuna.load_study(study_name=name, storage=storage)
-        summary = _summarise(params, arch, data.sha256, study, space, done_before, wall_s)
+        summary = _summarise(params, arch, data, study, space, done_before, wall_s)
         summary["storage"] = public_url(url)
         write_json(out_dir / "best.json", summary)
         pngs = _plots(study, out_dir / "plots")
@@ -613,14 +656,15 @@ def tune(
 def _summarise(
     params: Params,
     arch: str,
-    data_sha256: str,
+    data: Any,
     study: Any,
     space: dict,
     done_before: set[int],
     wall_s: float,
 ) -> dict[str, Any]:
-    """best.json: the best trial; the values ``train`` applies as dotted overrides (the best trial's, or the
-    baseline's when the best gains less than ``tune.min_gain``); trial counts, epochs, and the time this
+    """best.json: the best trial; the values ``train`` applies as dotted overrides (the best trial's when
+    ``adopted`` is ``tuned``; none, the params' own values, when the best gains less than ``tune.min_gain``
+    over the baseline: ``adopted: baseline``); the baseline's value and state; trial counts, epochs, and the time this
     call spent outside training (``wall_s`` vs ``fit_s`` of the trials it ran: those not in ``done_before``)."""
     from optuna.trial import TrialState
 
@@ -630,26 +674,33 @@ def _summarise(
     if not counts["complete"]:
         raise RuntimeError(f"study {study.study_name} has no complete trial ({counts}); see the MLflow runs")
     best = study.best_trial
-    baseline = next(
-        (t for t in trials if t.user_attrs.get("baseline") and t.state == TrialState.COMPLETE), None
-    )
+    baseline_value, baseline_state, baseline_source = _baseline(params, study)
     # The champion/challenger rule applied to hyperparameters: the params' own values stay unless the
-    # best trial beats them on validation by more than noise.
-    adopted = baseline is None or best.value - baseline.value >= params.tune.min_gain
-    chosen = best if adopted else baseline
+    # best trial beats them on validation by more than noise. A baseline that failed is no rival (and is
+    # reported as failed).
+    n_val = len(data.val.y)
+    gain = samples_gained(best.value, baseline_value, n_val) if baseline_value is not None else None
+    adopted = (
+        "baseline" if gain is not None and gain < samples_needed(params.tune.min_gain, n_val) else "tuned"
+    )
     fit_s = sum(t.user_attrs.get("fit_s", 0.0) for t in trials if t.number not in done_before)
     processes = parallel.n_workers(params, params.tune.batch)  # the bookkeeping share means one process
     return {
         "arch": arch,
         "enabled": True,
         "study": study.study_name,
-        "data_sha256": data_sha256,
+        "data_sha256": data.sha256,
         "value": best.value,
         "trial": best.number,
         "params": best.params,
-        "overrides": {space[n][0]: v for n, v in chosen.params.items()},
-        "adopted": "best" if adopted else "baseline",
-        "baseline_value": baseline.value if baseline else None,
+        "overrides": {space[n][0]: v for n, v in best.params.items()} if adopted == "tuned" else {},
+        "adopted": adopted,
+        "baseline_value": baseline_value,
+        "baseline_state": baseline_state,
+        "baseline_source": baseline_source,
+        "val_samples": n_val,
+        "gain_samples": gain,
+        "min_gain_samples": samples_needed(params.tune.min_gain, n_val),
         "counts": counts,
         "epochs_run": sum(len(t.intermediate_values) for t in trials),
         "epochs_budget": params.tune.n_trials * params.tune_epochs(arch),
@@ -659,6 +710,36 @@ def _summarise(
         "processes": processes,
         "bookkeeping_fraction": (wall_s - fit_s) / wall_s if processes == 1 and fit_s else None,
     }
+
+
+def _baseline(params: Params, study: Any) -> tuple[float | None, str, str | None]:
+    """The baseline's validation accuracy, its state (``complete``, ``failed``, or ``disabled`` with
+    ``tune.baseline: false``) and where it comes from (``trial N``, or ``reference fit`` outside the
+    search space)."""
+    from optuna.trial import TrialState
+
+    if not params.tune.baseline:
+        return None, "disabled", None
+    if "baseline_value" in study.user_attrs:
+        value = study.user_attrs["baseline_value"]
+        return value, "complete" if value is not None else "failed", "reference fit"
+    tried = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("baseline")]  # with retries
+    done = next((t for t in tried if t.state == TrialState.COMPLETE), None)
+    if done is not None:
+        return done.value, "complete", f"trial {done.number}"
+    return None, "failed", f"trial {tried[0].number}" if tried else None
+
+
+def samples_gained(best: float, baseline: float, n_val: int) -> int:
+    """Validation samples the best trial classified right beyond the baseline. Accuracies arrive as float32
+    ratios of counts (268/400 is 0.6700000166893005), so their difference is rounded back to the count it
+    stands for before it is compared: 268 − 264 is 4 samples, not 3.9999…"""
+    return round((best - baseline) * n_val)
+
+
+def samples_needed(min_gain: float, n_val: int) -> int:
+    """``tune.min_gain`` as a count of validation samples: 0.01 of 400 is 4 (a fraction rounds up)."""
+    return math.ceil(min_gain * n_val - 1e-9)
 
 
 def _plots(study: Any, out_dir: Path) -> list[Path]:
@@ -689,9 +770,10 @@ def _plots(study: Any, out_dir: Path) -> list[Path]:
 
 def tuned(
     params: Params, arch: str, best_path: str | Path, data_sha256: str
-) -> tuple[Params, dict[str, Any]]:
+) -> tuple[Params, dict[str, Any], str]:
     """Params with the tuned values of ``best_path`` applied, after checking they belong to this
-    architecture and data. Returns the params and what was applied."""
+    architecture and data. Returns the params, what was applied, and the tuning's decision: ``tuned``,
+    ``baseline`` (the params' values kept) or ``disabled``."""
     best_path = Path(best_path)
     try:
         best = json.loads(best_path.read_text())
@@ -707,4 +789,5 @@ def tuned(
             f"prepared data is {data_sha256[:12]}); rerun `sounding tune {arch}`"
         )
     overrides = best.get("overrides") or {}
-    return (params.with_overrides(overrides) if overrides else params), overrides
+    adopted = best.get("adopted", "tuned") if best.get("enabled", True) else "disabled"
+    return (params.with_overrides(overrides) if overrides else params), overrides, adopted
