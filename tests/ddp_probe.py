@@ -1,5 +1,6 @@
 """Run under ``torchrun --nproc_per_node=2`` (tests/test_cluster.py): one DDP fit of the MLP on the CPU
-(gloo) in the current folder, then one JSON line per rank: its global step and the batches it trained on."""
+(gloo) in the current folder, then one JSON file per rank (``probe-RANK.json``; the ranks share one stdout, where
+their lines can interleave): its global step and the batches it trained on."""
 
 from __future__ import annotations
 
@@ -30,7 +31,9 @@ def main() -> None:
     steps = Steps()
     fit(params, "mlp", params.seed, load_prepared("data/prepared"), "run", callbacks=[steps], progress=False)
     rank = int(os.environ["RANK"])  # torchrun's
-    print(json.dumps({"rank": rank, "global_step": steps.global_step, "batches": steps.batches}), flush=True)
+    report = {"rank": rank, "global_step": steps.global_step, "batches": steps.batches}
+    with open(f"probe-{rank}.json", "w") as fh:
+        json.dump(report, fh)
 
 
 if __name__ == "__main__":
