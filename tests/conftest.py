@@ -106,9 +106,11 @@ def write_params(path: Path, params: Params) -> Path:
     return path
 
 
-def run_cli(*args: str, cwd: Path | None = None, check: bool = False) -> subprocess.CompletedProcess:
-    """Run the real `sounding` console script in a subprocess."""
-    env = dict(os.environ, PYTHONWARNINGS="ignore")
+def run_cli(
+    *args: str, cwd: Path | None = None, check: bool = False, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    """Run the real `sounding` console script in a subprocess (``env``: variables added to this one's)."""
+    env = dict(os.environ, PYTHONWARNINGS="ignore", **(env or {}))
     return subprocess.run(
         [SOUNDING, *args], capture_output=True, text=True, cwd=cwd, env=env, check=check, timeout=600
     )

@@ -237,7 +237,7 @@ def stored_model() -> Any:
 
     net = build_net("mlp", (8,), 10, "sequence").eval()
     signature = infer_signature(np.zeros((2, 8), np.float32), np.zeros((2, 10), np.float32))
-    return StoredModel(net, {}, Model(signature=signature))
+    return StoredModel(net, {}, Model(signature=signature), "")
 
 
 VALID_PYFUNC = {

@@ -243,3 +243,55 @@ def test_the_pyfunc_model_class_defines_without_mlflow_warnings() -> None:
     code = "import warnings; warnings.simplefilter('always'); import sounding.models.pyfunc_entry"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and "Warning" not in result.stderr, result.stderr
+
+
+def _spoil(weights: Path, how: str) -> None:
+    """NaN bytes over some tensor data of a safetensors file (its header left intact), or the file cut short."""
+    data = bytearray(weights.read_bytes())
+    if how == "truncate":
+        weights.write_bytes(bytes(data[: len(data) // 2]))
+        return
+    start = 8 + int.from_bytes(data[:8], "little")  # after the JSON header: the tensors, 8-byte aligned
+    data[start + 64 : start + 96] = b"\xff" * 32  # eight float32 NaNs
+    weights.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize(
+    ("how", "message"), [("nan", "weights are NaN or infinite"), ("truncate", "not a readable")]
+)
+def test_predict_refuses_spoilt_weights_naming_the_model(
+    params: Params, prepared: Path, tmp_path: Path, how: str, message: str
+) -> None:
+    _train_and_register(params, prepared, tmp_path)
+    write_params(tmp_path / "params.yaml", params)
+    np.savez(tmp_path / "x.npz", x=np.load(prepared / "test.npz")["x"][:50])
+    stored = sorted((tmp_path / "mlruns").rglob("model.safetensors"))  # the store's copies
+    assert stored, sorted(str(p) for p in tmp_path.rglob("*.safetensors"))
+    for weights in stored:
+        _spoil(weights, how)
+    logged = json.loads((tmp_path / "metrics" / "mlp.json").read_text())["model_uri"]
+    # A registered version: its weights are not those whose digest was recorded at registration. A logged
+    # model (no registration): the loader finds the damage itself.
+    for uri, expected in (("models:/sounding-mlp@champion", "are not those registered"), (logged, message)):
+        result = run_cli("predict", "--model", uri, "--input", "x.npz", "--output", "p.csv", cwd=tmp_path)
+        assert result.returncode == 2, result.stdout + result.stderr
+        assert result.stderr.startswith(f"error: {uri}: ") and expected in result.stderr, result.stderr
+        assert "/tmp" not in result.stderr.replace(str(tmp_path), "")  # no deleted temporary copy named
+        assert not (tmp_path / "p.csv").exists()
+
+
+def test_registering_an_unchanged_model_again_adds_no_version(
+    params: Params, prepared: Path, tmp_path: Path
+) -> None:
+    first = _train_and_register(params, prepared, tmp_path)
+    again = register_all(
+        params.with_overrides({"train.archs": ["mlp"]}),
+        tmp_path / "metrics",
+        prepared,
+        tmp_path / "again.json",
+    )
+    assert [d["decision"] for d in first["decisions"]] == ["promote", "promote"]
+    assert [(d["decision"], d["version"]) for d in again["decisions"]] == [("unchanged", 1), ("unchanged", 1)]
+    client = tracking.client(params.tracking.uri)
+    assert [int(v.version) for v in client.search_model_versions("name = 'sounding-mlp'")] == [1]
+    assert len(client.get_model_version("sounding-mlp", "1").tags["weights_sha256"]) == 64

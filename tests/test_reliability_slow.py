@@ -56,3 +56,22 @@ def test_repeated_kill_9_never_leaves_a_torn_checkpoint_and_training_still_compl
     assert json.loads((tmp_path / "metrics" / "mlp.json").read_text())["seeds"][0]["run_id"] == run_id
     figures["faults injected"] += kills
     figures["runs checked"] += 1
+
+
+def test_a_checkpoint_of_another_store_s_run_starts_a_new_run_holding_every_epoch(
+    tmp_path: Path, figures: Counter[str]
+) -> None:
+    """Train, then the same command against a fresh store: the checkpoint's run is not there, so a new run
+    is started and given every epoch of the checkpoint's history (not an MlflowException on every rerun)."""
+    write_params(tmp_path / "params.yaml", tiny_params(**{"train.epochs": 4}))
+    run_cli("prepare", cwd=tmp_path, check=True)
+    for store in ("a.db", "b.db"):
+        result = run_cli("train", "mlp", "-q", "-S", f"tracking.uri=sqlite:///{store}", cwd=tmp_path)
+        assert result.returncode == 0, result.stdout + result.stderr[-3000:]
+    assert "does not hold: a new run" in result.stderr
+    for store in ("a.db", "b.db"):
+        c = tracking.client(f"sqlite:///{tmp_path / store}")
+        runs = c.search_runs([c.get_experiment_by_name("sounding").experiment_id])
+        assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+        assert [m.step for m in c.get_metric_history(runs[0].info.run_id, "train/loss")] == [0, 1, 2, 3]
+    figures["faults injected"] += 1

@@ -183,3 +183,18 @@ def test_runs_carry_mlflows_source_tags_and_the_dvc_stage(
     tracking.git_sha.cache_clear()
     assert tracking.git_sha() == head.strip() + "-dirty"
     tracking.git_sha.cache_clear()
+
+
+def test_a_relative_store_is_anchored_on_the_workspace_even_from_dvcs_experiment_copy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / ".dvc").mkdir()
+    copy = tmp_path / ".dvc" / "tmp" / "exps" / "run" / "abc123"  # where DVC runs a queued experiment
+    (copy / ".dvc").mkdir(parents=True)
+    monkeypatch.chdir(copy)
+    assert tracking.resolve_uri("sqlite:///mlflow.db") == f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert tracking.resolve_uri("sqlite:////abs/m.db") == "sqlite:////abs/m.db"
+    outside = tmp_path.parent / f"{tmp_path.name}-plain"
+    outside.mkdir()
+    monkeypatch.chdir(outside)
+    assert tracking.resolve_uri("sqlite:///mlflow.db") == f"sqlite:///{outside / 'mlflow.db'}"

@@ -72,28 +72,32 @@ def test_a_baseline_outside_the_search_space_is_trained_beside_the_study(prepare
     )
 
 
-def test_a_failed_baseline_is_reported_and_the_best_trial_adopted(
+def test_a_failed_baseline_is_retried_and_without_it_nothing_is_adopted(
     prepared: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import sounding.training as training
 
-    real_fit, calls = training.fit, []
+    real_fit, failures = training.fit, []
 
-    def fails_first(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 1:  # trial 0, the baseline
+    def baseline_fails(p, *args, **kwargs):
+        if (p.models.mlp.dropout, p.train.gradient_clip_val) == (0.0, 0.0) and len(failures) < fail_times:
+            failures.append(1)
             raise RuntimeError("injected failure")
-        return real_fit(*args, **kwargs)
+        return real_fit(p, *args, **kwargs)
 
-    monkeypatch.setattr(training, "fit", fails_first)
+    monkeypatch.setattr(training, "fit", baseline_fails)
     params = tune_params(**{"compute.workers": 1})  # one process: the patched fit runs where the trials do
+    fail_times = 1  # once: its retry (the same values) completes, and decides
     summary = tune(params, "mlp", prepared, "tuning/mlp", progress=False)
-    assert (summary["baseline_state"], summary["baseline_source"], summary["baseline_value"]) == (
-        "failed",
-        "trial 0",
-        None,
-    )
-    assert summary["adopted"] == "tuned" and summary["overrides"]
+    assert summary["baseline_state"] == "complete" and summary["baseline_source"] != "trial 0"
+    trials = _study(params, "mlp", prepared).trials
+    assert trials[0].state.name == "FAIL" and trials[0].user_attrs["baseline"]
+
+    fail_times = 99  # every time: no decision, no best.json
+    other = params.with_overrides({"seed": 7})
+    with pytest.raises(BadInput, match=r"the baseline \(trial 0: the params' own values\) failed, retried 1"):
+        tune(other, "mlp", prepared, "tuning/other", progress=False)
+    assert not Path("tuning/other/best.json").exists()
 
 
 @pytest.mark.parametrize(("best_correct", "adopted"), [(268, "tuned"), (267, "baseline")])

@@ -1,7 +1,8 @@
 """Command line: one command per pipeline stage. argv and params.yaml are read here and nowhere below.
 
 Heavy libraries (lightning, mlflow) are imported inside the commands that need them, so ``--help`` and
-bad-input errors answer at once. ``BadInput`` anywhere becomes a one-paragraph message and exit code 2.
+bad-input errors answer at once. ``BadInput`` anywhere becomes a one-paragraph message and exit code 2;
+``ServiceUnavailable`` (a tracking server or database that does not answer: retry later) one line and 69.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Annotated
 import typer
 
 from sounding.config import ARCHS, Params, load_params
-from sounding.errors import BadInput
+from sounding.errors import BadInput, ServiceUnavailable
 
 app = typer.Typer(
     help="Sounding: train, tune, compare and ship neural-network architectures reproducibly.",
@@ -30,8 +31,27 @@ SetOpt = Annotated[
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
 
 
-def _params(path: Path, overrides: list[str] | None) -> Params:
-    return load_params(path, overrides or [])
+def _params(path: Path, overrides: list[str] | None, tracked: bool = True) -> Params:
+    """The params of a command; for one that tracks (``tracked``), after checking that the tracking store
+    answers (exit 69 at once, not after minutes of MLflow's retries)."""
+    params = load_params(path, overrides or [])
+    if tracked:
+        from sounding import tracking
+
+        tracking.check_store(params.tracking)
+    return params
+
+
+_held: list[int] = []  # workspace holds of this process (``repro.hold_for_command``), released at exit
+
+
+def _hold(command: str) -> None:
+    """Refuse a stage command run by hand while a pipeline run writes the same outputs (exit 2)."""
+    from sounding.repro import hold_for_command
+
+    fd = hold_for_command(command)
+    if fd is not None:
+        _held.append(fd)
 
 
 def _check_arch(arch: str, allowed: tuple[str, ...] = ARCHS) -> None:
@@ -48,9 +68,10 @@ def prepare(
     overrides: SetOpt = None,
 ) -> None:
     """Generate or load the data source, split it and write it with a sha256 manifest."""
+    _hold("sounding prepare")
     from sounding import stages
 
-    manifest = stages.prepare(_params(params_path, overrides), out)
+    manifest = stages.prepare(_params(params_path, overrides, tracked=False), out)
     counts = {name: info["shape"]["x"] for name, info in manifest["files"].items()}
     typer.echo(f"prepared {manifest['source']} in {out}: {counts}, sha256 {manifest['sha256'][:12]}")
 
@@ -71,6 +92,7 @@ def train(
     quiet: QuietOpt = False,
 ) -> None:
     """Train ARCH on every seed, evaluate on test, write model, metrics and plots, track in MLflow."""
+    _hold(f"sounding train {arch}")
     _check_arch(arch)
     extra = [f"train.n_seeds={seeds}"] if seeds is not None else []
     params = _params(params_path, (overrides or []) + extra)
@@ -121,6 +143,7 @@ def tune(
     quiet: QuietOpt = False,
 ) -> None:
     """Tune dropout, L2 and gradient clipping of ARCH with Optuna (pruned); resumes an interrupted study."""
+    _hold(f"sounding tune {arch}")
     _check_arch(arch)
     options = {"storage": storage, "n_trials": n_trials, "timeout": timeout}
     extra = [f"tune.{k}={v}" for k, v in options.items() if v is not None]
@@ -140,12 +163,6 @@ def tune(
         f"{c['complete']} complete, {c['pruned']} pruned, {c['failed']} failed; "
         f"{s['epochs_run']}/{s['epochs_budget']} epochs in {s['wall_s']:.1f} s"
     )
-    if s["baseline_state"] == "failed":
-        typer.echo(
-            f"{arch}: the baseline ({s['baseline_source']}: the params' values) failed; see its MLflow run. "
-            "train adopts the best trial's values, unchecked against it",
-            err=True,
-        )
     if s["adopted"] == "baseline":
         typer.echo(
             f"{arch}: the best trial gains {s['gain_samples']} of {s['val_samples']} validation samples over "
@@ -164,6 +181,7 @@ def depth(
     quiet: QuietOpt = False,
 ) -> None:
     """Depth study: MLPs over depth × residual × init × clipping; gradient heatmaps and accuracy vs depth."""
+    _hold("sounding depth")
     params = _params(params_path, overrides)
     from sounding.depth import run_depth_study
 
@@ -186,6 +204,7 @@ def gan(
     quiet: QuietOpt = False,
 ) -> None:
     """Train the class-conditional GAN and measure its samples with the trained CNN as judge."""
+    _hold("sounding gan")
     params = _params(params_path, overrides)
     from sounding.generative import train_gan
 
@@ -213,6 +232,7 @@ def pretrain(
     quiet: QuietOpt = False,
 ) -> None:
     """Train each of transfer.archs on the source data (transfer.source_data): the pretrained backbones."""
+    _hold("sounding pretrain")
     params = _params(params_path, overrides)
     from sounding.transfer import pretrain as run_pretrain
 
@@ -236,6 +256,7 @@ def transfer(
     quiet: QuietOpt = False,
 ) -> None:
     """Scratch vs linear probe vs fine-tuning of a pretrained backbone, at each label budget, over seeds."""
+    _hold("sounding transfer")
     params = _params(params_path, overrides)
     from sounding.transfer import run_transfer
 
@@ -260,6 +281,7 @@ def register(
     overrides: SetOpt = None,
 ) -> None:
     """Register every trained model; promote to @champion only past the gate, else @challenger."""
+    _hold("sounding register")
     params = _params(params_path, overrides)
     from sounding.registry import register_all
 
@@ -268,6 +290,8 @@ def register(
         against = (
             f" vs v{d['champion_version']} ({d['champion_accuracy']:.4f}, p={d['mcnemar_p']:.3g})"
             if (d["champion_version"] is not None)
+            else " (already registered: same run, same weights)"
+            if d["decision"] == "unchanged"
             else " (no champion yet)"
         )
         typer.echo(f"{d['model']} v{d['version']}: accuracy {d['accuracy']:.4f}{against} -> {d['decision']}")
@@ -312,7 +336,8 @@ def report(
     overrides: SetOpt = None,
 ) -> None:
     """Write the leaderboard (markdown + PNG) comparing every trained architecture."""
-    params = _params(params_path, overrides)
+    _hold("sounding report")
+    params = _params(params_path, overrides, tracked=False)
     from sounding.report import write_report
 
     path = write_report(metrics, params.train.archs, params.data.source, out)
@@ -438,13 +463,17 @@ def _interrupt(signum: int, frame: object) -> None:
 
 
 def main() -> None:
-    """Console entry point: run the app, turning bad input into exit code 2."""
+    """Console entry point: run the app, turning bad input into exit code 2 and a service that does not
+    answer into 69."""
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         app()  # click's standalone mode: usage errors exit 2, Ctrl-C exits 1 ("Aborted!")
     except BadInput as exc:
         typer.echo(f"error: {exc}", err=True)
         sys.exit(2)
+    except ServiceUnavailable as exc:
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(ServiceUnavailable.EXIT_CODE)
 
 
 if __name__ == "__main__":

@@ -430,6 +430,10 @@ class TrackingParams(Section):
 
     uri: str = "sqlite:///mlflow.db"
     experiment: str = "sounding"
+    timeout_s: Annotated[float, Field(gt=0, le=600)] = 10.0
+    """Seconds a tracking server or database may take to answer before the command stops with exit 69
+    (a service unavailable: retry later), checked before any work; later requests to a server are bounded
+    by it too, with two retries, instead of MLflow's default of minutes."""
 
 
 class Params(Section):

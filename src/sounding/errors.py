@@ -8,6 +8,15 @@ class BadInput(Exception):
     """
 
 
+class ServiceUnavailable(Exception):
+    """A service Sounding runs on (the MLflow tracking server or database, the Optuna storage) did not
+    answer. Nothing is wrong with the input: retry later. The CLI prints the message and exits with code
+    69 (sysexits' EX_UNAVAILABLE), which schedulers and Prefect's retries can tell apart from bad input's 2.
+    """
+
+    EXIT_CODE = 69
+
+
 class DataIntegrityError(BadInput):
     """A prepared file does not match the sha256 recorded in its manifest."""
 

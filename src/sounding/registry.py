@@ -74,11 +74,32 @@ def _champion(client: Any, name: str) -> Any | None:
 def register_and_gate(
     params: Params, name: str, model_uri: str, tags: dict[str, str], x: np.ndarray, y: np.ndarray
 ) -> dict[str, Any]:
-    """Register ``model_uri`` as a new version of ``name``, run the gate, move aliases, record why."""
+    """Register ``model_uri`` as a new version of ``name``, run the gate, move aliases, record why. A model
+    already registered (same source run, same weights) is not registered again: ``decision: unchanged``."""
     import mlflow
+
+    from sounding.serving import load_model
 
     client = tracking.client(params.tracking.uri)
     tracking.use_store(params.tracking.uri)
+    candidate = load_model(model_uri, params.tracking.uri)
+    same = [
+        v
+        for v in client.search_model_versions(f"name = '{name}'")
+        if v.tags.get("weights_sha256") == candidate.weights_sha256
+        and v.tags.get("source_run") == tags.get("source_run")
+    ]
+    if same:
+        return {
+            "model": name,
+            "version": int(same[0].version),
+            "decision": "unchanged",
+            "accuracy": float((candidate.predict(x).argmax(1) == y).mean()),
+            "champion_version": None,
+            "champion_accuracy": None,
+            "mcnemar_p": None,
+        }
+    tags = {**tags, "weights_sha256": candidate.weights_sha256}  # checked on every later load
     version = mlflow.register_model(model_uri, name, tags=tags).version  # creates the model the first time
     new_correct = _predict_classes(f"models:/{name}/{version}", params.tracking.uri, x) == y
     champion = _champion(client, name)

@@ -8,6 +8,13 @@ running stage's process and paths in that file). This check looks at both the wa
 neither, and turns a refusal into a Sounding message and exit code 2 before DVC starts. The locks are DVC's,
 so nothing new can be left stale: the first is the kernel's and ends with its process, and rwlock entries of
 processes that no longer exist are ignored (as DVC ignores them).
+
+Checking, then starting DVC, leaves a moment in which a second ``sounding repro`` passes the same check
+(two started in the same second). ``hold_workspace`` closes it: an exclusive ``flock`` on
+``.dvc/tmp/sounding.lock``, taken before the check and kept by the ``dvc repro`` this process becomes (the
+descriptor survives ``execve``) until it exits, when the kernel releases it. The same lock keeps a stage
+command run by hand (``sounding train cnn`` outside DVC) from writing the outputs a pipeline run is writing,
+and the other way round (``hold_for_command``).
 """
 
 from __future__ import annotations
@@ -18,6 +25,9 @@ import sys
 from pathlib import Path
 
 from sounding.errors import BadInput
+
+LOCK = "sounding.lock"
+"""In ``.dvc/tmp``: held exclusively by a pipeline run, shared by stage commands run by hand."""
 
 WAIT = (
     "wait for it to finish, then run again. Two runs at once would write the same outputs, so the second "
@@ -52,6 +62,51 @@ def check_workspace_free(start: str | Path = ".") -> Path:
     return root
 
 
+def hold_workspace(root: Path, command: str) -> int:
+    """Take the workspace of the DVC repository at ``root`` for a pipeline run (``command``, recorded for
+    whoever is refused): the lock's descriptor, inheritable, so that it stays held across ``execve``.
+    ``BadInput`` naming the holder when another run or a stage command holds it."""
+    import fcntl
+
+    fd = os.open(root / ".dvc" / "tmp" / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 500, 0).decode(errors="replace").strip() or "a Sounding stage command"
+        os.close(fd)
+        raise BadInput(f"another Sounding command is writing in {root} ({holder}): {WAIT}") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"PID {os.getpid()}: {command}".encode(), 0)
+    os.set_inheritable(fd, True)
+    return fd
+
+
+def hold_for_command(command: str, start: str | Path = ".") -> int | None:
+    """For a stage command (``sounding train cnn``): a shared hold on the workspace, kept until the process
+    ends, or ``BadInput`` naming the pipeline run that holds it. Nothing to do outside a DVC repository, or
+    when DVC itself runs the command (``DVC_STAGE``: the pipeline run holds the workspace for it)."""
+    import fcntl
+
+    if os.environ.get("DVC_STAGE"):
+        return None
+    here = Path(start).resolve()
+    root = next((p for p in (here, *here.parents) if (p / ".dvc").is_dir()), None)
+    if root is None:
+        return None
+    (root / ".dvc" / "tmp").mkdir(parents=True, exist_ok=True)
+    fd = os.open(root / ".dvc" / "tmp" / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 500, 0).decode(errors="replace").strip()
+        os.close(fd)
+        raise BadInput(
+            f"a pipeline run ({holder}) is writing in {root}: `{command}` would write the same outputs, and "
+            f"DVC would record them under the run's params. {WAIT}"
+        ) from None
+    return fd
+
+
 def _stage_holders(rwlock: Path) -> list[str]:
     """``PID …: command`` of the live processes DVC's rwlock file records as reading or writing paths."""
     import psutil
@@ -73,7 +128,16 @@ def _stage_holders(rwlock: Path) -> list[str]:
 def repro(args: list[str]) -> None:
     """Check the workspace is free, then become ``dvc repro ARGS`` (same output, same exit code), with this
     environment's ``bin`` first on PATH so that the stages' ``sounding`` commands are this installation's."""
-    check_workspace_free()
+    from dvc.exceptions import NotDvcRepoError
+    from dvc.repo import Repo
+
+    try:
+        root = Path(Repo.find_root())
+    except NotDvcRepoError:
+        raise BadInput(f"{Path.cwd()} is not inside a DVC repository (no .dvc folder)") from None
+    (root / ".dvc" / "tmp").mkdir(parents=True, exist_ok=True)
+    hold_workspace(root, " ".join(["sounding repro", *args]))  # kept by dvc after execve, until it exits
+    check_workspace_free(root)
     bin_dir = Path(sys.executable).parent
     dvc = bin_dir / "dvc"
     if not dvc.is_file():

@@ -90,6 +90,8 @@ class StoredModel:
     config: dict[str, Any]
     metadata: Any
     """The ``mlflow.models.Model`` of its MLmodel file: the signature ``check_input`` checks against."""
+    weights_sha256: str
+    """Of the stored weights file: recorded at registration, checked on every later load."""
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         return probabilities(self.net, x)
@@ -105,6 +107,7 @@ def load_model(model_uri: str, tracking_uri: str) -> StoredModel:
 
     from sounding import tracking
     from sounding.errors import BadInput
+    from sounding.files import sha256_file
     from sounding.models.factory import load_net
 
     tracking.use_store(tracking_uri)
@@ -135,8 +138,41 @@ def load_model(model_uri: str, tracking_uri: str) -> StoredModel:
         outside = [str(p) for p in paths.values() if not p.is_relative_to(local)]
         if outside:
             raise BadInput(f"{model_uri}: its MLmodel points outside the model's folder: {outside}")
-        net, config = load_net(paths["weights"], paths["config"])
-    return StoredModel(net, config, metadata)
+        digest = sha256_file(paths["weights"]) if paths["weights"].is_file() else ""
+        recorded = registered_digest(model_uri, tracking_uri)
+        if recorded and recorded != digest:
+            raise BadInput(
+                f"{model_uri}: its weights (sha256 {digest[:12] or 'missing'}) are not those registered "
+                f"(sha256 {recorded[:12]}): the stored file was changed or corrupted; register the model again"
+            )
+        try:
+            net, config = load_net(paths["weights"], paths["config"])
+        except BadInput as exc:  # named after the model, not the temporary copy it was read from
+            raise BadInput(f"{model_uri}: {str(exc).replace(f'{local}/', '')}") from None
+    return StoredModel(net, config, metadata, digest)
+
+
+def registered_digest(model_uri: str, tracking_uri: str) -> str | None:
+    """The weights sha256 recorded when the version a ``models:/NAME/VERSION`` or ``models:/NAME@ALIAS``
+    URI names was registered (``registry.register_and_gate``); ``None`` for other URIs or none recorded."""
+    from mlflow.exceptions import MlflowException
+
+    from sounding import tracking
+
+    ref = model_uri.removeprefix("models:/")
+    if ref == model_uri:
+        return None
+    c = tracking.client(tracking_uri)
+    try:
+        if "@" in ref:
+            name, alias = ref.split("@", 1)
+            version = c.get_model_version_by_alias(name, alias)
+        else:
+            name, _, number = ref.partition("/")
+            version = c.get_model_version(name, number) if number.isdigit() else None
+    except MlflowException:
+        return None  # the download reports a missing model
+    return version.tags.get("weights_sha256") if version is not None else None
 
 
 def _names(flavors: Any) -> list[str]:
@@ -180,6 +216,11 @@ def predict_file(model_uri: str, tracking_uri: str, input_path: Path, output_pat
     model = load_model(model_uri, tracking_uri)
     x = check_input(arrays["x"], model, str(input_path))
     probs = model.predict(x)
+    if not np.isfinite(probs).all():
+        rows = int((~np.isfinite(probs)).any(axis=1).sum())
+        raise BadInput(
+            f"{model_uri}: {rows} of {len(probs)} rows of probabilities are NaN or infinite; nothing written"
+        )
     header = "row,predicted," + ",".join(f"p_{k}" for k in range(probs.shape[1]))
     lines = [header] + [
         f"{i},{int(p.argmax())}," + ",".join(f"{v:.6g}" for v in p) for i, p in enumerate(probs)

@@ -115,11 +115,21 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, str]:
 
 
 def resolve_uri(uri: str) -> str:
-    """A relative sqlite path resolved against the current folder. MLflow caches stores by URI string, so
+    """A relative sqlite path resolved against ``workspace_root()``. MLflow caches stores by URI string, so
     an unresolved relative URI could reach another folder's store after a change of folder."""
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        return f"sqlite:///{Path(uri.removeprefix('sqlite:///')).resolve()}"
+        return f"sqlite:///{(workspace_root() / uri.removeprefix('sqlite:///')).resolve()}"
     return uri
+
+
+def workspace_root() -> Path:
+    """Where relative stores live: the outermost DVC repository holding the current folder, else the
+    current folder. DVC runs ``dvc exp run --queue`` and ``--temp`` experiments in a copy of the workspace
+    under its ``.dvc/tmp/exps``, which it deletes afterwards; anchored on the workspace, their MLflow runs
+    land in the workspace's ``mlflow.db`` beside every other run."""
+    here = Path.cwd().resolve()
+    roots = [p for p in (here, *here.parents) if (p / ".dvc").is_dir()]
+    return roots[-1] if roots else here
 
 
 def use_store(uri: str) -> None:
@@ -128,6 +138,57 @@ def use_store(uri: str) -> None:
 
     mlflow.set_tracking_uri(resolve_uri(uri))
     mlflow.set_registry_uri(resolve_uri(uri))
+
+
+def check_store(t: Any) -> None:
+    """Stop at once, naming the store, when the tracking server or database (``t``: the ``tracking``
+    params) does not answer within ``t.timeout_s``, where MLflow's client would retry for minutes; and
+    bound every later request to a server the same way (``MLFLOW_HTTP_REQUEST_TIMEOUT``, two retries,
+    unless the environment sets them). A sqlite file needs no check."""
+    from sounding.errors import ServiceUnavailable
+
+    uri = t.uri
+    if uri.startswith(("http://", "https://")):
+        import urllib.error
+        import urllib.request
+
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(max(1, round(t.timeout_s))))
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+        try:
+            urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=t.timeout_s).close()
+        except urllib.error.HTTPError:
+            pass  # the server answered (an auth proxy may refuse /health): it is up
+        except (OSError, ValueError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise ServiceUnavailable(
+                f"tracking server {uri} did not answer within {t.timeout_s:g} s ({reason}); start it "
+                "(`make mlflow-server`) or set tracking.uri, then rerun"
+            ) from None
+    elif uri.startswith("postgresql"):
+        check_database(uri, t.timeout_s, "tracking database", "tracking.uri")
+
+
+def check_database(url: str, timeout_s: float, what: str, setting: str) -> None:
+    """``ServiceUnavailable`` naming ``what`` (password masked) when a PostgreSQL ``url`` does not accept a
+    connection within ``timeout_s``."""
+    import sqlalchemy
+
+    from sounding.errors import ServiceUnavailable
+
+    engine = sqlalchemy.create_engine(
+        url, poolclass=sqlalchemy.pool.NullPool, connect_args={"connect_timeout": max(1, round(timeout_s))}
+    )
+    try:
+        engine.connect().close()
+    except sqlalchemy.exc.OperationalError as exc:
+        shown = engine.url.render_as_string(hide_password=True)
+        reason = str(exc.orig).strip().splitlines()[0] if exc.orig else type(exc).__name__
+        raise ServiceUnavailable(
+            f"{what} {shown} did not answer within {timeout_s:g} s ({reason}); start it or set {setting}, "
+            "then rerun"
+        ) from None
+    finally:
+        engine.dispose()
 
 
 def client(uri: str):
@@ -231,6 +292,18 @@ def tracked_run(
             _end(c, run_id, status)
 
 
+def _run_exists(uri: str, run_id: str) -> bool:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client(uri).get_run(run_id)
+    except MlflowException as exc:
+        if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return False
+        raise
+    return True
+
+
 def _end(c: Any, run_id: str, status: str) -> None:
     """End a run once the writer has stored what it was sent: MLflow refuses a run's metrics after its end,
     and a parent run (a study's) ends after its children's ends."""
@@ -257,11 +330,21 @@ def resumable_run(
     end_in_background: bool = False,
 ) -> Iterator[str]:
     """``tracked_run`` tied to a checkpoint folder: its id is kept in ``run_dir/run.json``, so a rerun
-    after a crash re-attaches to the same MLflow run that the resumed checkpoint belongs to."""
+    after a crash re-attaches to the same MLflow run that the resumed checkpoint belongs to. When that run
+    is not in this store (another ``tracking.uri``, a fresh ``mlflow.db``), a new run is started instead:
+    the resumed training then logs the epochs it replays from the checkpoint's history to it."""
     from sounding.files import write_json
 
     state = Path(run_dir) / "run.json"
     run_id = json.loads(state.read_text())["run_id"] if state.is_file() else None
+    if run_id is not None and not _run_exists(params.tracking.uri, run_id):
+        logging.getLogger(__name__).warning(
+            "the checkpoint in %s belongs to MLflow run %s, which %s does not hold: a new run",
+            run_dir,
+            run_id,
+            params.tracking.uri,
+        )
+        run_id = None
     with tracked_run(
         params,
         run_name,

@@ -106,7 +106,14 @@ def _make_storage(params: Params, url: str):
     from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 
     t = params.tune
-    engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
+    engine = (
+        {"connect_args": {"timeout": 60}}
+        if url.startswith("sqlite")
+        else {
+            "pool_pre_ping": True,
+            "connect_args": {"connect_timeout": max(1, round(params.tracking.timeout_s))},
+        }
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # heartbeat and retry callback are flagged experimental
         storage = RDBStorage(
@@ -544,12 +551,13 @@ def run_study(
                 finally:
                     # Told together, in trial order: what finished, as it finished; what did not (an
                     # interrupt, a worker process killed) as FAIL, re-queued with the same values to resume
-                    # from its checkpoint on the next run.
+                    # from its checkpoint on the next run; a failed baseline re-queued too (up to
+                    # tune.max_retry times): without it no adoption can be decided.
                     for trial in asked:
                         o = outcomes.get(trial.number)
                         if o is None or o["state"] == "FAIL":
                             study.tell(trial, state=TrialState.FAIL)
-                            if o is None:
+                            if o is None or trial.user_attrs.get("baseline"):
                                 retry(study, study.get_trials(deepcopy=False)[trial.number])
                         elif o["state"] == "PRUNED":
                             study.tell(trial, state=TrialState.PRUNED)
@@ -588,8 +596,8 @@ def tune(
 
     out_dir = Path(out_dir)
     data = load_prepared(data_dir)
-    (out_dir / "plots").mkdir(parents=True, exist_ok=True)  # a DVC out, even when there is nothing to plot
     if not params.tune.enabled:
+        (out_dir / "plots").mkdir(parents=True, exist_ok=True)  # a DVC out, even with nothing to plot
         summary = {"arch": arch, "enabled": False, "data_sha256": data.sha256, "overrides": {}}
         write_json(out_dir / "best.json", summary)
         return summary
@@ -599,9 +607,10 @@ def tune(
     build_system(params, arch, data)  # a shape the architecture cannot take fails here, before any trial
     _quiet_optuna()
     url = storage_url(params, out_dir.parent)
-    if url.startswith("sqlite"):
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
     name = study_name(params, arch, data.sha256)
+    if url.startswith("postgresql"):  # a database that does not answer: exit 69 now, not a traceback later
+        tracking.check_database(url, params.tracking.timeout_s, "Optuna storage", "tune.storage")
+    (out_dir / "plots").mkdir(parents=True, exist_ok=True)  # a DVC out, even when there is nothing to plot
     # Schema, study, baseline trial and parent run are created once, under a lock and before any worker
     # starts: processes creating one fresh storage or study at once crash (sqlite and PostgreSQL alike).
     with BudgetLock(url, "setup"):
@@ -675,9 +684,14 @@ def _summarise(
         raise RuntimeError(f"study {study.study_name} has no complete trial ({counts}); see the MLflow runs")
     best = study.best_trial
     baseline_value, baseline_state, baseline_source = _baseline(params, study)
+    if baseline_state == "failed":
+        raise BadInput(
+            f"{arch}: the baseline ({baseline_source}: the params' own values) failed, retried "
+            f"{params.tune.max_retry} time(s); its MLflow run in experiment {experiment(params)} says why. "
+            "Fix those values (they are what train uses when tuning gains too little) or set tune.baseline=false"
+        )
     # The champion/challenger rule applied to hyperparameters: the params' own values stay unless the
-    # best trial beats them on validation by more than noise. A baseline that failed is no rival (and is
-    # reported as failed).
+    # best trial beats them on validation by more than noise.
     n_val = len(data.val.y)
     gain = samples_gained(best.value, baseline_value, n_val) if baseline_value is not None else None
     adopted = (
@@ -713,8 +727,8 @@ def _summarise(
 
 
 def _baseline(params: Params, study: Any) -> tuple[float | None, str, str | None]:
-    """The baseline's validation accuracy, its state (``complete``, ``failed``, or ``disabled`` with
-    ``tune.baseline: false``) and where it comes from (``trial N``, or ``reference fit`` outside the
+    """The baseline's validation accuracy, its state (``complete``, ``failed`` once its retries failed too,
+    or ``disabled`` with ``tune.baseline: false``) and where it comes from (``trial N``, or ``reference fit`` outside the
     search space)."""
     from optuna.trial import TrialState
 

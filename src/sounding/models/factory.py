@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from sounding.config import ARCHS, Params
@@ -89,6 +90,12 @@ def net_from_state(state: dict, config: dict[str, Any], source: str) -> nn.Modul
             "num_classes, layout and net"
         ) from exc
     check_state_compatible(net, state, source)
+    broken = sum(int((~torch.isfinite(t)).sum()) for t in state.values() if t.is_floating_point())
+    if broken:
+        raise BadInput(
+            f"{source}: {broken} weights are NaN or infinite (a corrupted file, or a model that diverged): "
+            "it would predict NaN"
+        )
     net.load_state_dict(state)
     return net.eval()
 

@@ -1,0 +1,53 @@
+"""A service that does not answer (tracking server, tracking database, Optuna storage) stops a command at
+once with exit 69 and one line naming it, before any work and with nothing written."""
+
+from __future__ import annotations
+
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import run_cli, tiny_params, write_params
+
+
+def _closed_port() -> int:
+    """A port on 127.0.0.1 with nothing listening (bound, then released)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (
+            ["train", "mlp", "-S", "tracking.uri=http://127.0.0.1:{port}"],
+            "tracking server http://127.0.0.1:{port}",
+        ),
+        (
+            ["train", "mlp", "-S", "tracking.uri=postgresql://sounding@127.0.0.1:{port}/mlflow"],
+            "tracking database postgresql://sounding@127.0.0.1:{port}/mlflow",
+        ),
+        (
+            ["tune", "mlp", "--storage", "postgresql://sounding:secret@127.0.0.1:{port}/optuna"],
+            "Optuna storage postgresql://sounding:***@127.0.0.1:{port}/optuna",
+        ),
+    ],
+)
+def test_a_service_that_does_not_answer_exits_69_naming_it(
+    tmp_path: Path, args: list[str], named: str
+) -> None:
+    port = _closed_port()
+    write_params(tmp_path / "params.yaml", tiny_params())
+    assert run_cli("prepare", "--out", "data/prepared", cwd=tmp_path).returncode == 0
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    start = time.perf_counter()
+    result = run_cli(*(a.format(port=port) for a in args), cwd=tmp_path)
+    assert result.returncode == 69, result.stdout + result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {named.format(port=port)} did not answer"), lines
+    assert "secret" not in result.stderr
+    assert time.perf_counter() - start < 60  # bounded by tracking.timeout_s, not MLflow's minutes of retries
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before  # nothing written
