@@ -38,7 +38,10 @@ def test_a_second_pipeline_run_on_one_workspace_fails_fast_and_the_first_complet
         out, err = first.communicate(timeout=600)
     figures["concurrent runs refused"] += 2
     assert ours.returncode == 2 and "Traceback" not in ours.stderr
-    assert "another DVC command is running a stage in" in ours.stderr and "dvc repro prepare" in ours.stderr
+    # Refused by the first run's hold on the workspace, naming it (its PID and command).
+    assert f"another Sounding command is writing in {root} (PID {first.pid}: sounding repro prepare)" in (
+        ours.stderr
+    )
     assert theirs.returncode != 0 and "rwlock" in theirs.stderr  # plain dvc: its own error
     assert first.returncode == 0, out[-3000:] + err[-3000:]
     verify(root / "data" / "prepared")
