@@ -15,6 +15,12 @@ from pathlib import Path
 from typing import Any
 
 
+def dvc_roots(start: Path) -> list[Path]:
+    """The DVC repositories holding ``start`` (folders with a ``.dvc``), nearest first."""
+    here = start.resolve()
+    return [p for p in (here, *here.parents) if (p / ".dvc").is_dir()]
+
+
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     """Hex sha256 of a file's bytes."""
     digest = hashlib.sha256()

@@ -62,19 +62,32 @@ def check_workspace_free(start: str | Path = ".") -> Path:
     return root
 
 
+def _lock(root: Path, mode: int) -> tuple[int | None, str]:
+    """The descriptor of ``root``'s lock file with ``mode`` (``LOCK_EX`` or ``LOCK_SH``) taken, or
+    ``None`` and what its holder recorded there when another process holds it."""
+    import fcntl
+
+    fd = os.open(root / ".dvc" / "tmp" / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, mode | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 500, 0).decode(errors="replace").strip()
+        os.close(fd)
+        return None, holder
+    return fd, ""
+
+
 def hold_workspace(root: Path, command: str) -> int:
     """Take the workspace of the DVC repository at ``root`` for a pipeline run (``command``, recorded for
     whoever is refused): the lock's descriptor, inheritable, so that it stays held across ``execve``.
     ``BadInput`` naming the holder when another run or a stage command holds it."""
     import fcntl
 
-    fd = os.open(root / ".dvc" / "tmp" / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = os.pread(fd, 500, 0).decode(errors="replace").strip() or "a Sounding stage command"
-        os.close(fd)
-        raise BadInput(f"another Sounding command is writing in {root} ({holder}): {WAIT}") from None
+    fd, holder = _lock(root, fcntl.LOCK_EX)
+    if fd is None:
+        raise BadInput(
+            f"another Sounding command is writing in {root} ({holder or 'a Sounding stage command'}): {WAIT}"
+        )
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"PID {os.getpid()}: {command}".encode(), 0)
     os.set_inheritable(fd, True)
@@ -87,23 +100,19 @@ def hold_for_command(command: str, start: str | Path = ".") -> int | None:
     when DVC itself runs the command (``DVC_STAGE``: the pipeline run holds the workspace for it)."""
     import fcntl
 
-    if os.environ.get("DVC_STAGE"):
+    from sounding.files import dvc_roots
+
+    roots = dvc_roots(Path(start))
+    if os.environ.get("DVC_STAGE") or not roots:
         return None
-    here = Path(start).resolve()
-    root = next((p for p in (here, *here.parents) if (p / ".dvc").is_dir()), None)
-    if root is None:
-        return None
+    root = roots[0]  # the repository `dvc repro` would run here
     (root / ".dvc" / "tmp").mkdir(parents=True, exist_ok=True)
-    fd = os.open(root / ".dvc" / "tmp" / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = os.pread(fd, 500, 0).decode(errors="replace").strip()
-        os.close(fd)
+    fd, holder = _lock(root, fcntl.LOCK_SH)
+    if fd is None:
         raise BadInput(
             f"a pipeline run ({holder}) is writing in {root}: `{command}` would write the same outputs, and "
             f"DVC would record them under the run's params. {WAIT}"
-        ) from None
+        )
     return fd
 
 

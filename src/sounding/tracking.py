@@ -127,9 +127,10 @@ def workspace_root() -> Path:
     current folder. DVC runs ``dvc exp run --queue`` and ``--temp`` experiments in a copy of the workspace
     under its ``.dvc/tmp/exps``, which it deletes afterwards; anchored on the workspace, their MLflow runs
     land in the workspace's ``mlflow.db`` beside every other run."""
-    here = Path.cwd().resolve()
-    roots = [p for p in (here, *here.parents) if (p / ".dvc").is_dir()]
-    return roots[-1] if roots else here
+    from sounding.files import dvc_roots
+
+    roots = dvc_roots(Path.cwd())
+    return roots[-1] if roots else Path.cwd().resolve()
 
 
 def use_store(uri: str) -> None:

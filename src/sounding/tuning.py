@@ -347,7 +347,7 @@ def run_trial(job: TrialJob) -> dict[str, Any]:
 
     from sounding import tracking
     from sounding.data.prepare import load_prepared
-    from sounding.training import fingerprint, fit
+    from sounding.training import fingerprint
 
     _quiet_optuna()
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
@@ -387,12 +387,7 @@ def run_trial(job: TrialJob) -> dict[str, Any]:
             start = time.perf_counter()
             try:
                 pruning = PyTorchLightningPruningCallback(trial, monitor="val/acc")
-                result = fit(
-                    p, job.arch, p.seed, data, run_dir, run_id, [pruning], progress=False, evaluate=False
-                )
-                outcome["value"] = float(result.metrics["val/acc"])
-                if not math.isfinite(outcome["value"]):
-                    raise ValueError(f"val/acc is {outcome['value']}")
+                outcome["value"] = _val_acc(p, job.arch, data, run_dir, run_id, [pruning])
             except optuna.TrialPruned:
                 outcome["state"] = "PRUNED"
             except Exception:
@@ -407,13 +402,30 @@ def run_trial(job: TrialJob) -> dict[str, Any]:
     return outcome
 
 
+def _val_acc(
+    p: Params, arch: str, data: Any, run_dir: Path, run_id: str, callbacks: list | None = None
+) -> float:
+    """The validation accuracy a tuning fit (trial or reference) is judged by; ``ValueError`` when it is
+    not finite, a failure like an exception."""
+    from sounding.training import fit
+
+    value = float(
+        fit(p, arch, p.seed, data, run_dir, run_id, callbacks, progress=False, evaluate=False).metrics[
+            "val/acc"
+        ]
+    )
+    if not math.isfinite(value):
+        raise ValueError(f"val/acc is {value}")
+    return value
+
+
 def run_reference(job: TrialJob) -> float | None:
     """Train the params' own values once, as a trial would (same length, seed and data), outside the
     study: the baseline when those values lie outside the search space (``weight_decay: 0`` under a log
     range), where a trial cannot hold them. Its validation accuracy, or ``None`` when it failed (logged)."""
     from sounding import tracking
     from sounding.data.prepare import load_prepared
-    from sounding.training import fingerprint, fit
+    from sounding.training import fingerprint
 
     params = job.params
     p = trial_params(params, job.arch, {})
@@ -433,14 +445,7 @@ def run_reference(job: TrialJob) -> float | None:
             parent_run_id=job.parent_run_id,
             logged_params={**logged, "epochs": p.train.epochs, "seed": p.seed},
         ) as run_id:
-            value = float(
-                fit(p, job.arch, p.seed, data, run_dir, run_id, progress=False, evaluate=False).metrics[
-                    "val/acc"
-                ]
-            )
-            if not math.isfinite(value):
-                raise ValueError(f"val/acc is {value}")
-            return value
+            return _val_acc(p, job.arch, data, run_dir, run_id)
     except Exception as exc:
         logging.getLogger(__name__).warning("the baseline reference fit failed: %r", exc, exc_info=True)
         return None
