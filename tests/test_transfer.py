@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from sounding.config import Params
+from sounding.data.module import EpochPermutation
 from sounding.data.prepare import DataSpec, load_prepared
 from sounding.errors import BadInput
 from sounding.models.classifier import LitClassifier
@@ -23,7 +24,6 @@ from sounding.models.factory import build_net, save_net
 from sounding.transfer import (
     ROWS,
     STRATEGIES,
-    BudgetSampler,
     _results,
     budget_indices,
     gain_profile,
@@ -76,10 +76,10 @@ def test_budgets_are_stratified_deterministic_and_nested() -> None:
 
 
 def test_epochs_have_the_same_steps_at_every_budget() -> None:
-    sampler = BudgetSampler(size=7, n=30, seed=1)
+    sampler = EpochPermutation(7, seed=1, length=30)
     order = sampler.indices()
     assert len(order) == 30 and set(order.tolist()) == set(range(7))
-    assert torch.equal(order, BudgetSampler(size=7, n=30, seed=1).indices())
+    assert torch.equal(order, EpochPermutation(7, seed=1, length=30).indices())
     sampler.set_epoch(1)
     assert not torch.equal(order, sampler.indices())
 

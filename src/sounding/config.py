@@ -19,10 +19,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from sounding.errors import BadInput
 
-ARCHS = ("linear", "mlp", "cnn", "rnn")
+ARCHS = ("linear", "mlp", "cnn", "rnn", "fcn")
 """Classifier architectures that ``sounding train`` accepts."""
 
-Arch = Literal["linear", "mlp", "cnn", "rnn"]
+Arch = Literal["linear", "mlp", "cnn", "rnn", "fcn"]
 Init = Literal["default", "xavier", "kaiming", "orthogonal"]
 Fraction = Annotated[float, Field(gt=0, lt=1)]
 Probability = Annotated[float, Field(ge=0, lt=1)]
@@ -64,6 +64,19 @@ class DataParams(Section):
     npz_path: str = "data/raw/dataset.npz"
     npz_layout: Literal["sequence", "image"] = "sequence"
     """How a rank-3 ``x`` in a user .npz is read: [N, C, L] sequences or [N, H, W] images."""
+    standardize: Literal["auto", "none", "channel", "series"] = "auto"
+    """Scaling of the inputs, fitted on the training part and saved inside every model (so predict and
+    serving take raw values): ``channel`` (each channel to mean 0, std 1), ``series`` (each series on its
+    own, the UCR/UEA archive's convention) or ``none``. ``auto``: ``none`` for the built-in benchmarks
+    (mnist1d, digits: their published results use raw inputs), ``channel`` for a user's data."""
+
+    @property
+    def standardize_mode(self) -> str:
+        """``standardize`` with ``auto`` resolved for this source."""
+        if self.standardize != "auto":
+            return self.standardize
+        return "none" if self.source in ("mnist1d", "digits") else "channel"
+
     mnist1d: Mnist1dArgs = Mnist1dArgs()
 
 
@@ -104,6 +117,25 @@ class RNNParams(Section):
     init: Init = "default"
 
 
+class FCNParams(Section):
+    """Fully convolutional network (conv + batch norm + ReLU blocks, global average pooling) for series of
+    any length and channels: the FCN baseline of the time-series literature, narrower by default."""
+
+    channels: Annotated[list[PositiveInt], Field(min_length=1)] = [64, 128, 64]
+    kernels: Annotated[list[PositiveInt], Field(min_length=1)] = [8, 5, 3]
+    dropout: Probability = 0.0
+    init: Init = "default"
+
+    @model_validator(mode="after")
+    def _one_kernel_per_block(self) -> FCNParams:
+        if len(self.channels) != len(self.kernels):
+            raise ValueError(
+                f"channels ({len(self.channels)} blocks) and kernels ({len(self.kernels)}) must have the "
+                "same length: one kernel per block"
+            )
+        return self
+
+
 class ModelsParams(Section):
     """One section per architecture."""
 
@@ -111,6 +143,7 @@ class ModelsParams(Section):
     mlp: MLPParams = MLPParams()
     cnn: CNNParams = CNNParams()
     rnn: RNNParams = RNNParams()
+    fcn: FCNParams = FCNParams()
 
 
 class TrainParams(Section):
@@ -121,6 +154,9 @@ class TrainParams(Section):
     """Seeds trained per architecture: ``seed``, ``seed + 1``, …; metrics report mean ± std."""
     epochs: PositiveInt = 150
     batch_size: PositiveInt = 100
+    min_batches: PositiveInt = 10
+    """Fewest batches a pass over the training part is cut into: a small set trains in batches of a tenth
+    of it rather than ``batch_size`` (MNIST-1D's 3600 samples keep batches of 100)."""
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"
     lr: Annotated[float, Field(gt=0)] = 1e-2
     lr_schedule: Literal["constant", "cosine"] = "constant"
@@ -133,8 +169,20 @@ class TrainParams(Section):
     gradient_clip_val: NonNegative = 0.0
     """0 disables clipping."""
     gradient_clip_algorithm: Literal["norm", "value"] = "norm"
-    select: Literal["best_val", "last"] = "best_val"
-    """Which epoch's weights are tested and shipped: the best validation accuracy, or the last."""
+    min_steps: Annotated[int, Field(ge=0)] = 2000
+    """Fewest optimizer steps a fit takes: on a small training part an epoch is several passes over it (45
+    series in batches of 100 are one step a pass). The MNIST-1D default, 150 epochs of 36 steps, is above
+    it and unchanged."""
+    select: Literal["auto", "best_val", "last"] = "auto"
+    """Which epoch's weights are tested and shipped: the best validation accuracy (early-stopping
+    selection), or the last epoch's. ``auto``: ``best_val`` when the validation part holds at least
+    ``min_val`` samples, else ``last`` (a choice among hundreds of epochs on a few samples keeps a lucky
+    epoch; docs/data.md)."""
+    min_val: PositiveInt = 100
+    """Validation samples below which ``select: auto`` keeps the last weights and tuning is not run."""
+    patience: PositiveInt | None = None
+    """Early stopping: end a fit after this many epochs without a better ``val/acc`` (when weights are
+    selected on validation); null: train the whole budget."""
 
     @field_validator("archs")
     @classmethod

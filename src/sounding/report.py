@@ -46,12 +46,17 @@ def leaderboard(rows: list[dict], source: str) -> str:
 
 def _tuned(row: dict) -> str:
     """What tuning decided: ``tuned: dropout 0.12, weight_decay 3.1e-05``, ``baseline kept`` (the params'
-    values beat or matched the best trial), ``disabled``, or ``–`` (trained without a tuning result)."""
+    values beat or matched the best trial), ``skipped`` (too few validation samples to rank trials),
+    ``disabled``, or ``–`` (trained without a tuning result)."""
     adopted = row.get("adopted")
     if adopted == "tuned":
         values = ", ".join(f"{k.rsplit('.', 1)[-1]} {v:.2g}" for k, v in (row.get("tuned") or {}).items())
         return f"tuned: {values}"
-    return {"baseline": "baseline kept", "disabled": "disabled"}.get(adopted, "–")
+    return {
+        "baseline": "baseline kept",
+        "disabled": "disabled",
+        "skipped": "skipped: validation too small",
+    }.get(adopted, "–")
 
 
 def gan_section(gan: dict) -> str:

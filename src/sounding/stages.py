@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import shutil
 import statistics
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,7 +58,7 @@ def train_architecture(
 
     from sounding import parallel, tracking
     from sounding.data.prepare import load_prepared
-    from sounding.training import build_system, process_rank
+    from sounding.training import build_system, passes_per_epoch, process_rank, selects_on_val
 
     data = load_prepared(data_dir)
     tuned_values: dict[str, Any] = {}
@@ -68,6 +69,13 @@ def train_architecture(
         params, tuned_values, adopted = apply_tuned(params, arch, tuned, data.sha256)
     build_system(params, arch, data)  # a shape the architecture cannot take fails here, before any training
     rank, processes = process_rank(params)  # a compute section that cannot run here fails here too
+    on_val = selects_on_val(params, len(data.val.y))
+    if params.train.select == "auto" and not on_val and rank == 0:
+        print(
+            f"{stage} {arch}: the validation part holds {len(data.val.y)} samples (train.min_val is "
+            f"{params.train.min_val}), too few to choose among epochs: each seed ships its last epoch's weights",
+            file=sys.stderr,
+        )
     seeds = params.seeds()
     side_by_side = processes == 1 and parallel.n_workers(params, len(seeds)) > 1
     if side_by_side:  # the store and experiment exist before the workers meet them: two creating one race
@@ -116,6 +124,8 @@ def train_architecture(
         "device": per_seed[0]["device"],
         "processes": processes,
         "epochs": params.train.epochs,
+        "passes_per_epoch": passes_per_epoch(params, len(data.train.y)),
+        "select": "best_val" if on_val else "last",
         "data_sha256": data.sha256,
         "model_uri": model_uri,
         "params_hash": params.section_hash(f"models.{arch}", "train", "seed"),

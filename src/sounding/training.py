@@ -13,6 +13,7 @@ import functools
 import hashlib
 import json
 import logging
+import math
 import os
 import sys
 import time
@@ -23,7 +24,7 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import Logger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
@@ -34,6 +35,7 @@ from sounding.data.prepare import Prepared
 from sounding.files import atomic_write
 from sounding.models.classifier import LitClassifier
 from sounding.models.factory import net_kwargs
+from sounding.models.nets.base import Standardize
 
 # Lightning sets its loggers to INFO on import; its hardware banner and tips would drown our output.
 for _name in ("lightning.pytorch", "lightning.fabric"):
@@ -225,17 +227,18 @@ def checkpointing(run_dir: Path, monitor: str | None = "val/acc") -> list[ModelC
 
 
 def build_system(params: Params, arch: str, data: Prepared, backbone_lr_scale: float = 1.0) -> LitClassifier:
-    """The LightningModule for ``arch`` on this data, every hyperparameter taken from params.
+    """The LightningModule for ``arch`` on this data, every hyperparameter taken from params, its input
+    standardisation (``data.standardize``, recorded by ``prepare``) fitted on the training part.
 
     ``backbone_lr_scale`` multiplies the backbone's learning rate (0 freezes it; used by transfer).
     """
     t = params.train
-    return LitClassifier(
+    system = LitClassifier(
         arch=arch,
         input_shape=data.spec.input_shape,
         num_classes=data.spec.num_classes,
         layout=data.spec.layout,
-        net=net_kwargs(params, arch),
+        net={**net_kwargs(params, arch), "standardize": data.spec.standardize},
         optimizer=t.optimizer,
         lr=t.lr,
         weight_decay=t.weight_decay,
@@ -243,6 +246,30 @@ def build_system(params: Params, arch: str, data: Prepared, backbone_lr_scale: f
         lr_schedule=t.lr_schedule,
         backbone_lr_scale=backbone_lr_scale,
     )
+    if isinstance(system.net.scaler, Standardize):
+        system.net.scaler.fit(data.train.x)
+    return system
+
+
+def batch_size(params: Params, n_train: int) -> int:
+    """Training batch size on ``n_train`` samples: ``train.batch_size``, smaller when a pass over the data
+    would be fewer than ``train.min_batches`` batches (the FCN/ResNet reference code uses a tenth of a
+    small training set; one batch of everything would be plain gradient descent)."""
+    return max(1, min(params.train.batch_size, math.ceil(n_train / params.train.min_batches)))
+
+
+def passes_per_epoch(params: Params, n_train: int) -> int:
+    """Passes over the training part in one epoch: 1, or more when ``train.epochs`` single passes would be
+    fewer than ``train.min_steps`` optimizer steps."""
+    steps_per_pass = math.ceil(n_train / batch_size(params, n_train))
+    return max(1, math.ceil(params.train.min_steps / (params.train.epochs * steps_per_pass)))
+
+
+def selects_on_val(params: Params, n_val: int) -> bool:
+    """Whether a fit ships its best-``val/acc`` epoch (else its last): ``train.select``, with ``auto``
+    deciding on the size of the validation part (``train.min_val``)."""
+    select = params.train.select
+    return select == "best_val" or (select == "auto" and n_val >= params.train.min_val)
 
 
 def make_trainer(
@@ -429,8 +456,11 @@ def fit(
 ) -> FitResult:
     """Train ``arch`` with ``seed`` on ``data``, resuming from ``run_dir/last.ckpt`` when present.
 
-    With ``train.select: best_val`` the weights of the epoch with the best ``val/acc`` are evaluated on
-    test and kept (early-stopping model selection); with ``last``, the final epoch's. They are saved as
+    It runs ``train.epochs`` epochs of ``passes_per_epoch`` passes over the training part (more than one
+    on a small set, for ``train.min_steps``), stopped early after
+    ``train.patience`` epochs without a better ``val/acc`` when weights are selected on validation
+    (``selects_on_val``): then the weights of the epoch with the best ``val/acc`` are evaluated on test and
+    kept (early-stopping model selection); otherwise the final epoch's. They are saved as
     ``run_dir/model.ckpt``. With ``run_id``, epoch metrics go to that MLflow run.
     ``evaluate=False`` skips the test set (tuning trials must not see it).
     """
@@ -438,13 +468,26 @@ def fit(
     torch.set_num_threads(params.compute.threads)
     L.seed_everything(seed, verbose=False)
     system = build_system(params, arch, data)
-    datamodule = TensorDataModule(data, params.train.batch_size, seed)
+    n_train = len(data.train.y)
+    passes = passes_per_epoch(params, n_train)
+    batch = batch_size(params, n_train)
+    datamodule = TensorDataModule(data, batch, seed, epoch_samples=n_train * passes)
+    on_val = selects_on_val(params, len(data.val.y))
+    patience = params.train.patience
+    stopping = [EarlyStopping("val/acc", patience=patience, mode="max")] if on_val and patience else []
     fitted = train_system(
-        params, system, datamodule, run_dir, seed, run_id=run_id, callbacks=callbacks, progress=progress
+        params,
+        system,
+        datamodule,
+        run_dir,
+        seed,
+        run_id=run_id,
+        callbacks=[*(callbacks or []), *stopping],
+        progress=progress,
     )
     trainer, rows = fitted.trainer, fitted.history.rows
     selected = len(rows) - 1
-    if params.train.select == "best_val" and (best := load_best(system, fitted)) >= 0:
+    if on_val and (best := load_best(system, fitted)) >= 0:
         selected = best
     model_ckpt = run_dir / "model.ckpt"
     trainer.save_checkpoint(model_ckpt, weights_only=True)
@@ -458,7 +501,7 @@ def fit(
         metrics.update({k: v for k, v in rows[selected].items() if k.startswith(("val/", "train/"))})
     metrics["selected_epoch"] = float(selected)
     train_time_s = fitted.history.train_time_s
-    samples = len(data.train.y) * trainer.current_epoch
+    samples = n_train * passes * trainer.current_epoch
     return FitResult(
         arch=arch,
         seed=seed,
@@ -497,6 +540,10 @@ def fingerprint(params: Params, arch: str, seed: int, data_sha256: str) -> str:
             "train.gradient_clip_val",
             "train.gradient_clip_algorithm",
             "train.select",
+            "train.min_batches",
+            "train.min_steps",
+            "train.min_val",
+            "train.patience",
             "train.lr_schedule",
             *RESULT_COMPUTE,
         )

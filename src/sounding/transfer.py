@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 from sounding.config import Params
-from sounding.data.module import EpochPermutation, TensorDataModule
+from sounding.data.module import TensorDataModule
 from sounding.data.prepare import DataSpec, Prepared
 from sounding.errors import BadInput
 
@@ -263,7 +263,7 @@ def _fit(
     """Train one strategy on one labelled subset (``data.train``) and return its test accuracy."""
     import lightning as L
 
-    from sounding.training import build_system, load_best, train_system
+    from sounding.training import build_system, load_best, selects_on_val, train_system
 
     t = params.transfer
     scale = {"scratch": 1.0, "linear_probe": 0.0, "finetune": t.backbone_lr_scale}[strategy]
@@ -275,7 +275,8 @@ def _fit(
             system.net.head.load_state_dict(backbone.head)
     n = len(data.train.y)
     batch = min(params.train.batch_size, n)
-    datamodule = BudgetDataModule(data, batch, seed, steps_per_epoch=max(1, t.steps // t.evals))
+    # Every budget's epoch is the same number of steps: a 1% budget is seen many times an epoch.
+    datamodule = TensorDataModule(data, batch, seed, epoch_samples=max(1, t.steps // t.evals) * batch)
     fitted = train_system(
         params,
         system,
@@ -284,7 +285,7 @@ def _fit(
         seed,
         max_epochs=t.evals,
     )
-    if params.train.select == "best_val":
+    if selects_on_val(params, len(data.val.y)):
         load_best(system, fitted)
     return _test_accuracy(system, data)
 
@@ -526,31 +527,3 @@ def write_plots(results: dict, budgets: list[float], labels: dict[float, int], p
         paths.append(write_text(plots_dir / f"{arch}.csv", "\n".join(rows) + "\n"))
     png = plots.transfer_curves(results, budgets, labels, plots_dir / "accuracy_vs_budget.png")
     return [png, *paths]
-
-
-class BudgetSampler(EpochPermutation):
-    """An epoch of ``n`` indices into ``size`` samples: seeded permutations of the samples back to back.
-
-    Whatever the budget, an epoch is then the same number of steps: a 1% budget is seen many times per
-    epoch, the full training set about once.
-    """
-
-    def __init__(self, size: int, n: int, seed: int) -> None:
-        super().__init__(n, seed)
-        self.size = size
-
-    def indices(self) -> torch.Tensor:
-        gen = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        passes = [torch.randperm(self.size, generator=gen) for _ in range(-(-self.n // self.size))]
-        return torch.cat(passes)[: self.n]
-
-
-class BudgetDataModule(TensorDataModule):
-    """``TensorDataModule`` whose training epochs are ``steps_per_epoch`` batches long (``BudgetSampler``)."""
-
-    def __init__(self, data: Prepared, batch_size: int, seed: int, steps_per_epoch: int) -> None:
-        super().__init__(data, batch_size, seed)
-        self.steps_per_epoch = steps_per_epoch
-
-    def train_sampler(self) -> BudgetSampler:
-        return BudgetSampler(len(self.data.train.y), self.steps_per_epoch * self.batch_size, self.seed)

@@ -23,6 +23,7 @@ import logging
 import math
 import os
 import socket
+import sys
 import time
 import warnings
 from collections import Counter
@@ -93,8 +94,13 @@ def _current(params: Params, key: str) -> Any:
 
 
 def trial_params(params: Params, arch: str, overrides: dict[str, Any]) -> Params:
-    """The params one trial of ``arch`` trains with: the overrides, its tuning epochs, one seed."""
-    return params.with_overrides({**overrides, "train.epochs": params.tune_epochs(arch), "train.n_seeds": 1})
+    """The params one trial of ``arch`` trains with: the overrides, its tuning epochs, one seed, and
+    ``train.min_steps`` cut in the proportion of its epochs to ``train.epochs``."""
+    epochs = params.tune_epochs(arch)
+    min_steps = params.train.min_steps * epochs // params.train.epochs
+    return params.with_overrides(
+        {**overrides, "train.epochs": epochs, "train.min_steps": min_steps, "train.n_seeds": 1}
+    )
 
 
 def experiment(params: Params) -> str:
@@ -606,6 +612,25 @@ def tune(
         summary = {"arch": arch, "enabled": False, "data_sha256": data.sha256, "overrides": {}}
         write_json(out_dir / "best.json", summary)
         return summary
+    if len(data.val.y) < params.train.min_val:
+        # Trials ranked on a handful of samples tie or differ by luck (on 5 validation series every trial
+        # of every architecture scored 1.0): say so and keep the params' values rather than pretend.
+        reason = (
+            f"the validation part holds {len(data.val.y)} samples (train.min_val is {params.train.min_val}): "
+            "too few to rank trials; train uses the params' values"
+        )
+        print(f"tune {arch}: {reason}", file=sys.stderr)
+        (out_dir / "plots").mkdir(parents=True, exist_ok=True)
+        summary = {
+            "arch": arch,
+            "enabled": True,
+            "adopted": "skipped",
+            "reason": reason,
+            "data_sha256": data.sha256,
+            "overrides": {},
+        }
+        write_json(out_dir / "best.json", summary)
+        return summary
     space = search_space(params, arch)
     if not space:
         raise BadInput(f"tune.space leaves nothing to tune for {arch}; set at least one range")
@@ -792,7 +817,7 @@ def tuned(
 ) -> tuple[Params, dict[str, Any], str]:
     """Params with the tuned values of ``best_path`` applied, after checking they belong to this
     architecture and data. Returns the params, what was applied, and the tuning's decision: ``tuned``,
-    ``baseline`` (the params' values kept) or ``disabled``."""
+    ``baseline`` (the params' values kept), ``skipped`` (validation part too small) or ``disabled``."""
     best_path = Path(best_path)
     try:
         best = json.loads(best_path.read_text())

@@ -23,7 +23,12 @@ Batch = tuple[torch.Tensor, torch.Tensor]
 
 
 class EpochPermutation(Sampler[int]):
-    """Sample order for one epoch, a pure function of (seed, epoch).
+    """Sample order for one epoch of ``length`` indices into ``n`` samples (default ``length = n``): seeded
+    permutations of the samples back to back, a pure function of (seed, epoch).
+
+    An epoch longer than the data (``length > n``) passes over it several times: a small training set then
+    gets as many optimizer steps per epoch as a larger one, and is validated and checkpointed once per
+    epoch rather than once per step or two. With ``length = n`` it is one permutation.
 
     Lightning's fit loop calls ``set_epoch`` before each epoch, so a resumed run sees exactly the order an
     uninterrupted run would have seen (Lightning restores no RNG state). Under DDP Lightning wraps it in
@@ -31,21 +36,23 @@ class EpochPermutation(Sampler[int]):
     runs the same number of batches.
     """
 
-    def __init__(self, n: int, seed: int) -> None:
+    def __init__(self, n: int, seed: int, length: int | None = None) -> None:
         self.n, self.seed, self.epoch = n, seed, 0
+        self.length = length or n
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def indices(self) -> torch.Tensor:
         gen = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        return torch.randperm(self.n, generator=gen)
+        passes = [torch.randperm(self.n, generator=gen) for _ in range(-(-self.length // self.n))]
+        return torch.cat(passes)[: self.length]
 
     def __iter__(self) -> Iterator[int]:
         return iter(self.indices().tolist())
 
     def __len__(self) -> int:
-        return self.n
+        return self.length
 
 
 class ArrayDataset(Dataset):
@@ -81,12 +88,21 @@ def as_batch(batch: Batch) -> Batch:
 class TensorDataModule(L.LightningDataModule):
     """Serves a ``Prepared`` dataset. Knows nothing of the model; ``spec`` tells the factory what it needs.
 
-    Training batches follow ``EpochPermutation(seed)``; validation and test batches are in order.
+    Training batches follow ``EpochPermutation(seed)``, ``epoch_samples`` indices an epoch (default: the
+    training part once); validation and test batches are in order.
     """
 
-    def __init__(self, data: Prepared, batch_size: int, seed: int, eval_batch_size: int = 1000) -> None:
+    def __init__(
+        self,
+        data: Prepared,
+        batch_size: int,
+        seed: int,
+        eval_batch_size: int = 1000,
+        epoch_samples: int | None = None,
+    ) -> None:
         super().__init__()
         self.data, self.batch_size, self.seed, self.eval_batch_size = data, batch_size, seed, eval_batch_size
+        self.epoch_samples = epoch_samples
         self.spec = data.spec
 
     def _loader(self, split: Split, batch_size: int, sampler: Sampler | None = None) -> DataLoader:
@@ -101,7 +117,7 @@ class TensorDataModule(L.LightningDataModule):
         )
 
     def train_sampler(self) -> Sampler[int]:
-        return EpochPermutation(len(self.data.train.y), self.seed)
+        return EpochPermutation(len(self.data.train.y), self.seed, self.epoch_samples)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.data.train, self.batch_size, self.train_sampler())

@@ -42,6 +42,8 @@ class DataSpec:
     """Shape of one sample: (L,) or (C, L) for sequences, (H, W) for images."""
     layout: str
     num_classes: int
+    standardize: str = "none"
+    """How models standardise these inputs (``data.standardize`` resolved): none | channel | series."""
 
 
 @dataclass(frozen=True)
@@ -118,6 +120,7 @@ def prepare(params: DataParams, seed: int, out_dir: str | Path) -> dict:
         "val_fraction": params.val_fraction,
         "layout": raw.layout,
         "num_classes": num_classes,
+        "standardize": params.standardize_mode,
         "files": files,
         "sha256": _combined_hash(files),
     }
@@ -181,5 +184,6 @@ def load_prepared(data_dir: str | Path) -> Prepared:
         input_shape=tuple(splits["train"].x.shape[1:]),
         layout=manifest["layout"],
         num_classes=int(manifest["num_classes"]),
+        standardize=manifest.get("standardize", "none"),
     )
     return Prepared(**splits, spec=spec, sha256=manifest["sha256"])

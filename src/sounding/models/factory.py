@@ -22,20 +22,34 @@ def net_kwargs(params: Params, arch: str) -> dict[str, Any]:
 
 
 def build_net(
-    arch: str, input_shape: tuple[int, ...], num_classes: int, layout: str, **kwargs: Any
+    arch: str,
+    input_shape: tuple[int, ...],
+    num_classes: int,
+    layout: str,
+    standardize: str = "none",
+    **kwargs: Any,
 ) -> nn.Module:
-    """Instantiate the network ``arch`` for inputs of ``input_shape`` (one sample) and ``layout``."""
+    """Instantiate the network ``arch`` for inputs of ``input_shape`` (one sample) and ``layout``, with a
+    ``Standardize`` layer of mode ``standardize`` in front (``none``: none; its statistics are fitted by
+    ``net.scaler.fit(x_train)``)."""
     from sounding.models import nets
+    from sounding.models.nets.base import Standardize
 
     if arch == "linear":
-        return nets.Linear(input_shape, num_classes)
-    if arch == "mlp":
-        return nets.MLP(input_shape, num_classes, **kwargs)
-    if arch == "cnn":
-        return nets.CNN(input_shape, num_classes, layout=layout, **kwargs)
-    if arch == "rnn":
-        return nets.RNN(input_shape, num_classes, layout=layout, **kwargs)
-    raise BadInput(f"unknown architecture {arch!r}; allowed: {', '.join(ARCHS)}")
+        net = nets.Linear(input_shape, num_classes)
+    elif arch == "mlp":
+        net = nets.MLP(input_shape, num_classes, **kwargs)
+    elif arch == "cnn":
+        net = nets.CNN(input_shape, num_classes, layout=layout, **kwargs)
+    elif arch == "rnn":
+        net = nets.RNN(input_shape, num_classes, layout=layout, **kwargs)
+    elif arch == "fcn":
+        net = nets.FCN(input_shape, num_classes, layout=layout, **kwargs)
+    else:
+        raise BadInput(f"unknown architecture {arch!r}; allowed: {', '.join(ARCHS)}")
+    if standardize != "none":
+        net.scaler = Standardize(standardize, input_shape, layout)
+    return net
 
 
 def save_net(net: nn.Module, config: dict[str, Any], out_dir: str | Path) -> None:
