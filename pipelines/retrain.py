@@ -263,7 +263,7 @@ def _submit_stages(params: Params, force: bool) -> dict[str, Any]:
         return future
 
     with task_runner(params) as runner:
-        raw = [params.data.npz_path] if params.data.source == "npz" else []
+        raw = [params.data.path] if params.data.source == "npz" else []
         prepared = submit(prepare, "", raw, ["data/prepared"], [])
         archs = params.train.archs
         tuned = {a: submit(tune, a, [data], [f"tuning/{a}/best.json"], [prepared]) for a in archs}

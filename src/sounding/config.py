@@ -61,7 +61,8 @@ class DataParams(Section):
     """Share of the training part held out, stratified, for validation."""
     test_fraction: Fraction = 0.2
     """Share held out for testing when the source has no test split of its own (digits, npz without x_test)."""
-    npz_path: str = "data/raw/dataset.npz"
+    path: str = "data/raw/dataset.npz"
+    """The file read by the npz source."""
     npz_layout: Literal["sequence", "image"] = "sequence"
     """How a rank-3 ``x`` in a user .npz is read: [N, C, L] sequences or [N, H, W] images."""
     mnist1d: Mnist1dArgs = Mnist1dArgs()

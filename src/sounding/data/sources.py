@@ -33,7 +33,7 @@ def load_source(params: DataParams) -> RawData:
         return _mnist1d(params)
     if params.source == "digits":
         return _digits()
-    return load_npz(Path(params.npz_path), params.npz_layout)
+    return load_npz(Path(params.path), params.npz_layout)
 
 
 def _mnist1d(params: DataParams) -> RawData:
