@@ -34,7 +34,7 @@ from prefect.serializers import JSONSerializer
 from prefect.task_runners import ProcessPoolTaskRunner, ThreadPoolTaskRunner
 from prefect.tasks import exponential_backoff
 
-from sounding.config import ARCHS, Params, load_params
+from sounding.config import ARCHS, DataParams, Params, load_params
 from sounding.errors import BadInput, TrainingDiverged
 from sounding.files import sha256_file
 
@@ -249,6 +249,14 @@ def retrain(params_path: str = "params.yaml", archs: list[str] | None = None, fo
     return {name: f.state.name for name, f in futures.items()}
 
 
+def raw_inputs(data: DataParams) -> list[str]:
+    """The user's files that ``prepare`` reads for ``data.source`` (none for generated or bundled data)."""
+    if data.source in ("mnist1d", "digits"):
+        return []
+    with_test = data.source in ("ts", "table") and data.test_path is not None
+    return [data.path, data.test_path] if with_test else [data.path]
+
+
 def _submit_stages(params: Params, force: bool) -> dict[str, Any]:
     """Submit every stage in dependency order (so a thread waiting on its upstream never starves it) and
     wait for all of them."""
@@ -263,8 +271,7 @@ def _submit_stages(params: Params, force: bool) -> dict[str, Any]:
         return future
 
     with task_runner(params) as runner:
-        raw = [params.data.npz_path] if params.data.source == "npz" else []
-        prepared = submit(prepare, "", raw, ["data/prepared"], [])
+        prepared = submit(prepare, "", raw_inputs(params.data), ["data/prepared"], [])
         archs = params.train.archs
         tuned = {a: submit(tune, a, [data], [f"tuning/{a}/best.json"], [prepared]) for a in archs}
         trained = [

@@ -159,9 +159,7 @@ def earlier(tmp_path: Path) -> Path:
     """A prepared folder produced by an earlier, valid run."""
     out = tmp_path / "prepared"
     prepare(
-        Params()
-        .with_overrides({"data.source": "npz", "data.npz_path": str(make_npz(tmp_path / "ok.npz"))})
-        .data,
+        Params().with_overrides({"data.source": "npz", "data.path": str(make_npz(tmp_path / "ok.npz"))}).data,
         0,
         out,
     )
@@ -186,7 +184,7 @@ def test_fuzzed_npz_prepares_or_is_refused_leaving_earlier_output(
         path.write_bytes(path.read_bytes()[:cut])
     before = _digest(earlier)
     params = Params().with_overrides(
-        {"data.source": "npz", "data.npz_path": str(path), "data.npz_layout": layout}
+        {"data.source": "npz", "data.path": str(path), "data.npz_layout": layout}
     )
     manifest = _outcome(lambda: prepare(params.data, 0, earlier), figures)
     if manifest is None:
@@ -296,7 +294,7 @@ def test_fuzzed_mlmodel_files_load_or_are_refused(
     ("args", "files", "message"),
     [
         (["prepare", "-S", "train=[1, 2]"], {}, "train: Input should be a valid dictionary"),
-        (["prepare", "-S", "data.source=npz", "-S", "data.npz_path=cut.npz"], {"cut.npz": 60},
+        (["prepare", "-S", "data.source=npz", "-S", "data.path=cut.npz"], {"cut.npz": 60},
          "cut.npz: not a readable .npz file"),
         (["predict", "--model", "models:/m/1", "--input", "ok.npz", "--output", "out.csv"], {"ok.npz": None},
          "ok.npz: missing array 'x'"),

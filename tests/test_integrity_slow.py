@@ -137,9 +137,7 @@ def test_a_prepare_killed_mid_write_never_feeds_partial_files_downstream(
     np.savez(tmp_path / "big.npz", x=rng.normal(size=(n, 40)), y=np.arange(n) % 10)
     complete: dict[str, set[str]] = {name: set() for name in ("train.npz", "val.npz", "test.npz")}
     for seed in (1, 2):  # the two versions the killed runs alternate between: prepare is byte-reproducible
-        params = tiny_params(
-            **{"seed": seed, "data.source": "npz", "data.npz_path": str(tmp_path / "big.npz")}
-        )
+        params = tiny_params(**{"seed": seed, "data.source": "npz", "data.path": str(tmp_path / "big.npz")})
         prepare(params.data, seed, tmp_path / f"reference-{seed}")
         for name, digest in _digests(tmp_path / f"reference-{seed}").items():
             complete.get(name, set()).add(digest)
@@ -150,7 +148,7 @@ def test_a_prepare_killed_mid_write_never_feeds_partial_files_downstream(
     for attempt in range(6):
         seed = 1 + attempt % 2
         write_params(root / "params.yaml", tiny_params(**{"seed": seed, "data.source": "npz",
-                                                          "data.npz_path": str(tmp_path / "big.npz")}))  # fmt: skip
+                                                          "data.path": str(tmp_path / "big.npz")}))  # fmt: skip
         kills["during a write" if _killed_prepare(root, pick) else "other"] += 1
         out = root / "data" / "prepared"
         for name, digest in _digests(out).items():

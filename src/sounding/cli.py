@@ -76,6 +76,29 @@ def prepare(
     typer.echo(f"prepared {manifest['source']} in {out}: {counts}, sha256 {manifest['sha256'][:12]}")
 
 
+@app.command("example-data")
+def example_data(
+    name: Annotated[str, typer.Argument(help="A UCR/UEA set bundled with aeon, e.g. ItalyPowerDemand.")],
+    out: Annotated[Path, typer.Option(help="Folder for NAME_TRAIN.ts and NAME_TEST.ts.")] = Path("data/raw"),
+) -> None:
+    """Copy a UCR/UEA set bundled with aeon (no network) and print the params that prepare it."""
+    import shlex
+
+    from sounding.data.examples import copy_example
+
+    train, test, raw = copy_example(name, out)
+    x, x_test, classes = raw.x, raw.x_test, raw.classes or ()
+    shape = f"{x.shape[1]} channels of length {x.shape[2]}" if x.ndim == 3 else f"length {x.shape[1]}"
+    typer.echo(
+        f"copied {train.name} and {test.name} into {out}: {len(x)} train and {len(x_test)} test series "
+        f"({shape}), {len(classes)} classes\n"
+        "prepare them with:\n"
+        f"  sounding prepare -S data.source=ts -S {shlex.quote(f'data.path={train}')} "
+        f"-S {shlex.quote(f'data.test_path={test}')}\n"
+        f"or set in params.yaml:\n  data:\n    source: ts\n    path: {train}\n    test_path: {test}"
+    )
+
+
 @app.command()
 def train(
     arch: Annotated[str, typer.Argument(help=f"Architecture: {', '.join(ARCHS)}.")],

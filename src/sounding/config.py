@@ -56,12 +56,20 @@ class Mnist1dArgs(Section):
 class DataParams(Section):
     """Where the data comes from and how it is split."""
 
-    source: Literal["mnist1d", "digits", "npz"] = "mnist1d"
+    source: Literal["mnist1d", "digits", "npz", "ts", "table"] = "mnist1d"
+    """``npz``, ``ts`` (UCR/UEA .ts) and ``table`` (CSV or Parquet) read your file at ``path``
+    (formats: docs/data.md)."""
     val_fraction: Fraction = 0.1
     """Share of the training part held out, stratified, for validation."""
     test_fraction: Fraction = 0.2
-    """Share held out for testing when the source has no test split of its own (digits, npz without x_test)."""
-    npz_path: str = "data/raw/dataset.npz"
+    """Share held out for testing when the source has no test split of its own (digits, npz without
+    x_test, ts or table without ``test_path``)."""
+    path: str = "data/raw/dataset.npz"
+    """The file read by the npz, ts and table sources."""
+    test_path: str | None = None
+    """The test file of the ts and table sources (same format as ``path``); null: a test part is carved."""
+    label_column: str = "label"
+    """The table column holding the class labels; every other column is a time step, in column order."""
     npz_layout: Literal["sequence", "image"] = "sequence"
     """How a rank-3 ``x`` in a user .npz is read: [N, C, L] sequences or [N, H, W] images."""
     standardize: Literal["auto", "none", "channel", "series"] = "auto"

@@ -84,7 +84,7 @@ def test_digits_source_is_an_image_dataset(tmp_path: Path) -> None:
 
 def test_npz_source_with_and_without_a_test_split(tmp_path: Path) -> None:
     path = make_npz(tmp_path / "own.npz", n=90, shape=(2, 16), k=3)
-    params = Params().with_overrides({"data.source": "npz", "data.npz_path": str(path)})
+    params = Params().with_overrides({"data.source": "npz", "data.path": str(path)})
     prepare(params.data, params.seed, tmp_path / "a")
     a = load_prepared(tmp_path / "a")
     assert a.spec.input_shape == (2, 16) and len(a.test.y) == 18  # 20% carved for test
@@ -94,7 +94,7 @@ def test_npz_source_with_and_without_a_test_split(tmp_path: Path) -> None:
 
 
 def _npz_params(path: Path) -> Params:
-    return Params().with_overrides({"data.source": "npz", "data.npz_path": str(path)})
+    return Params().with_overrides({"data.source": "npz", "data.path": str(path)})
 
 
 @pytest.mark.parametrize(

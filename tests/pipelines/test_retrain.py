@@ -14,13 +14,23 @@ from prefect import flow
 
 from pipelines import retrain as pipeline
 from sounding import tracking
-from sounding.config import Params
+from sounding.config import DataParams, Params
 from sounding.errors import BadInput
 from tests.conftest import run_cli, write_params
 from tests.pipelines.conftest import flow_params
 
 STAGES = {"prepare", "tune-linear", "tune-cnn", "train-linear", "train-cnn", "pretrain", "transfer",
           "register", "report"}  # fmt: skip
+
+
+def test_the_prepare_task_is_keyed_on_every_user_file_its_source_reads() -> None:
+    def data(**overrides: object) -> DataParams:
+        return Params().with_overrides({f"data.{k}": v for k, v in overrides.items()}).data
+
+    assert pipeline.raw_inputs(data()) == [] and pipeline.raw_inputs(data(source="digits")) == []
+    assert pipeline.raw_inputs(data(source="npz", path="a.npz", test_path="b.npz")) == ["a.npz"]
+    assert pipeline.raw_inputs(data(source="ts", path="a.ts")) == ["a.ts"]
+    assert pipeline.raw_inputs(data(source="table", path="a.csv", test_path="b.csv")) == ["a.csv", "b.csv"]
 
 
 def _runs(params: Params, **tags: str) -> list:

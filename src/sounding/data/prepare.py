@@ -4,7 +4,8 @@ Layout of a prepared folder::
 
     train.npz  val.npz  test.npz    arrays x, y and idx (row index in the source's train or test part)
     manifest.json                   sha256, shapes, dtypes and class counts of each file, the source and
-                                    its arguments, the layout, and ``sha256``: one hash of all three files
+                                    its arguments, the layout, the class names (``classes``: label i is
+                                    ``classes[i]``), and ``sha256``: one hash of all three files
 
 The manifest is written last, so a prepare killed mid-way leaves files that fail verification rather
 than files that silently feed training.
@@ -56,21 +57,29 @@ class Prepared:
     """One hash over the three prepared files: the data version every run is tagged with."""
 
 
-def _stratified_split(y: np.ndarray, fraction: float, seed: int, what: str) -> tuple[np.ndarray, np.ndarray]:
+def _stratified_split(
+    y: np.ndarray, fraction: float, seed: int, what: str, raw: RawData
+) -> tuple[np.ndarray, np.ndarray]:
     """Indices (kept, held out), each sorted so kept rows stay in source order."""
     from sklearn.model_selection import train_test_split
 
+    where = f"{raw.args['path']}: " if "path" in raw.args else ""  # a user's file
     counts = np.bincount(y)
     if (counts < 2).any():
         rare = [int(c) for c in np.flatnonzero(counts < 2)]
+        if raw.classes is not None:
+            raise BadInput(
+                f"{where}cannot carve a stratified {what} split: classes {[raw.classes[c] for c in rare]} "
+                "have fewer than 2 samples (every class needs at least 2)"
+            )
         raise BadInput(
-            f"cannot carve a stratified {what} split: classes {rare} have fewer than 2 samples "
+            f"{where}cannot carve a stratified {what} split: classes {rare} have fewer than 2 samples "
             f"(labels must cover every class in [0, {len(counts)}) with at least 2 samples each)"
         )
     try:
         kept, held = train_test_split(np.arange(len(y)), test_size=fraction, stratify=y, random_state=seed)
     except ValueError as exc:
-        raise BadInput(f"cannot carve a stratified {what} split of {fraction}: {exc}") from exc
+        raise BadInput(f"{where}cannot carve a stratified {what} split of {fraction}: {exc}") from exc
     return np.sort(kept), np.sort(held)
 
 
@@ -79,7 +88,7 @@ def split_source(
 ) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """(x, y, idx) per split: val carved from train, test as published or carved when absent."""
     if raw.x_test is None:
-        kept, held = _stratified_split(raw.y, params.test_fraction, seed, "test")
+        kept, held = _stratified_split(raw.y, params.test_fraction, seed, "test", raw)
         x, y, x_test, y_test = raw.x[kept], raw.y[kept], raw.x[held], raw.y[held]
         test_idx = held
         source_idx = kept
@@ -87,7 +96,7 @@ def split_source(
         x, y, x_test, y_test = raw.x, raw.y, raw.x_test, raw.y_test
         test_idx = np.arange(len(y_test))
         source_idx = np.arange(len(y))
-    train, val = _stratified_split(y, params.val_fraction, seed, "validation")
+    train, val = _stratified_split(y, params.val_fraction, seed, "validation", raw)
     return {
         "train": (x[train], y[train], source_idx[train]),
         "val": (x[val], y[val], source_idx[val]),
@@ -100,7 +109,8 @@ def prepare(params: DataParams, seed: int, out_dir: str | Path) -> dict:
     out_dir = Path(out_dir)
     raw = load_source(params)
     splits = split_source(raw, params, seed)
-    num_classes = int(raw.y.max()) + 1
+    classes = list(raw.classes) if raw.classes is not None else [str(c) for c in range(int(raw.y.max()) + 1)]
+    num_classes = len(classes)
     for leftover in out_dir.glob(".*.tmp"):  # a killed earlier run's unfinished writes (atomic_write)
         leftover.unlink()
     files = {}
@@ -121,6 +131,7 @@ def prepare(params: DataParams, seed: int, out_dir: str | Path) -> dict:
         "layout": raw.layout,
         "num_classes": num_classes,
         "standardize": params.standardize_mode,
+        "classes": classes,
         "files": files,
         "sha256": _combined_hash(files),
     }

@@ -1,4 +1,5 @@
-"""Data sources: the generated MNIST-1D benchmark, scikit-learn's digits, and a user's ``.npz``.
+"""Data sources: the generated MNIST-1D benchmark, scikit-learn's digits, and a user's file: ``.npz``,
+UCR/UEA ``.ts`` (read by aeon) or a CSV/Parquet table (read by pandas).
 
 Each source returns a ``RawData``: a training part, an optional published test part, the input layout
 (``sequence`` for [N, L] / [N, C, L], ``image`` for [N, H, W]) and the arguments that produced it.
@@ -6,6 +7,8 @@ Each source returns a ``RawData``: a training part, an optional published test p
 
 from __future__ import annotations
 
+import math
+import re
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +28,9 @@ class RawData:
     x_test: np.ndarray | None = None
     y_test: np.ndarray | None = None
     args: dict[str, Any] = field(default_factory=dict)
+    classes: tuple[str, ...] | None = None
+    """Class names by label (label ``i`` is ``classes[i]``) for sources whose labels are names, mapped to
+    0..K-1 here; ``None`` where the labels already are 0..K-1."""
 
 
 def load_source(params: DataParams) -> RawData:
@@ -33,7 +39,12 @@ def load_source(params: DataParams) -> RawData:
         return _mnist1d(params)
     if params.source == "digits":
         return _digits()
-    return load_npz(Path(params.npz_path), params.npz_layout)
+    if params.source == "npz":
+        return load_npz(Path(params.path), params.npz_layout)
+    test_path = Path(params.test_path) if params.test_path is not None else None
+    if params.source == "ts":
+        return load_ts(Path(params.path), test_path)
+    return load_table(Path(params.path), test_path, params.label_column)
 
 
 def _mnist1d(params: DataParams) -> RawData:
@@ -116,3 +127,228 @@ def _checked_pair(
     if y.min() < 0:
         raise BadInput(f"{path}: {yn} holds label {int(y.min())}; labels must be in [0, K)")
     return x, y.astype(np.int64)
+
+
+def load_ts(path: Path, test_path: Path | None = None) -> RawData:
+    """Read UCR/UEA ``.ts`` files (format: docs/data.md) with aeon's reader: equal-length series with one
+    channel ([N, L]) or several ([N, C, L]), and class labels of any kind."""
+    x, labels = _read_ts(path)
+    x_test = test_labels = None
+    if test_path is not None:
+        x_test, test_labels = _read_ts(test_path)
+    args = {"path": str(path), "test_path": None if test_path is None else str(test_path)}
+    return _labelled(path, x, labels, test_path, x_test, test_labels, args, "series")
+
+
+def _read_ts(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Series ([N, L] for one channel, [N, C, L] for several) and their labels as text."""
+    _require_file(path, (".ts",))
+    # Imported here, not at module level: aeon's import (numba) takes seconds.
+    from aeon.datasets import load_from_ts_file
+
+    try:
+        x, labels, meta = load_from_ts_file(str(path), return_meta_data=True)
+    except (OSError, ValueError, IndexError) as exc:
+        raise _unreadable_ts(path, exc) from exc
+    if meta["targetlabel"]:
+        raise BadInput(
+            f"{path}: holds a regression target (@targetLabel true); a classifier needs class labels"
+        )
+    if not meta["classlabel"]:
+        raise BadInput(f"{path}: has no class labels (@classLabel false); every series needs one")
+    if isinstance(x, list):  # aeon's answer for series of unequal length: one [C, L_i] array each
+        lengths = sorted({a.shape[-1] for a in x})
+        seen = (
+            _listed(lengths)
+            if len(lengths) <= 10
+            else f"{lengths[0]} to {lengths[-1]} ({len(lengths)} in all)"
+        )
+        raise BadInput(
+            f"{path}: series of different lengths are not supported; lengths seen: {seen}. "
+            "Resample, pad or truncate every series to one length"
+        )
+    if x.ndim != 3 or len(x) == 0:
+        raise BadInput(
+            f"{path}: no series found (a .ts file is a header ending in @data, then one series a line)"
+        )
+    return (x[:, 0] if x.shape[1] == 1 else x), labels
+
+
+def _unreadable_ts(path: Path, exc: Exception) -> BadInput:
+    message = re.sub(r"Error loading <[^>]*>\. ", "", str(exc))  # aeon names its file object, not the path
+    # aeon stops at the first series whose length differs from the first's (with @equalLength true), or
+    # at a series whose channels differ in length (either way); its message holds the case and lengths.
+    if ragged := re.search(r"case (\d+) has a different number.*?Saw (\d+) .*? but (\d+) ", message):
+        case, first, other = (int(n) for n in ragged.groups())
+        if "equal length == False" in message:
+            return BadInput(
+                f"{path}: the channels of series {case} (counting from 1) have different lengths, {first} "
+                f"and {other}; series of different lengths are not supported"
+            )
+        return BadInput(
+            f"{path}: series of different lengths are not supported; lengths seen: {min(first, other)}, "
+            f"{max(first, other)} (series 1 has {first} values, series {case} {other}). Resample, pad or "
+            "truncate every series to one length"
+        )
+    return BadInput(f"{path}: not a readable .ts file (aeon: {_one_line(message)}); see docs/data.md")
+
+
+TABLE_SUFFIXES = {".csv": "CSV", ".parquet": "Parquet", ".pq": "Parquet"}
+"""File name endings the table source reads, and the format each names."""
+
+
+def load_table(path: Path, test_path: Path | None = None, label_column: str = "label") -> RawData:
+    """Read a CSV or Parquet table (format: docs/data.md): one row per series, the class in
+    ``label_column``, every other column a time step in column order."""
+    x, labels, steps = _read_table(path, label_column)
+    x_test = test_labels = None
+    if test_path is not None:
+        x_test, test_labels, test_steps = _read_table(test_path, label_column)
+        if len(test_steps) == len(steps) and test_steps != steps:
+            at = next(i for i, (a, b) in enumerate(zip(test_steps, steps, strict=True)) if a != b)
+            raise BadInput(
+                f"{test_path}: its time-step columns are not those of {path}: time step {at + 1} is "
+                f"{test_steps[at]!r} here and {steps[at]!r} there"
+            )
+    args = {
+        "path": str(path),
+        "test_path": None if test_path is None else str(test_path),
+        "label_column": label_column,
+    }
+    return _labelled(path, x, labels, test_path, x_test, test_labels, args, "row(s)")
+
+
+def _read_table(path: Path, label_column: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Time steps [N, L], labels and the time-step column names of one table."""
+    _require_file(path, tuple(TABLE_SUFFIXES))
+    import pandas as pd  # here, like the other readers' libraries: prepare is the only stage that reads
+
+    kind = TABLE_SUFFIXES[path.suffix.lower()]
+    try:
+        frame = pd.read_csv(path) if kind == "CSV" else pd.read_parquet(path)
+    except (OSError, ValueError) as exc:  # pandas' parser errors and pyarrow's are ValueErrors
+        raise BadInput(f"{path}: not a readable {kind} file ({_one_line(exc)}); see docs/data.md") from exc
+    frame.columns = [str(c) for c in frame.columns]
+    if label_column not in frame.columns:
+        raise BadInput(
+            f"{path}: no label column {label_column!r} (data.label_column); "
+            f"columns found: {_listed(list(frame.columns))}"
+        )
+    if frame.empty:
+        raise BadInput(f"{path}: no rows; a table holds one series a row")
+    steps = [c for c in frame.columns if c != label_column]
+    if not steps:
+        raise BadInput(
+            f"{path}: only the label column {label_column!r}; the time steps are its other columns"
+        )
+    if unnamed := [c for c in steps if c.startswith("Unnamed: ")]:
+        raise BadInput(
+            f"{path}: column(s) without a name in the header ({_listed(unnamed)}, as pandas calls them), "
+            "most likely a saved row index: write the table without it (to_csv(..., index=False))"
+        )
+    text = [c for c in steps if not pd.api.types.is_numeric_dtype(frame[c])]
+    if text:
+        raise BadInput(
+            f"{path}: values that are not numbers in column(s) {_listed(text)}; every column but the label "
+            f"column {label_column!r} is a time step and holds numbers"
+        )
+    unlabelled = np.flatnonzero(frame[label_column].isna().to_numpy())
+    if len(unlabelled):
+        raise BadInput(
+            f"{path}: the label column {label_column!r} is empty in {len(unlabelled)} row(s): "
+            f"{_listed((unlabelled + 1).tolist())} (counting data rows from 1)"
+        )
+    x = frame[steps].to_numpy(dtype=np.float64, na_value=np.nan)
+    return x, frame[label_column].to_numpy(), steps
+
+
+def _require_file(path: Path, suffixes: tuple[str, ...]) -> None:
+    if path.suffix.lower() not in suffixes:
+        raise BadInput(f"{path}: this source reads files ending in {', '.join(suffixes)}")
+    if not path.is_file():
+        raise BadInput(f"{path}: data file not found")
+
+
+def _labelled(
+    path: Path,
+    x: np.ndarray,
+    labels: np.ndarray,
+    test_path: Path | None,
+    x_test: np.ndarray | None,
+    test_labels: np.ndarray | None,
+    args: dict[str, Any],
+    unit: str,
+) -> RawData:
+    """Check a user's series and map their labels (text, numbers) to 0..K-1, sorted by the training
+    labels; ``unit`` names what holds each series in the file (``series``, ``row(s)``), for messages."""
+    names = np.asarray(labels).astype(str)
+    if len(names) == 0:
+        raise BadInput(f"{path}: no series found")
+    classes = _sorted_classes(np.unique(names).tolist())
+    if len(classes) < 2:
+        raise BadInput(
+            f"{path}: every series has the label {classes[0]!r}; a classifier needs 2 classes or more"
+        )
+    index = {name: i for i, name in enumerate(classes)}
+    _no_missing_values(path, x, unit)
+    x, y = _checked_pair(path, x, np.array([index[n] for n in names]), "the series", "the labels")
+    y_test = None
+    if x_test is not None and test_labels is not None and test_path is not None:
+        test_names = np.asarray(test_labels).astype(str)
+        unseen = _sorted_classes(sorted(set(test_names.tolist()) - set(classes)))
+        if unseen:
+            raise BadInput(
+                f"{test_path}: label(s) {_listed(unseen)} occur only in the test file; {path} has "
+                f"{_listed(classes)}. A model can only predict the classes it was trained on"
+            )
+        if x_test.shape[1:] != x.shape[1:]:
+            raise BadInput(
+                f"{test_path}: its series are {_describe(x_test)}, those of {path} are {_describe(x)}"
+            )
+        _no_missing_values(test_path, x_test, unit)
+        x_test, y_test = _checked_pair(
+            test_path,
+            x_test,
+            np.array([index[n] for n in test_names], dtype=np.int64),
+            "the series",
+            "the labels",
+        )
+    return RawData(
+        x=x, y=y, x_test=x_test, y_test=y_test, layout="sequence", args=args, classes=tuple(classes)
+    )
+
+
+def _sorted_classes(names: list[str]) -> list[str]:
+    """Numbers in numeric order (``2`` before ``10``) when every name is one, else text order."""
+    try:
+        numbers = [float(n) for n in names]
+    except ValueError:
+        return sorted(names)
+    if not all(math.isfinite(v) for v in numbers):
+        return sorted(names)
+    return [n for _, n in sorted(zip(numbers, names, strict=True))]
+
+
+def _no_missing_values(path: Path, x: np.ndarray, unit: str) -> None:
+    missing = np.isnan(x).reshape(len(x), -1)
+    if missing.any():
+        rows = np.flatnonzero(missing.any(axis=1)) + 1
+        raise BadInput(
+            f"{path}: {int(missing.sum())} missing value(s), in {unit} {_listed(rows.tolist())} (counting from "
+            "1); missing values are not supported: fill or drop them"
+            + (" (a row must have a value in every column)" if unit == "row(s)" else "")
+        )
+
+
+def _describe(x: np.ndarray) -> str:
+    return f"{x.shape[1]} channels of length {x.shape[2]}" if x.ndim == 3 else f"of length {x.shape[1]}"
+
+
+def _one_line(error: object) -> str:
+    return " ".join(str(error).split())
+
+
+def _listed(items: list, limit: int = 10) -> str:
+    """``'a', 'b', … (40 in all)``: a long list cut short for a one-line message."""
+    shown = ", ".join(repr(i) if isinstance(i, str) else str(i) for i in items[:limit])
+    return shown if len(items) <= limit else f"{shown}, … ({len(items)} in all)"
