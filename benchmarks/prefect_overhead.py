@@ -1,9 +1,9 @@
 """Figure 6: the retraining flow ÷ the same library functions called directly, interleaved pairs, median (≤ 1.05).
 
-Both sides run the whole pipeline (prepare, tune and train per architecture, pretrain, transfer, register,
-report) on the same small params, each in its own workspace, from a clean state every time (no resumable
-checkpoint, no Optuna study, no cached result: the flow runs with ``force``). The flow runs its tasks one
-at a time (a one-thread runner), so the ratio is Prefect's own cost, not parallelism. It talks to a real
+Both sides run the whole pipeline (prepare, tune and train per architecture, baselines, pretrain, transfer,
+register, report) on the same small params, each in its own workspace, from a clean state every time (no
+resumable checkpoint, no Optuna study, no cached result: the flow runs with ``force``). The flow runs its
+tasks one at a time (a one-thread runner), so the ratio is Prefect's own cost, not parallelism. It talks to a real
 ``prefect server`` on 127.0.0.1, whose start-up is timed and reported on its own.
 
     python -m benchmarks.prefect_overhead [--pairs 3] [--epochs 150]
@@ -26,7 +26,7 @@ import yaml
 
 from benchmarks.common import Figure, interleaved, machine, ratio
 from pipelines.server import prefect_server
-from sounding import registry, report, stages, transfer, tuning
+from sounding import baselines, registry, report, stages, transfer, tuning
 from sounding.config import Params
 
 logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
@@ -49,6 +49,7 @@ def direct(params: Params) -> None:
             progress=False,
             tuned=f"tuning/{arch}/best.json",
         )
+    baselines.run_baselines(params, "data/prepared", "metrics/baselines.json")
     transfer.pretrain(
         params, "data/pretrain", "models/pretrained", "metrics/pretrain", "plots/pretrain", False
     )

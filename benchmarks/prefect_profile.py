@@ -23,6 +23,7 @@ from pipelines.server import prefect_server
 
 TIMED = {
     "sounding.stages": ["prepare", "train_architecture"],
+    "sounding.baselines": ["run_baselines"],
     "sounding.tuning": ["tune"],
     "sounding.transfer": ["pretrain", "run_transfer"],
     "sounding.registry": ["register_all"],
@@ -60,7 +61,7 @@ def main() -> None:
             setattr(module, name, _timed(totals, name, getattr(module, name)))
     import pipelines.retrain as retrain_module
 
-    for stage in ("prepare", "tune", "train", "pretrain", "transfer", "register", "report"):
+    for stage in ("prepare", "tune", "train", "baselines", "pretrain", "transfer", "register", "report"):
         task = getattr(retrain_module, stage)
         task.cache_key_fn = _timed(totals, "cache key", task.cache_key_fn)
     params = bench_params(40)

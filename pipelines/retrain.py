@@ -1,8 +1,9 @@
 """Scheduled retraining with Prefect: the DVC pipeline's stages as cached, retried, parallel tasks.
 
-``retrain(params_path)`` chains prepare → (tune → train) per architecture → pretrain → transfer → register →
-report. Each task calls the library function its ``sounding`` command calls, with the paths of
-``dvc.yaml``, so Prefect and DVC write the same files in the same workspace (the current folder).
+``retrain(params_path)`` chains prepare → (tune → train) per architecture and the classical baselines →
+pretrain → transfer → register → report. Each task calls the library function its ``sounding`` command
+calls, with the paths of ``dvc.yaml``, so Prefect and DVC write the same files in the same workspace (the
+current folder).
 
 A task's cache key is a content fingerprint: the params keys that ``dvc.yaml`` lists for its stage, a hash
 of the package source, the content hashes of the upstream results it reads (the data sha256, the tuned
@@ -141,6 +142,15 @@ def train(params: Params, stage: str, arch: str, inputs: list[str], outputs: lis
 
 
 @stage_task
+def baselines(params: Params, stage: str, arch: str, inputs: list[str], outputs: list[str]) -> dict:
+    """``sounding baselines --data data/prepared --metrics metrics/baselines.json``."""
+    from sounding.baselines import run_baselines
+
+    summary = run_baselines(params, "data/prepared", outputs[0])
+    return {"metrics": outputs[0], "test_acc": {k: b["test_acc"] for k, b in summary["baselines"].items()}}
+
+
+@stage_task
 def pretrain(params: Params, stage: str, arch: str, inputs: list[str], outputs: list[str]) -> dict:
     """``sounding pretrain --data data/pretrain --model-dir models/pretrained --metrics metrics/pretrain
     --plots plots/pretrain``."""
@@ -229,9 +239,9 @@ def load(params_path: str | Path, archs: list[str] | None = None) -> Params:
 
 @flow(name="retrain")
 def retrain(params_path: str = "params.yaml", archs: list[str] | None = None, force: bool = False) -> dict:
-    """Retrain what changed in the current folder's workspace: prepare, (tune → train) per architecture in
-    parallel, pretrain → transfer, register through the promotion gate, report. ``force`` ignores every
-    cached result.
+    """Retrain what changed in the current folder's workspace: prepare, (tune → train) per architecture and
+    the classical baselines in parallel, pretrain → transfer, register through the promotion gate, report.
+    ``force`` ignores every cached result.
 
     Returns each stage's final state (``Cached`` when nothing it depends on changed). A failed stage fails
     the flow once every stage that does not depend on it has finished; their results stay cached.
@@ -284,6 +294,7 @@ def _submit_stages(params: Params, force: bool) -> dict[str, Any]:
             )
             for a in archs
         ]
+        classical = submit(baselines, "", [data], ["metrics/baselines.json"], [prepared])
         pretrained, backbones = [], []
         if params.transfer.source == "pretrain":
             backbones = [f"models/pretrained/{a}/model.safetensors" for a in params.transfer.archs]
@@ -297,8 +308,10 @@ def _submit_stages(params: Params, force: bool) -> dict[str, Any]:
         )
         metrics = [f"metrics/{a}.json" for a in archs]
         registered = submit(register, "", [data, *metrics], ["reports/promotion.json"], trained)
-        extra = ["metrics/transfer.json", "metrics/gan.json", "metrics/depth.json"]
-        submit(report, "", [*metrics, *extra], ["reports/leaderboard.md"], [registered, transferred])
+        extra = ["metrics/baselines.json", "metrics/transfer.json", "metrics/gan.json", "metrics/depth.json"]
+        submit(
+            report, "", [*metrics, *extra], ["reports/leaderboard.md"], [registered, transferred, classical]
+        )
         wait(list(futures.values()))
     return futures
 

@@ -23,7 +23,7 @@ def test_help_does_not_import_heavy_libraries() -> None:
 def test_help_lists_the_stage_commands() -> None:
     result = run_cli("--help")
     assert result.returncode == 0
-    for command in ("prepare", "train", "report"):
+    for command in ("prepare", "train", "baselines", "report"):
         assert command in result.stdout
 
 

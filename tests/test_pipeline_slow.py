@@ -60,6 +60,12 @@ def test_repro_writes_every_output(repo: Path) -> None:
     assert "## Depth study" in board and len(depth_rows) == 8  # depth 4: 2 residual × 2 init × 2 clip
     assert (repo / "plots" / "depth" / "accuracy_vs_depth.png").is_file()
     assert "## Generative: conditional GAN" in board
+    for label in ("1-NN (Euclidean)", "logistic regression (sklearn)"):
+        assert f"| classical: {label} |" in board
+    assert "**Best network: " in board and "the better classical baseline" in board
+    baselines = json.loads((repo / "metrics" / "baselines.json").read_text())
+    sha = json.loads((repo / "data" / "prepared" / "manifest.json").read_text())["sha256"]
+    assert baselines["data_sha256"] == sha and set(baselines["baselines"]) == {"logreg", "1nn"}
     assert (repo / "models" / "gan" / "generator.safetensors").is_file()
 
 
@@ -82,8 +88,11 @@ def test_every_architecture_run_has_the_same_metric_keys_and_tags(repo: Path) ->
     client = tracking.client(f"sqlite:///{repo / 'mlflow.db'}")
     exp = client.get_experiment_by_name(params.tracking.experiment)
     every_run = client.search_runs([exp.experiment_id])
-    assert len(every_run) == 9 and all(r.info.status == "FINISHED" for r in every_run)
-    runs = [r for r in every_run if r.data.tags["arch"] != "gan"]  # the classifiers share metric keys
+    assert len(every_run) == 11 and all(r.info.status == "FINISHED" for r in every_run)
+    baselines = {r.data.tags["arch"] for r in every_run if r.data.tags["stage"] == "baselines"}
+    assert baselines == {"baseline/logreg", "baseline/1nn"}
+    # The networks share metric keys (the GAN and the classical baselines log their own).
+    runs = [r for r in every_run if r.data.tags["arch"] != "gan" and r.data.tags["stage"] == "train"]
     names = {r.info.run_name for r in runs}
     assert names == {f"{a}-seed{s}" for a in ("linear", "mlp", "cnn", "rnn") for s in (42, 43)}
 
@@ -93,7 +102,8 @@ def test_every_architecture_run_has_the_same_metric_keys_and_tags(repo: Path) ->
     metric_keys = [common(set(r.data.metrics)) for r in runs]
     assert all(keys == metric_keys[0] for keys in metric_keys)
     assert {"train/loss", "val/loss", "val/acc", "test/acc", "test/f1_macro"} <= metric_keys[0]
-    tag_keys = [{k for k in r.data.tags if not k.startswith("mlflow.")} for r in every_run]  # GAN included
+    # The GAN's and the baselines' runs are tagged like the networks'.
+    tag_keys = [{k for k in r.data.tags if not k.startswith("mlflow.")} for r in every_run]
     assert all(keys == tag_keys[0] for keys in tag_keys)
     assert {"git_sha", "data_sha256", "stage", "arch", "seed"} <= tag_keys[0]
     sha = json.loads((repo / "data" / "prepared" / "manifest.json").read_text())["sha256"]

@@ -367,7 +367,15 @@ def test_cli_pretrain_transfer_and_leaderboard(tmp_path: Path) -> None:
     from sounding import tracking
 
     write_params(tmp_path / "params.yaml", tiny_params(**{"train.archs": ["mlp"], "train.n_seeds": 2}))
-    for args in (["prepare"], ["pretrain", "-q"], ["transfer", "-q"], ["train", "mlp", "-q"], ["report"]):
+    steps = (
+        ["prepare"],
+        ["pretrain", "-q"],
+        ["transfer", "-q"],
+        ["train", "mlp", "-q"],
+        ["baselines"],
+        ["report"],
+    )
+    for args in steps:
         result = run_cli(*args, "--params", "params.yaml", cwd=tmp_path)
         assert result.returncode == 0, result.stdout + result.stderr
     for arch in ("cnn", "mlp"):

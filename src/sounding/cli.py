@@ -149,6 +149,28 @@ def train(
 
 
 @app.command()
+def baselines(
+    data: Annotated[Path, typer.Option(help="Prepared data folder.")] = Path("data/prepared"),
+    metrics: Annotated[Path, typer.Option(help="Metrics JSON.")] = Path("metrics/baselines.json"),
+    params_path: ParamsOpt = Path("params.yaml"),
+    overrides: SetOpt = None,
+) -> None:
+    """Classical baselines for the leaderboard: logistic regression and 1-NN (Euclidean), fit on train + val,
+    scored on test, tracked in MLflow."""
+    _hold("sounding baselines")
+    params = _params(params_path, overrides)
+    from sounding.baselines import run_baselines
+
+    summary = run_baselines(params, data, metrics)
+    for r in summary["baselines"].values():
+        typer.echo(
+            f"{r['label']}: test accuracy {r['test_acc']:.4f}, macro-F1 {r['test_f1_macro']:.4f}, "
+            f"fit {r['train_time_s']:.2f} s on {summary['n_fit']} train + val samples"
+            + ("" if r.get("converged", True) else f" (not converged in {r['n_iter']} iterations)")
+        )
+
+
+@app.command()
 def tune(
     arch: Annotated[str, typer.Argument(help=f"Architecture: {', '.join(ARCHS)}.")],
     data: Annotated[Path, typer.Option(help="Prepared data folder.")] = Path("data/prepared"),

@@ -1,4 +1,5 @@
-"""Leaderboard: every architecture side by side, against the published MNIST-1D accuracies."""
+"""Leaderboard: every architecture side by side with the classical baselines, against the published MNIST-1D
+accuracies."""
 
 from __future__ import annotations
 
@@ -8,8 +9,9 @@ from pathlib import Path
 from sounding.errors import BadInput
 from sounding.files import write_text
 
-PUBLISHED_MNIST1D = {"linear": 0.32, "mlp": 0.68, "cnn": 0.94, "rnn": 0.91}
-"""Test accuracy reported by Greydanus & Kobak for the reference models (rnn = bidirectional GRU)."""
+PUBLISHED_MNIST1D = {"linear": 0.32, "mlp": 0.68, "cnn": 0.94, "rnn": 0.91, "baseline/logreg": 0.32}
+"""Test accuracy reported by Greydanus & Kobak for the reference models (rnn = bidirectional GRU; their
+logistic regression is the ``linear`` network and scikit-learn's ``baseline/logreg`` alike)."""
 
 
 def load_metrics(metrics_dir: str | Path, archs: list[str]) -> list[dict]:
@@ -22,26 +24,102 @@ def load_metrics(metrics_dir: str | Path, archs: list[str]) -> list[dict]:
     return rows
 
 
-def leaderboard(rows: list[dict], source: str) -> str:
-    """Markdown table, best test accuracy first."""
+def load_baselines(metrics_dir: str | Path, rows: list[dict]) -> dict:
+    """``metrics_dir/baselines.json``, checked to be of the data the networks of ``rows`` were tested on
+    (a comparison across two datasets would mean nothing)."""
+    path = Path(metrics_dir) / "baselines.json"
+    if not path.is_file():
+        raise BadInput(f"{path} not found: run `sounding baselines` first (the classical baselines)")
+    baselines = json.loads(path.read_text())
+    stale = [r["arch"] for r in rows if r.get("data_sha256") not in (None, baselines["data_sha256"])]
+    if stale:
+        raise BadInput(
+            f"{path} was computed on data {baselines['data_sha256'][:12]}, but {', '.join(stale)} on other "
+            "data: rerun `sounding baselines` (or train them again) on the same prepared data"
+        )
+    return baselines
+
+
+def leaderboard(rows: list[dict], source: str, baselines: dict | None = None) -> str:
+    """Markdown table, best test accuracy first: the networks of ``rows`` and, given ``baselines`` (the
+    ``baselines`` stage's summary), the classical models ranked among them, under a line saying how the
+    best network compares with the better classical model."""
+    classical = list((baselines or {}).get("baselines", {}).values())
     lines = [
         "# Leaderboard",
         "",
         f"Data: `{source}`, test accuracy as mean ± std over seeds. Published: Greydanus & Kobak (MNIST-1D).",
         "",
+    ]
+    if classical and rows:
+        lines += [verdict(rows, classical), ""]
+    lines += [
         "| rank | architecture | params | test acc | macro-F1 | published | seeds | train time (s) | samples/s "
         "| device | tuning |",
         "|---:|---|---:|---|---:|---:|---:|---:|---:|---|---|",
     ]
-    for rank, r in enumerate(sorted(rows, key=lambda r: -r["test_acc"]), start=1):
-        published = PUBLISHED_MNIST1D.get(r["arch"]) if source == "mnist1d" else None
-        lines.append(
-            f"| {rank} | {r['arch']} | {r['n_params']:,} | {r['test_acc']:.3f} ± {r['test_acc_std']:.3f} "
-            f"| {r['test_f1_macro']:.3f} | {f'{published:.2f}' if published else '–'} | {len(r['seeds'])} "
-            f"| {r['train_time_s']:.1f} | {r['samples_per_s']:,.0f} | {r['device']} | {_tuned(r)} |"
-        )
+    entries = [(r["test_acc"], _net_cells(r, source)) for r in rows]
+    entries += [(b["test_acc"], _classical_cells(b, source)) for b in classical]
+    for rank, (_, cells) in enumerate(sorted(entries, key=lambda e: -e[0]), start=1):
+        lines.append(f"| {rank} | " + " | ".join(cells) + " |")
+    if classical:
+        lines += [
+            "",
+            f"*classical*: scikit-learn models fit once on train + val ({baselines['n_fit']} samples: the "
+            "networks fit on train and select their weights on val; these have nothing to select), no "
+            "tuning, deterministic. *params*: weights and biases; for 1-NN, the training values it stores. "
+            "*train time*: the fit.",
+        ]
     lines += ["", "![test accuracy by architecture](leaderboard.png)", ""]
     return "\n".join(lines)
+
+
+def _net_cells(r: dict, source: str) -> list[str]:
+    published = PUBLISHED_MNIST1D.get(r["arch"]) if source == "mnist1d" else None
+    return [
+        r["arch"],
+        f"{r['n_params']:,}",
+        f"{r['test_acc']:.3f} ± {r['test_acc_std']:.3f}",
+        f"{r['test_f1_macro']:.3f}",
+        f"{published:.2f}" if published else "–",
+        str(len(r["seeds"])),
+        f"{r['train_time_s']:.1f}",
+        f"{r['samples_per_s']:,.0f}",
+        r["device"],
+        _tuned(r),
+    ]
+
+
+def _classical_cells(b: dict, source: str) -> list[str]:
+    published = PUBLISHED_MNIST1D.get(b["arch"]) if source == "mnist1d" else None
+    stored = " stored" if b["arch"] == "baseline/1nn" else ""
+    return [
+        f"classical: {b['label']}",
+        f"{b['n_params']:,}{stored}",
+        f"{b['test_acc']:.3f}",
+        f"{b['test_f1_macro']:.3f}",
+        f"{published:.2f}" if published else "–",
+        "–",
+        f"{b['train_time_s']:.2f}",
+        "–",
+        "cpu",
+        "–",
+    ]
+
+
+def verdict(rows: list[dict], classical: list[dict]) -> str:
+    """One line: the best network (by mean test accuracy) against the better classical baseline, in
+    percentage points of test accuracy."""
+    net = max(rows, key=lambda r: r["test_acc"])
+    base = max(classical, key=lambda b: b["test_acc"])
+    gap = round(100 * (net["test_acc"] - base["test_acc"]), 1)
+    other = f"the better classical baseline, {base['label']} ({base['test_acc']:.3f})"
+    if gap == 0:
+        compared = f"ties with {other}"
+    else:
+        compared = f"{'beats' if gap > 0 else 'trails'} {other} by {abs(gap):.1f} points"
+    spread = f" (its std over seeds: {100 * net['test_acc_std']:.1f} points)" if len(net["seeds"]) > 1 else ""
+    return f"**Best network: {net['arch']}** ({net['test_acc']:.3f}) {compared}{spread}."
 
 
 def _tuned(row: dict) -> str:
@@ -148,21 +226,30 @@ def transfer_section(transfer: dict) -> str:
 
 
 def write_report(metrics_dir: str | Path, archs: list[str], source: str, out_dir: str | Path) -> Path:
-    """Stage ``report``: ``out_dir/leaderboard.md`` and ``leaderboard.png``."""
+    """Stage ``report``: ``out_dir/leaderboard.md`` and ``leaderboard.png``, from ``metrics_dir/ARCH.json``
+    of each of ``archs`` and ``metrics_dir/baselines.json`` (both required), plus the GAN, depth and
+    transfer sections when their metrics exist."""
     from sounding import plots
 
     rows = load_metrics(metrics_dir, archs)
+    baselines = load_baselines(metrics_dir, rows)
+    classical = list(baselines["baselines"].values())
     out_dir = Path(out_dir)
+    # The classical bars carry their kind in their label: plots.py stays as it is, since every training
+    # stage depends on it and an edit there would retrain everything.
+    bars = [(r["arch"], r["arch"], r["test_acc"], r["test_acc_std"]) for r in rows]
+    bars += [(f"{_short(b)}\n(classical)", b["arch"], b["test_acc"], 0.0) for b in classical]
+    published = {label: PUBLISHED_MNIST1D[arch] for label, arch, *_ in bars if arch in PUBLISHED_MNIST1D}
     plots.bars(
-        [r["arch"] for r in rows],
-        [r["test_acc"] for r in rows],
-        [r["test_acc_std"] for r in rows],
+        [label for label, *_ in bars],
+        [acc for *_, acc, _ in bars],
+        [std for *_, std in bars],
         "test accuracy",
-        "Test accuracy by architecture (mean ± std over seeds)",
+        "Test accuracy: networks (mean ± std over seeds) and classical baselines",
         out_dir / "leaderboard.png",
-        PUBLISHED_MNIST1D if source == "mnist1d" else None,
+        published if source == "mnist1d" else None,
     )
-    text = leaderboard(rows, source)
+    text = leaderboard(rows, source, baselines)
     gan_path = Path(metrics_dir) / "gan.json"
     if gan_path.is_file():
         text += "\n" + gan_section(json.loads(gan_path.read_text()))
@@ -173,3 +260,8 @@ def write_report(metrics_dir: str | Path, archs: list[str], source: str, out_dir
     if transfer_path.is_file():
         text += "\n" + transfer_section(json.loads(transfer_path.read_text()))
     return write_text(out_dir / "leaderboard.md", text)
+
+
+def _short(baseline: dict) -> str:
+    """A classical baseline's bar label."""
+    return {"baseline/1nn": "1-NN", "baseline/logreg": "logreg"}.get(baseline["arch"], baseline["arch"])

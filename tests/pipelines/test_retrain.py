@@ -19,8 +19,8 @@ from sounding.errors import BadInput
 from tests.conftest import run_cli, write_params
 from tests.pipelines.conftest import flow_params
 
-STAGES = {"prepare", "tune-linear", "tune-cnn", "train-linear", "train-cnn", "pretrain", "transfer",
-          "register", "report"}  # fmt: skip
+STAGES = {"prepare", "tune-linear", "tune-cnn", "train-linear", "train-cnn", "baselines", "pretrain",
+          "transfer", "register", "report"}  # fmt: skip
 
 
 def test_the_prepare_task_is_keyed_on_every_user_file_its_source_reads() -> None:
@@ -64,8 +64,10 @@ def test_first_run_completes_every_stage(in_workspace) -> None:
     root, params, states = in_workspace
     assert states == dict.fromkeys(STAGES, "Completed")
     for path in ("metrics/linear.json", "metrics/cnn.json", "models/cnn/model.safetensors",
-                 "metrics/transfer.json", "reports/promotion.json", "reports/leaderboard.md"):  # fmt: skip
+                 "metrics/baselines.json", "metrics/transfer.json", "reports/promotion.json",
+                 "reports/leaderboard.md"):  # fmt: skip
         assert (root / path).is_file(), path
+    assert "| classical: 1-NN (Euclidean) |" in (root / "reports/leaderboard.md").read_text()
     runs = _runs(params)
     assert runs and all(r.data.tags.get("prefect.flow_run_id") for r in runs)
     assert {r.data.tags["arch"] for r in _runs(params, stage="train")} == {"linear", "cnn"}
