@@ -45,7 +45,10 @@ def test_overrides_parse_yaml_values() -> None:
         ("train.epochs=ten", r"train\.epochs: Input should be a valid integer.*\(got 'ten'\)"),
         ("compute.devices=0", r"compute\.devices: Input should be greater than 0 or Input should be 'auto'"),
         ("train.archs=[cnn, cnn]", r"train\.archs: each architecture may appear once"),
-        ("train.archs=[cnn, gan9]", r"train\.archs\.1: Input should be 'linear', 'mlp', 'cnn' or 'rnn'"),
+        (
+            "train.archs=[cnn, gan9]",
+            r"train\.archs\.1: Input should be 'linear', 'mlp', 'cnn', 'rnn' or 'fcn'",
+        ),
         ("models.mlp.dropout=-0.1", r"models\.mlp\.dropout: Input should be greater than or equal to 0"),
         ("gan.ema=1", r"gan\.ema: Input should be less than 1 \(got 1\)"),
         ("gan.channels=1", r"gan\.channels: Input should be greater than or equal to 2 \(got 1\)"),

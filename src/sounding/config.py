@@ -420,10 +420,11 @@ class TransferParams(Section):
     Rounded down to a multiple of ``evals`` (each validation check follows ``steps // evals`` steps)."""
     evals: PositiveInt = 25
     """Validation checks per fit, evenly spaced; the best one's weights are tested (``train.select``)."""
-    head: Literal["pretrained", "new"] = "pretrained"
+    head: Literal["auto", "pretrained", "new"] = "auto"
     """Where ``linear_probe`` and ``finetune`` start their head: ``pretrained`` keeps the source network's
     classifier (the source must have the target's classes, in the same order, as MNIST-1D variants do);
-    ``new`` initialises one as scratch's, for a source with other classes."""
+    ``new`` initialises one as scratch's, for a source with other classes; ``auto``: ``pretrained`` when
+    the source's head fits the target's classes, else ``new``."""
     backbone_lr_scale: Annotated[float, Field(gt=0, le=1)] = 0.1
     """``finetune``: the backbone learns at ``train.lr × backbone_lr_scale``, the head at ``train.lr``."""
     pretrain_epochs: PositiveInt = 30

@@ -17,6 +17,10 @@ class ServiceUnavailable(Exception):
     EXIT_CODE = 69
 
 
+class Incompatible(BadInput):
+    """A pretrained network does not fit the target data (input shape, channels or classes)."""
+
+
 class DataIntegrityError(BadInput):
     """A prepared file does not match the sha256 recorded in its manifest."""
 

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -114,16 +115,25 @@ def train_gan(
     from sounding import plots, tracking
     from sounding.data.prepare import load_prepared
     from sounding.errors import BadInput
-    from sounding.files import atomic_write, sha256_file, write_json
+    from sounding.files import atomic_write, sha256_file, write_json, write_text
     from sounding.models.factory import load_net
     from sounding.models.gan import LitGAN
     from sounding.training import code_version, train_system
 
     data = load_prepared(data_dir)
     if data.spec.layout != "sequence" or len(data.spec.input_shape) != 1:
-        raise BadInput(
-            f"the GAN generates 1-D signals [N, L]; this data has samples of shape {data.spec.input_shape}"
+        # A study of the pipeline, not a product of it: on data it cannot model it says so and records
+        # it, and the pipeline goes on.
+        reason = (
+            f"the GAN generates one-channel series [N, L]; this data has samples of shape "
+            f"{list(data.spec.input_shape)} ({data.spec.layout})"
         )
+        print(f"gan: skipped: {reason}", file=sys.stderr)
+        summary = {"skipped": reason, "data_sha256": data.sha256}
+        write_text(Path(model_dir) / "SKIPPED.txt", reason + "\n")  # the stage's outputs exist for DVC
+        Path(plots_dir).mkdir(parents=True, exist_ok=True)
+        write_json(metrics_path, summary)
+        return summary
     judge_net, judge_config = load_net(Path(judge_dir) / "model.safetensors", Path(judge_dir) / "config.json")
     if tuple(judge_config["input_shape"]) != data.spec.input_shape:
         raise BadInput(

@@ -250,16 +250,24 @@ def write_report(metrics_dir: str | Path, archs: list[str], source: str, out_dir
         published if source == "mnist1d" else None,
     )
     text = leaderboard(rows, source, baselines)
-    gan_path = Path(metrics_dir) / "gan.json"
-    if gan_path.is_file():
-        text += "\n" + gan_section(json.loads(gan_path.read_text()))
-    depth_path = Path(metrics_dir) / "depth.json"
-    if depth_path.is_file():
-        text += "\n" + depth_section(json.loads(depth_path.read_text()))
-    transfer_path = Path(metrics_dir) / "transfer.json"
-    if transfer_path.is_file():
-        text += "\n" + transfer_section(json.loads(transfer_path.read_text()))
+    for name, section in (("gan", gan_section), ("depth", depth_section), ("transfer", transfer_section)):
+        path = Path(metrics_dir) / f"{name}.json"
+        if path.is_file():
+            study = json.loads(path.read_text())
+            skipped = study.get("skipped") and not study.get("results")
+            text += "\n" + (skipped_section(name, study) if skipped else section(study))
     return write_text(out_dir / "leaderboard.md", text)
+
+
+def skipped_section(name: str, study: dict) -> str:
+    """Markdown: a study that did not run on this data, and why (``skipped``: a reason, or one per arch)."""
+    reasons = study["skipped"]
+    lines = [f"## {name.capitalize()}: skipped on this data", ""]
+    if isinstance(reasons, dict):
+        lines += [f"- {arch}: {why}" for arch, why in reasons.items()]
+    else:
+        lines.append(str(reasons))
+    return "\n".join([*lines, ""])
 
 
 def _short(baseline: dict) -> str:

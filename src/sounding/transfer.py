@@ -29,6 +29,7 @@ import itertools
 import json
 import pickle
 import statistics
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -41,7 +42,7 @@ import torch
 from sounding.config import Params
 from sounding.data.module import TensorDataModule
 from sounding.data.prepare import DataSpec, Prepared
-from sounding.errors import BadInput
+from sounding.errors import BadInput, Incompatible
 
 STRATEGIES = ("scratch", "linear_probe", "finetune")
 """The strategies trained at every budget and seed."""
@@ -158,24 +159,32 @@ def load_backbone(params: Params, arch: str, spec: DataSpec, pretrained_dir: str
     kwargs = (
         (config.get("net") or {}) if given == arch else getattr(params.models, arch).model_dump(mode="json")
     )
+    # The source's input standardisation is a property of its data, not of the architecture: the target
+    # network standardises its own inputs (``data.standardize``).
+    kwargs = {k: v for k, v in kwargs.items() if k != "standardize"}
     try:
         kwargs = getattr(params.with_overrides({f"models.{arch}": kwargs}).models, arch).model_dump(
             mode="json"
         )
         target = build_net(arch, spec.input_shape, spec.num_classes, spec.layout, **kwargs)
     except BadInput as exc:
-        raise BadInput(f"{where}: its {arch} settings do not fit the target data: {exc}") from None
-    check_state_compatible(target.backbone, state, f"{where} (a {given} network) as the {arch} backbone")
-    head = None
-    if params.transfer.head == "pretrained":
-        head = {k.removeprefix("head."): v for k, v in net.state_dict().items() if k.startswith("head.")}
-        try:
-            check_state_compatible(target.head, head, f"{where}'s head")
-        except BadInput as exc:
-            raise BadInput(
+        raise Incompatible(f"{where}: its {arch} settings do not fit the target data: {exc}") from None
+    try:
+        check_state_compatible(target.backbone, state, f"{where} (a {given} network) as the {arch} backbone")
+    except BadInput as exc:
+        raise Incompatible(str(exc)) from None
+    head = {k.removeprefix("head."): v for k, v in net.state_dict().items() if k.startswith("head.")}
+    try:
+        check_state_compatible(target.head, head, f"{where}'s head")
+    except BadInput as exc:
+        if params.transfer.head == "pretrained":
+            raise Incompatible(
                 f"transfer.head=pretrained keeps the source network's classifier, so the source must have "
-                f"the target's {spec.num_classes} classes: {exc}. Set transfer.head=new for a new head"
+                f"the target's {spec.num_classes} classes: {exc}. Set transfer.head=new (or auto) for a new head"
             ) from None
+        head = None  # auto: the source's classes are not the target's
+    if params.transfer.head == "new":
+        head = None
     return Backbone(arch=arch, state=state, head=head, net=kwargs, source=where)
 
 
@@ -358,7 +367,25 @@ def run_transfer(
     start = time.perf_counter()
     t = params.transfer
     data = load_prepared(data_dir)
-    backbones = {arch: load_backbone(params, arch, data.spec, pretrained_dir) for arch in t.archs}
+    backbones, skipped = {}, {}
+    for arch in t.archs:
+        try:
+            backbones[arch] = load_backbone(params, arch, data.spec, pretrained_dir)
+        except Incompatible as exc:
+            if t.source != "pretrain":
+                raise  # a source the user named must fit: that is bad input
+            # The pipeline's own pretrained networks are trained on the built-in source data; on a user's
+            # data of another length, channels or classes they may not fit. Say so and record it.
+            skipped[arch] = str(exc)
+            print(
+                f"transfer {arch}: skipped, the pretrained network does not fit this data: {exc}",
+                file=sys.stderr,
+            )
+    if not backbones:
+        summary = {"source": t.source, "skipped": skipped, "data_sha256": data.sha256, "results": {}}
+        write_json(metrics_path, summary)
+        Path(plots_dir).mkdir(parents=True, exist_ok=True)  # a DVC out
+        return summary
     torch.set_num_threads(params.compute.threads)
     budgets, seeds = sorted(t.budgets), params.seeds()
     subsets = {(b, s): budget_indices(data.train.y, b, s) for b in budgets for s in seeds}
@@ -424,6 +451,7 @@ def run_transfer(
             "data_sha256": data.sha256,
             "run_id": parent,
             "sources": {arch: b.source for arch, b in backbones.items()},
+            "skipped": skipped,
             "results": results,
             "gains": gains,
             "wall_time_s": round(time.perf_counter() - start, 1),
