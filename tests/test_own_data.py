@@ -17,7 +17,7 @@ from sounding.errors import BadInput
 from sounding.models.factory import build_net, load_net
 from sounding.models.nets.base import Standardize
 from sounding.training import batch_size, passes_per_epoch, selects_on_val
-from tests.conftest import tiny_params
+from tests.conftest import run_cli, tiny_params, write_params
 
 
 def _series(
@@ -138,12 +138,14 @@ def test_the_fcn_takes_series_of_any_length_and_channels() -> None:
 
 
 def test_a_tiny_validation_part_keeps_the_last_weights_and_skips_tuning(tmp_path: Path, monkeypatch) -> None:
-    from sounding.tuning import tune
-
     monkeypatch.chdir(tmp_path)
     params, prepared = _own(tmp_path, (1.0,), **{"train.min_val": 100})  # 12 validation series
-    best = tune(params, "fcn", prepared, tmp_path / "tuning/fcn", progress=False)
-    assert best["adopted"] == "skipped" and "12 samples" in best["reason"]
+    write_params(tmp_path / "params.yaml", params)
+    result = run_cli("tune", "fcn", "--data", str(prepared), "--out", "tuning/fcn", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "fcn: tuning skipped: the validation part holds 12 samples" in result.stdout
+    best = json.loads((tmp_path / "tuning/fcn/best.json").read_text())
+    assert best["adopted"] == "skipped" and best["overrides"] == {}
     metrics = stages.train_architecture(
         params,
         "fcn",

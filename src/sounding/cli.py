@@ -200,6 +200,9 @@ def tune(
     if not s["enabled"]:
         typer.echo(f"{arch}: tuning disabled (tune.enabled: false); train uses params as they are")
         return
+    if s.get("adopted") == "skipped":
+        typer.echo(f"{arch}: tuning skipped: {s['reason']}")
+        return
     c = s["counts"]
     best = ", ".join(f"{k}={v:.3g}" for k, v in s["params"].items())
     typer.echo(

@@ -23,7 +23,6 @@ import logging
 import math
 import os
 import socket
-import sys
 import time
 import warnings
 from collections import Counter
@@ -619,7 +618,6 @@ def tune(
             f"the validation part holds {len(data.val.y)} samples (train.min_val is {params.train.min_val}): "
             "too few to rank trials; train uses the params' values"
         )
-        print(f"tune {arch}: {reason}", file=sys.stderr)
         (out_dir / "plots").mkdir(parents=True, exist_ok=True)
         summary = {
             "arch": arch,
