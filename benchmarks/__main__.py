@@ -25,6 +25,7 @@ SUITE = [
     "prefect_overhead",
     "threads",
     "pipeline",
+    "arch_cost",
 ]
 """Modules in the order of the figures they produce; each has ``measure() -> list[Figure]``."""
 

@@ -47,7 +47,7 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_repro_writes_every_output(repo: Path) -> None:
-    for arch in ("linear", "mlp", "cnn", "rnn"):
+    for arch in ("linear", "mlp", "cnn", "rnn", "fcn"):
         metrics = json.loads((repo / "metrics" / f"{arch}.json").read_text())
         assert len(metrics["seeds"]) == 2 and 0 <= metrics["test_acc"] <= 1
         for name in ("model.ckpt", "model.safetensors", "config.json"):
@@ -55,7 +55,7 @@ def test_repro_writes_every_output(repo: Path) -> None:
         assert (repo / "plots" / arch / "learning_curve.csv").read_text().startswith("epoch,train_loss")
         assert (repo / "plots" / arch / "seed-42" / "confusion.png").is_file()
     board = (repo / "reports" / "leaderboard.md").read_text()
-    assert all(f"| {arch} |" in board for arch in ("linear", "mlp", "cnn", "rnn")) and "±" in board
+    assert all(f"| {arch} |" in board for arch in ("linear", "mlp", "cnn", "rnn", "fcn")) and "±" in board
     depth_rows = [line for line in board.splitlines() if line.startswith(("| 4 | yes |", "| 4 | no |"))]
     assert "## Depth study" in board and len(depth_rows) == 8  # depth 4: 2 residual × 2 init × 2 clip
     assert (repo / "plots" / "depth" / "accuracy_vs_depth.png").is_file()
