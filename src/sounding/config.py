@@ -387,7 +387,7 @@ class TuneParams(Section):
         return url
 
 
-TransferArch = Literal["mlp", "cnn", "rnn"]
+TransferArch = Literal["mlp", "cnn", "rnn", "fcn"]
 """Architectures whose backbone holds weights that can be pretrained (``linear``'s has none)."""
 TRANSFER_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth")
 
