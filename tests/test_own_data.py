@@ -16,7 +16,7 @@ from sounding.data.prepare import load_prepared, prepare
 from sounding.errors import BadInput
 from sounding.models.factory import build_net, load_net
 from sounding.models.nets.base import Standardize
-from sounding.training import batch_size, passes_per_epoch, selects_on_val
+from sounding.training import batch_size, passes_per_epoch, selection
 from tests.conftest import run_cli, tiny_params, write_params
 
 
@@ -75,8 +75,8 @@ def test_small_sets_get_small_batches_and_several_passes_an_epoch() -> None:
     assert (batch_size(p, 3600), passes_per_epoch(p, 3600)) == (100, 1)  # MNIST-1D: unchanged
     assert batch_size(p, 60) == 6 and passes_per_epoch(p, 60) == 2  # 150 epochs × 2 passes × 10 = 3000 steps
     assert batch_size(p, 180) == 18 and passes_per_epoch(p, 180) == 2
-    assert not selects_on_val(p, 20) and selects_on_val(p, 400)
-    assert selects_on_val(p.with_overrides({"train.select": "best_val"}), 5)
+    assert (selection(p, 20), selection(p, 400)) == ("min_train_loss", "best_val")
+    assert selection(p.with_overrides({"train.select": "best_val"}), 5) == "best_val"
 
 
 def test_served_probabilities_on_raw_inputs_equal_those_at_test_time(tmp_path: Path, monkeypatch) -> None:
@@ -137,9 +137,9 @@ def test_the_fcn_takes_series_of_any_length_and_channels() -> None:
         Params().with_overrides({"models.fcn.kernels": [3]})
 
 
-def test_a_tiny_validation_part_keeps_the_last_weights_and_skips_tuning(tmp_path: Path, monkeypatch) -> None:
+def test_a_tiny_validation_part_selects_on_training_loss_and_skips_tuning(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
-    params, prepared = _own(tmp_path, (1.0,), **{"train.min_val": 100})  # 12 validation series
+    params, prepared = _own(tmp_path, (1.0,), **{"train.min_val": 100, "train.epochs": 6})  # 12 validation series
     write_params(tmp_path / "params.yaml", params)
     result = run_cli("tune", "fcn", "--data", str(prepared), "--out", "tuning/fcn", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
@@ -156,8 +156,9 @@ def test_a_tiny_validation_part_keeps_the_last_weights_and_skips_tuning(tmp_path
         progress=False,
         tuned=tmp_path / "tuning/fcn/best.json",
     )
-    assert metrics["select"] == "last" and metrics["adopted"] == "skipped"
-    assert metrics["seeds"][0]["selected_epoch"] == params.train.epochs - 1
+    assert metrics["select"] == "min_train_loss" and metrics["adopted"] == "skipped"
+    curve = np.genfromtxt(tmp_path / "plots/learning_curve.csv", delimiter=",", names=True)
+    assert metrics["seeds"][0]["selected_epoch"] == int(np.argmin(curve["train_loss"]))
 
 
 def test_studies_that_do_not_fit_the_data_are_skipped_and_recorded(tmp_path: Path, monkeypatch) -> None:

@@ -36,11 +36,15 @@ def test_the_whole_pipeline_runs_on_a_multichannel_ucr_set(tmp_path: Path) -> No
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
     manifest = json.loads((root / "data/prepared/manifest.json").read_text())
-    assert manifest["standardize"] == "channel" and manifest["files"]["train.npz"]["shape"]["x"] == [36, 6, 100]
+    assert manifest["standardize"] == "channel" and manifest["files"]["train.npz"]["shape"]["x"] == [
+        36,
+        6,
+        100,
+    ]
     assert manifest["classes"] == ["badminton", "running", "standing", "walking"]
     for arch in params.train.archs:
         metrics = json.loads((root / "metrics" / f"{arch}.json").read_text())
-        assert metrics["select"] == "last" and metrics["adopted"] == "skipped", arch
+        assert metrics["select"] == "min_train_loss" and metrics["adopted"] == "skipped", arch
     board = (root / "reports/leaderboard.md").read_text()
     assert "| fcn |" in board and "| classical: 1-NN (Euclidean) |" in board
     assert "skipped: validation too small" in board

@@ -237,7 +237,7 @@ def test_wrong_shapes_name_the_tensors(tmp_path: Path) -> None:
     ("override", "expected"),
     [
         ("transfer.source=weights.bin", r"transfer\.source: source must be 'pretrain', an MLflow URI"),
-        ("transfer.archs=[linear]", r"transfer\.archs\.0: Input should be 'mlp', 'cnn' or 'rnn'"),
+        ("transfer.archs=[linear]", r"transfer\.archs\.0: Input should be 'mlp', 'cnn', 'rnn' or 'fcn'"),
         ("transfer.budgets=[0.1, 1.5]", r"transfer\.budgets\.1: Input should be less than or equal to 1"),
         ("transfer.budgets=[0.1, 0.1]", r"transfer\.budgets: each value may appear once"),
         ("transfer.backbone_lr_scale=0", r"transfer\.backbone_lr_scale: Input should be greater than 0"),

@@ -181,13 +181,13 @@ class TrainParams(Section):
     """Fewest optimizer steps a fit takes: on a small training part an epoch is several passes over it (45
     series in batches of 100 are one step a pass). The MNIST-1D default, 150 epochs of 36 steps, is above
     it and unchanged."""
-    select: Literal["auto", "best_val", "last"] = "auto"
+    select: Literal["auto", "best_val", "min_train_loss", "last"] = "auto"
     """Which epoch's weights are tested and shipped: the best validation accuracy (early-stopping
-    selection), or the last epoch's. ``auto``: ``best_val`` when the validation part holds at least
-    ``min_val`` samples, else ``last`` (a choice among hundreds of epochs on a few samples keeps a lucky
-    epoch; docs/data.md)."""
+    selection), the lowest training loss (the FCN/ResNet reference code's rule), or the last epoch's.
+    ``auto``: ``best_val`` when the validation part holds at least ``min_val`` samples, else
+    ``min_train_loss`` (a choice among epochs on a few validation samples keeps a lucky epoch; docs/data.md)."""
     min_val: PositiveInt = 100
-    """Validation samples below which ``select: auto`` keeps the last weights and tuning is not run."""
+    """Validation samples below which ``select: auto`` selects on training loss and tuning is not run."""
     patience: PositiveInt | None = None
     """Early stopping: end a fit after this many epochs without a better ``val/acc`` (when weights are
     selected on validation); null: train the whole budget."""

@@ -58,7 +58,7 @@ def train_architecture(
 
     from sounding import parallel, tracking
     from sounding.data.prepare import load_prepared
-    from sounding.training import build_system, passes_per_epoch, process_rank, selects_on_val
+    from sounding.training import build_system, passes_per_epoch, process_rank, selection
 
     data = load_prepared(data_dir)
     tuned_values: dict[str, Any] = {}
@@ -69,11 +69,12 @@ def train_architecture(
         params, tuned_values, adopted = apply_tuned(params, arch, tuned, data.sha256)
     build_system(params, arch, data)  # a shape the architecture cannot take fails here, before any training
     rank, processes = process_rank(params)  # a compute section that cannot run here fails here too
-    on_val = selects_on_val(params, len(data.val.y))
-    if params.train.select == "auto" and not on_val and rank == 0:
+    select = selection(params, len(data.val.y))
+    if params.train.select == "auto" and select != "best_val" and rank == 0:
         print(
             f"{stage} {arch}: the validation part holds {len(data.val.y)} samples (train.min_val is "
-            f"{params.train.min_val}), too few to choose among epochs: each seed ships its last epoch's weights",
+            f"{params.train.min_val}), too few to choose among epochs: each seed ships the weights of its "
+            "epoch of lowest training loss",
             file=sys.stderr,
         )
     seeds = params.seeds()
@@ -125,7 +126,7 @@ def train_architecture(
         "processes": processes,
         "epochs": params.train.epochs,
         "passes_per_epoch": passes_per_epoch(params, len(data.train.y)),
-        "select": "best_val" if on_val else "last",
+        "select": select,
         "data_sha256": data.sha256,
         "model_uri": model_uri,
         "params_hash": params.section_hash(f"models.{arch}", "train", "seed"),

@@ -201,9 +201,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         atomic_write(path, lambda tmp: torch.save(checkpoint, tmp), fsync=False)
 
 
-def checkpointing(run_dir: Path, monitor: str | None = "val/acc") -> list[ModelCheckpoint]:
+def checkpointing(run_dir: Path, monitor: str | None = "val/acc", mode: str = "max") -> list[ModelCheckpoint]:
     """Lightning's ``ModelCheckpoint``s of a fit: with ``monitor``, ``run_dir/best.ckpt`` (the epoch of
-    highest ``monitor``, the first of equals), then ``run_dir/last.ckpt`` after every epoch, what a rerun
+    highest ``monitor``, or lowest with ``mode="min"``, the first of equals), then ``run_dir/last.ckpt`` after every epoch, what a rerun
     resumes. Two callbacks, not one with ``save_last``: Lightning 2.6 writes ``last.ckpt`` only in the
     epochs that improve ``monitor``. The best one comes first, so ``last.ckpt`` holds its current state."""
     last = ModelCheckpoint(
@@ -218,7 +218,7 @@ def checkpointing(run_dir: Path, monitor: str | None = "val/acc") -> list[ModelC
         dirpath=run_dir,
         filename="best",
         monitor=monitor,
-        mode="max",
+        mode=mode,
         save_on_train_epoch_end=True,
         enable_version_counter=False,
         auto_insert_metric_name=False,
@@ -265,11 +265,19 @@ def passes_per_epoch(params: Params, n_train: int) -> int:
     return max(1, math.ceil(params.train.min_steps / (params.train.epochs * steps_per_pass)))
 
 
-def selects_on_val(params: Params, n_val: int) -> bool:
-    """Whether a fit ships its best-``val/acc`` epoch (else its last): ``train.select``, with ``auto``
-    deciding on the size of the validation part (``train.min_val``)."""
+SELECTIONS = {"best_val": ("val/acc", "max"), "min_train_loss": ("train/loss", "min"), "last": (None, "max")}
+"""The checkpoint monitor (metric, mode) of each weight-selection rule."""
+
+
+def selection(params: Params, n_val: int) -> str:
+    """The weights a fit ships: ``train.select``, with ``auto`` deciding on the size of the validation part:
+    ``best_val`` with at least ``train.min_val`` samples, else ``min_train_loss`` (the epoch of lowest
+    training loss, as the FCN/ResNet reference code selects: on a handful of validation samples the best
+    epoch is a lucky one, and a constant learning rate can leave the last epoch in a spike)."""
     select = params.train.select
-    return select == "best_val" or (select == "auto" and n_val >= params.train.min_val)
+    if select != "auto":
+        return select
+    return "best_val" if n_val >= params.train.min_val else "min_train_loss"
 
 
 def make_trainer(
@@ -382,7 +390,7 @@ class Fitted:
     trainer: L.Trainer
     history: History
     best: ModelCheckpoint | None
-    """The callback that keeps the best-``val/acc`` weights (none without a monitored metric)."""
+    """The callback that keeps the best weights by the monitored metric (none without one)."""
 
 
 def train_system(
@@ -397,6 +405,7 @@ def train_system(
     callbacks: list[Callback] | None = None,
     progress: bool = False,
     monitor: str | None = "val/acc",
+    mode: str = "max",
 ) -> Fitted:
     """``trainer.fit`` of ``system``, resuming from ``run_dir/last.ckpt`` when it exists; with ``run_id``,
     epoch metrics go to that MLflow run (``RunLogger``).
@@ -405,7 +414,7 @@ def train_system(
     a tampered file. Lightning ends an interrupted fit with SystemExit (SIGTERMException on SIGTERM,
     ``sys.exit(1)`` after Ctrl-C); it is re-raised as KeyboardInterrupt so the MLflow run ends KILLED.
     """
-    history, checkpoints = History(), checkpointing(run_dir, monitor)
+    history, checkpoints = History(), checkpointing(run_dir, monitor, mode)
     logger = RunLogger(params.tracking.uri, run_id) if run_id else None
     trainer = make_trainer(
         params,
@@ -434,7 +443,7 @@ def train_system(
 
 
 def load_best(system: L.LightningModule, fitted: Fitted) -> int:
-    """Load the best-``val/acc`` weights into ``system`` and return their epoch (-1 when there are none)."""
+    """Load the best weights by the monitored metric into ``system``; their epoch (-1 when there are none)."""
     best = fitted.best.best_model_path if fitted.best is not None else ""
     if not best or not Path(best).is_file():
         return -1
@@ -457,10 +466,9 @@ def fit(
     """Train ``arch`` with ``seed`` on ``data``, resuming from ``run_dir/last.ckpt`` when present.
 
     It runs ``train.epochs`` epochs of ``passes_per_epoch`` passes over the training part (more than one
-    on a small set, for ``train.min_steps``), stopped early after
-    ``train.patience`` epochs without a better ``val/acc`` when weights are selected on validation
-    (``selects_on_val``): then the weights of the epoch with the best ``val/acc`` are evaluated on test and
-    kept (early-stopping model selection); otherwise the final epoch's. They are saved as
+    on a small set, for ``train.min_steps``). The weights evaluated on test and kept are those ``selection``
+    picks: the epoch of best ``val/acc`` (early-stopping model selection; with ``train.patience`` the fit
+    stops after that many epochs without a better one), of lowest training loss, or the last. They are saved as
     ``run_dir/model.ckpt``. With ``run_id``, epoch metrics go to that MLflow run.
     ``evaluate=False`` skips the test set (tuning trials must not see it).
     """
@@ -472,9 +480,12 @@ def fit(
     passes = passes_per_epoch(params, n_train)
     batch = batch_size(params, n_train)
     datamodule = TensorDataModule(data, batch, seed, epoch_samples=n_train * passes)
-    on_val = selects_on_val(params, len(data.val.y))
+    rule = selection(params, len(data.val.y))
+    monitor, mode = SELECTIONS[rule]
     patience = params.train.patience
-    stopping = [EarlyStopping("val/acc", patience=patience, mode="max")] if on_val and patience else []
+    stopping = (
+        [EarlyStopping("val/acc", patience=patience, mode="max")] if rule == "best_val" and patience else []
+    )
     fitted = train_system(
         params,
         system,
@@ -484,10 +495,12 @@ def fit(
         run_id=run_id,
         callbacks=[*(callbacks or []), *stopping],
         progress=progress,
+        monitor=monitor,
+        mode=mode,
     )
     trainer, rows = fitted.trainer, fitted.history.rows
     selected = len(rows) - 1
-    if on_val and (best := load_best(system, fitted)) >= 0:
+    if monitor and (best := load_best(system, fitted)) >= 0:
         selected = best
     model_ckpt = run_dir / "model.ckpt"
     trainer.save_checkpoint(model_ckpt, weights_only=True)

@@ -272,7 +272,7 @@ def _fit(
     """Train one strategy on one labelled subset (``data.train``) and return its test accuracy."""
     import lightning as L
 
-    from sounding.training import build_system, load_best, selects_on_val, train_system
+    from sounding.training import SELECTIONS, build_system, load_best, selection, train_system
 
     t = params.transfer
     scale = {"scratch": 1.0, "linear_probe": 0.0, "finetune": t.backbone_lr_scale}[strategy]
@@ -293,9 +293,10 @@ def _fit(
         workdir / f"{backbone.arch}-{strategy}-{n}-s{seed}",
         seed,
         max_epochs=t.evals,
+        monitor=(monitor := SELECTIONS[selection(params, len(data.val.y))])[0],
+        mode=monitor[1],
     )
-    if selects_on_val(params, len(data.val.y)):
-        load_best(system, fitted)
+    load_best(system, fitted)  # nothing to load with train.select: last
     return _test_accuracy(system, data)
 
 
