@@ -48,7 +48,8 @@ def leaderboard(rows: list[dict], source: str, baselines: dict | None = None) ->
     lines = [
         "# Leaderboard",
         "",
-        f"Data: `{source}`, test accuracy as mean ± std over seeds. Published: Greydanus & Kobak (MNIST-1D).",
+        f"Data: `{source}`, test accuracy as mean ± std over seeds."
+        + (" Published: Greydanus & Kobak (MNIST-1D)." if source == "mnist1d" else ""),
         "",
     ]
     if classical and rows:
