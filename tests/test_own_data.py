@@ -181,3 +181,13 @@ def test_studies_that_do_not_fit_the_data_are_skipped_and_recorded(tmp_path: Pat
         params, prepared, tmp_path / "judge", tmp_path / "gan", tmp_path / "g.json", tmp_path / "gp"
     )
     assert "one-channel series" in gan["skipped"] and (tmp_path / "gan" / "SKIPPED.txt").is_file()
+
+
+def test_patience_stops_a_fit_that_stopped_improving(params: Params, prepared: Path, tmp_path: Path) -> None:
+    from sounding.training import fit
+
+    data = load_prepared(prepared)
+    p = params.with_overrides({"train.epochs": 40, "train.patience": 2, "train.select": "best_val"})
+    result = fit(p, "linear", 0, data, tmp_path / "run", progress=False, evaluate=False)
+    best = int(result.metrics["selected_epoch"])
+    assert len(result.history) == best + 3 < 40  # the best epoch, then 2 without a better val/acc
