@@ -137,9 +137,13 @@ def test_the_fcn_takes_series_of_any_length_and_channels() -> None:
         Params().with_overrides({"models.fcn.kernels": [3]})
 
 
-def test_a_tiny_validation_part_selects_on_training_loss_and_skips_tuning(tmp_path: Path, monkeypatch) -> None:
+def test_a_tiny_validation_part_selects_on_training_loss_and_skips_tuning(
+    tmp_path: Path, monkeypatch
+) -> None:
     monkeypatch.chdir(tmp_path)
-    params, prepared = _own(tmp_path, (1.0,), **{"train.min_val": 100, "train.epochs": 6})  # 12 validation series
+    params, prepared = _own(
+        tmp_path, (1.0,), **{"train.min_val": 100, "train.epochs": 6}
+    )  # 12 validation series
     write_params(tmp_path / "params.yaml", params)
     result = run_cli("tune", "fcn", "--data", str(prepared), "--out", "tuning/fcn", cwd=tmp_path)
     assert result.returncode == 0, result.stderr

@@ -122,3 +122,25 @@ def test_report_command_prints_the_leaderboard_with_the_baselines(tmp_path: Path
     assert result.returncode == 0, result.stderr
     assert "| classical: 1-NN (Euclidean) |" in result.stdout and "**Best network: cnn**" in result.stdout
     assert (tmp_path / "reports" / "leaderboard.md").read_text() in result.stdout
+
+
+def test_a_study_skipped_on_this_data_says_why() -> None:
+    from sounding.report import skipped_section, transfer_section
+
+    assert skipped_section("gan", {"skipped": "one-channel series only"}) == (
+        "## Gan: skipped on this data\n\none-channel series only\n"
+    )
+    partial = {
+        "source": "pretrain",
+        "seeds": [42],
+        "steps": 10,
+        "labels": {"1": 5},
+        "results": {
+            "cnn": {"scratch": {"1": {"acc": 0.5, "acc_std": 0.0}}, "linear_probe": {}, "finetune": {}}
+        },
+        "skipped": {"mlp": "input.weight: file has (100, 40), model expects (100, 24)"},
+    }
+    partial["results"]["cnn"]["linear_probe"] = partial["results"]["cnn"]["finetune"] = {
+        "1": {"acc": 0.6, "acc_std": 0.0, "gain": 0.1}
+    }
+    assert "\n- mlp: skipped, input.weight: file has (100, 40)" in transfer_section(partial)

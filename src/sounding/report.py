@@ -222,6 +222,8 @@ def transfer_section(transfer: dict) -> str:
                 over_zero = f" / {row['gain_over_zero_shot']:+.3f}" if "gain_over_zero_shot" in row else ""
                 cells.append(f"{row['acc']:.3f} ± {row['acc_std']:.3f} ({row['gain']:+.3f}{over_zero})")
             lines.append(f"| {arch} | {budget} | {labels} | " + " | ".join(cells) + " |")
+    if skipped := transfer.get("skipped"):
+        lines += ["", *(f"- {arch}: skipped, {why}" for arch, why in skipped.items())]
     lines += ["", "![accuracy against label budget](../plots/transfer/accuracy_vs_budget.png)", ""]
     return "\n".join(lines)
 
