@@ -1,15 +1,48 @@
-"""Scheduled retraining with Prefect: the DVC pipeline's stages as cached, retried, parallel tasks.
+"""Scheduled retraining with Prefect: the stages of ``dvc.yaml``, run through DVC as Prefect tasks.
 
-``retrain(params_path)`` chains prepare → (tune → train) per architecture and the classical baselines →
-pretrain → transfer → register → report. Each task calls the library function its ``sounding`` command
-calls, with the paths of ``dvc.yaml``, so Prefect and DVC write the same files in the same workspace (the
-current folder).
+**One graph.** The tasks are DVC's own stages: ``pipeline(root)`` asks DVC for them and their edges
+(``Repo.index.graph``: every stage of the workspace's ``dvc.yaml`` files, ``foreach`` items such as
+``train@cnn`` included) and orders them so that a stage comes after every stage it depends on. A stage
+added to ``dvc.yaml`` is a task of the next run, with no edit here.
 
-A task's cache key is a content fingerprint: the params keys that ``dvc.yaml`` lists for its stage, a hash
-of the package source, the content hashes of the upstream results it reads (the data sha256, the tuned
-values, the metrics) and the workspace. A run with nothing changed therefore trains nothing, and changing
-one architecture's params retrains that architecture (and the stages that read its results) only. A stage
-whose outputs are missing runs whatever its key. Cached results are small JSON records under ``.sounding/prefect``, never pickles.
+**One record: DVC's.** DVC decides whether a stage is stale (``dvc status``) and records what ran
+(``dvc commit``: the hashes of the stage's deps, params and outputs in ``dvc.lock``, the outputs in DVC's
+cache). A flow run and a ``dvc repro`` therefore see the same state: after either, the other runs nothing.
+
+**Stages side by side, DVC one call at a time.** DVC runs one stage at a time in a workspace: a second
+``dvc repro`` fails on DVC's repository lock (``.dvc/tmp/lock``), and DVC's maintainers do not support
+running its stages concurrently in one workspace (iterative/dvc#5795; parallel repros corrupted
+``.dvc/tmp/rwlock``, treeverse/dvc#8118). So the flow does not start ``dvc repro`` per stage: a task
+runs its stage in three steps, and only the short DVC steps are serialised, under one lock of this
+process (the tasks are threads of the flow's process), so that two DVC commands never meet:
+
+1. stale? One ``dvc status`` for every stage when the run starts; a stage whose upstream stage ran in
+   this run asks again (``dvc status STAGE``) when its turn comes, since that stage may have changed its
+   deps, or rewritten them identical;
+2. a stale stage's command (``cmd`` in ``dvc.yaml``), outside the lock, side by side with other stages'
+   (at most ``retrain.max_workers`` at once), after removing its outputs and with DVC's variables
+   ``DVC_ROOT`` and ``DVC_STAGE``, as ``dvc repro`` runs it;
+3. ``dvc commit --force STAGE``, under the lock.
+
+Unlike ``dvc repro``, the flow does not restore a stage from DVC's run cache: a stage whose exact inputs
+ran once before runs again.
+
+**The workspace.** The flow holds ``.dvc/tmp/sounding.lock`` exclusively for the whole run, as ``sounding
+repro`` does (``sounding.repro.hold_workspace``): ``sounding repro``, a second flow and stage commands run
+by hand are refused while it runs, and a flow that finds the workspace held (or a ``dvc`` command at
+work) waits for it. Stage commands run with ``DVC_STAGE`` set, as under DVC, so they do not ask for the
+hold themselves; each inherits the flow's, so a stage left running by a killed flow keeps the workspace
+until it exits.
+
+**Failures.** A stage command that exits 69 (``ServiceUnavailable``: a tracking server or database did
+not answer) is retried ``retrain.retries`` times with exponential backoff from ``retrain.retry_delay_s``;
+any other failure (2: bad input; a divergence, a crash) is final at once, with the last lines of the
+command's stderr in the task's error. A failed stage fails the run once the stages that do not depend on
+it have ended; what they ran is in ``dvc.lock``.
+
+**Timeout.** ``retrain.timeout_s`` bounds a run. It is read from ``params.yaml`` when the run starts, so
+the stages run in a subflow created with that ``timeout_seconds``; past it, the stage commands still
+running are stopped (SIGTERM to their process groups, SIGKILL 30 s later) and the run ends failed.
 """
 
 from __future__ import annotations
@@ -17,305 +50,425 @@ from __future__ import annotations
 import sounding  # noqa: F401  (first: importing it turns telemetry off before prefect's import reads it)
 
 # isort: split
-import fcntl
-import functools
-import hashlib
+import concurrent.futures
 import json
+import os
+import shutil
+import signal
+import subprocess
 import sys
+import threading
+import time
+from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import cloudpickle
-import yaml
 from prefect import flow, get_run_logger, task
-from prefect.futures import wait
-from prefect.serializers import JSONSerializer
-from prefect.task_runners import ProcessPoolTaskRunner, ThreadPoolTaskRunner
+from prefect.cache_policies import NO_CACHE
+from prefect.states import Completed
+from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.tasks import exponential_backoff
 
-from sounding.config import ARCHS, DataParams, Params, load_params
-from sounding.errors import BadInput, TrainingDiverged
-from sounding.files import sha256_file
+from sounding import tracking
+from sounding.config import ARCHS, RetrainParams, load_params
+from sounding.errors import BadInput, ServiceUnavailable
+from sounding.repro import check_workspace_free, hold_workspace
 
-DVC_YAML = Path(__file__).resolve().parents[1] / "dvc.yaml"
-STATE_DIR = Path(".sounding")
-"""Workspace folder of the flow's own state: the lock and the cached task results (git-ignored)."""
-RESULTS = JSONSerializer(object_encoder=None, object_decoder=None)
-"""Task results are plain JSON: reading a cached result never imports or unpickles anything."""
-FINAL = (BadInput, TrainingDiverged)
-"""Failures that a retry would only repeat: the user's input, or a deterministic divergence."""
+STDERR_LINES = 20
+"""Lines of a failed command's stderr quoted in its task's error."""
+GRACE_S = 30.0
+"""Seconds a stopped stage command has, after SIGTERM, to close its MLflow runs before SIGKILL."""
 
 
-@functools.cache
-def _dvc_stages() -> dict[str, Any]:
-    # Parsed once per process: at 10 ms a parse, it was the larger part of a task's cache-key cost.
-    return yaml.safe_load(DVC_YAML.read_text())["stages"]
+@dataclass(frozen=True)
+class Stage:
+    """One DVC pipeline stage, as the flow runs it."""
+
+    name: str
+    """DVC's address, relative to the workspace: ``prepare``, ``train@cnn``, ``sub/dvc.yaml:stage``."""
+    cmd: tuple[str, ...]
+    """Shell commands, run in order in ``wdir``."""
+    wdir: str
+    outs: tuple[str, ...]
+    """Outputs DVC removes before running the command (all but ``persist: true`` ones)."""
+    upstream: tuple[str, ...]
+    """The stages whose outputs this one reads."""
 
 
-def stage_params(stage: str, arch: str = "") -> list[str]:
-    """The params keys ``dvc.yaml`` lists for ``stage`` (``${item}`` = ``arch``): a task's cache key covers
-    exactly what DVC tracks for the same stage."""
-    spec = _dvc_stages()[stage]
-    return [key.replace("${item}", arch) for key in spec.get("do", spec)["params"]]
+def pipeline(root: Path, targets: list[str] | None = None) -> list[Stage]:
+    """The pipeline stages of the DVC repository at ``root``, each after the stages it depends on (ties in
+    ``dvc.yaml`` order); with ``targets``, those stages and the stages they depend on only."""
+    import networkx as nx
+    from dvc.repo import Repo
+    from dvc.stage import PipelineStage
+
+    with Repo(str(root)) as repo:
+        graph = repo.index.graph  # an edge runs from a stage to a stage it depends on
+        position = {s: i for i, s in enumerate(repo.index.stages)}
+        names = {s: _address(s, root) for s in graph if isinstance(s, PipelineStage)}
+        if targets:
+            unknown = sorted(set(targets) - set(names.values()))
+            if unknown:
+                raise BadInput(
+                    f"no stage {', '.join(unknown)} in dvc.yaml; its stages: {', '.join(names.values())}"
+                )
+            wanted = [s for s, n in names.items() if n in targets]
+            keep = set(wanted).union(*(nx.descendants(graph, s) for s in wanted))
+            graph = graph.subgraph(keep)
+        order = nx.lexicographical_topological_sort(graph.reverse(copy=False), key=position.__getitem__)
+        return [
+            Stage(
+                name=names[s],
+                cmd=tuple(s.cmd if isinstance(s.cmd, list) else s.cmd.splitlines()),
+                wdir=s.wdir,
+                outs=tuple(o.fs_path for o in s.outs if not o.persist),
+                upstream=tuple(names[d] for d in graph.successors(s) if d in names),
+            )
+            for s in order
+            if s in names
+        ]
 
 
-def _digest(payload: Any) -> str:
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+def _address(stage: Any, root: Path) -> str:
+    """``name`` for a stage of the root ``dvc.yaml``, ``path/dvc.yaml:name`` for one of another file."""
+    dvcfile = Path(stage.dvcfile.path).relative_to(root)
+    return stage.name if dvcfile == Path("dvc.yaml") else f"{dvcfile.as_posix()}:{stage.name}"
 
 
-def _files_digest(paths: list[str]) -> str:
-    return _digest({p: sha256_file(p) for p in paths if Path(p).is_file()})
+class StageFailed(RuntimeError):
+    """A stage's command, or DVC on its behalf, exited with an error. ``returncode`` 69 means that a
+    service did not answer: worth retrying."""
+
+    def __init__(self, message: str, returncode: int) -> None:
+        super().__init__(message, returncode)
+        self.returncode = returncode
+
+    def __str__(self) -> str:
+        return self.args[0]
+
+    @property
+    def transient(self) -> bool:
+        return self.returncode == ServiceUnavailable.EXIT_CODE
 
 
-def _cache_key(context: Any, parameters: dict[str, Any]) -> str:
-    """The stage, its params, the code version, the content of the files it reads, and the workspace."""
-    from sounding.training import code_version
-
-    params: Params = parameters["params"]
-    stage, arch = parameters["stage"], parameters["arch"]
-    return _digest(
-        {
-            "stage": stage,
-            "arch": arch,
-            "params": params.section_hash(*stage_params(stage, arch)),
-            "code": code_version(),
-            "inputs": _files_digest(parameters["inputs"]),
-            "workspace": str(Path.cwd().resolve()),
-        }
-    )
+class RunTimedOut(TimeoutError):
+    """A run took longer than ``retrain.timeout_s``."""
 
 
-def _retry_transient(task: Any, task_run: Any, state: Any) -> bool:
-    """Retry anything but bad input and divergence: those fail at once, with their message."""
-    return not isinstance(state.result(raise_on_failure=False), FINAL)
+def _failure(about: str, what: str, returncode: int, stderr: list[str]) -> StageFailed:
+    """The error of ``what`` (a command, for ``about``: ``stage NAME``) with the end of its stderr."""
+    why = f"killed by signal {-returncode}" if returncode < 0 else f"exited with code {returncode}"
+    if returncode == ServiceUnavailable.EXIT_CODE:
+        why += " (a service did not answer)"
+    tail = "\n".join(line.rstrip() for line in stderr[-STDERR_LINES:]) or "(nothing on stderr)"
+    return StageFailed(f"{about}: `{what}` {why}; its stderr ends:\n{tail}", returncode)
 
 
-def _run_name() -> str:
-    """``train-cnn``, ``prepare``: the DVC stage name (``stage@arch`` there)."""
-    from prefect.runtime import task_run
+class Workspace:
+    """The DVC repository a run works in: DVC's answers about it, one DVC command at a time, and the
+    stage commands running in it."""
 
-    p = task_run.parameters
-    return f"{p['stage']}-{p['arch']}" if p["arch"] else p["stage"]
+    def __init__(self, root: Path, tags: dict[str, str], force: bool = False) -> None:
+        self.root, self.force = root, force
+        bin_dir = Path(sys.executable).parent
+        self.dvc_bin = str(bin_dir / "dvc")
+        # The stages' `sounding` is this installation's (as `sounding repro` runs `dvc repro`); their MLflow
+        # runs carry this flow run's tags.
+        self.env = dict(
+            os.environ,
+            PATH=f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+            DVC_ROOT=str(root),
+            **{tracking.ORCHESTRATION_TAGS_ENV: json.dumps(tags)},
+        )
+        self.dvc_lock = threading.Lock()
+        self.stale_at_start: set[str] = set()
+        self.ran: set[str] = set()
+        self.hold_fd: int | None = None
+        self.running: dict[int, subprocess.Popen] = {}
+        self.stopping = False
 
+    def dvc(self, about: str, *args: str) -> str:
+        """``dvc ARGS`` in the workspace, alone (under ``dvc_lock``); its stdout. ``StageFailed`` on an error,
+        ``about`` (``stage NAME``) what it was for."""
+        with self.dvc_lock:
+            done = subprocess.run(
+                [self.dvc_bin, *args], cwd=self.root, env=self.env, capture_output=True, text=True
+            )
+        if done.returncode != 0:
+            raise _failure(about, f"dvc {' '.join(args)}", done.returncode, done.stderr.splitlines())
+        return done.stdout
 
-stage_task = task(
-    cache_key_fn=_cache_key,
-    retry_condition_fn=_retry_transient,
-    result_serializer=RESULTS,
-    task_run_name=_run_name,
-)
-"""Every stage's task options. ``inputs`` are the files a stage reads (their content is in the cache key),
-``outputs`` those it writes, as in dvc.yaml. ``_configured`` adds retries, storage and cache refresh."""
+    def status(self, names: list[str]) -> set[str]:
+        """Which of the stages ``names`` DVC finds changed (deps, params, outputs or command)."""
+        return set(
+            json.loads(self.dvc(f"stage {', '.join(names)}", "status", "--json", *names) or "{}")
+        ) & set(names)
 
+    def is_stale(self, stage: Stage) -> bool:
+        """DVC's answer for ``stage`` now: the one of the start of the run, unless a stage it depends on
+        has run since."""
+        if self.force:
+            return True
+        if any(u in self.ran for u in stage.upstream):
+            return bool(self.status([stage.name]))
+        return stage.name in self.stale_at_start
 
-@stage_task
-def prepare(params: Params, stage: str, arch: str, inputs: list[str], outputs: list[str]) -> dict:
-    """``sounding prepare --out data/prepared``."""
-    from sounding import stages
+    def run(self, stage: Stage, logger: Any) -> None:
+        """Run ``stage``'s commands as ``dvc repro`` would, its output in the log; ``StageFailed`` when one
+        fails or the run is stopping."""
+        if self.stopping:
+            raise StageFailed(f"stage {stage.name}: not started, the run is stopping", -signal.SIGTERM)
+        for out in stage.outs:
+            path = Path(out)
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
+        for cmd in stage.cmd:
+            logger.info("> %s", cmd)
+            proc = subprocess.Popen(
+                cmd,
+                shell=True,
+                cwd=stage.wdir,
+                env=dict(self.env, DVC_STAGE=stage.name),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                errors="replace",
+                start_new_session=True,  # its own process group: stopped as a whole, and Ctrl-C goes to the flow
+                pass_fds=(self.hold_fd,) if self.hold_fd is not None else (),
+            )
+            self.running[proc.pid] = proc
+            if self.stopping:  # `stop` began while this one started: it may not have seen it
+                _signal_group(proc, signal.SIGTERM)
+            try:
+                stderr = _forward(proc, logger)
+            finally:
+                self.running.pop(proc.pid, None)
+            if proc.returncode != 0:
+                raise _failure(f"stage {stage.name}", cmd, proc.returncode, stderr)
 
-    return {"data": outputs[0], "sha256": stages.prepare(params, outputs[0])["sha256"]}
+    def stop(self, logger: Any) -> None:
+        """Stop every stage command still running (the run timed out, was cancelled or interrupted):
+        SIGTERM to its process group, so that it closes its MLflow runs as KILLED, then SIGKILL."""
+        self.stopping = True
+        procs = list(self.running.values())
+        for proc in procs:
+            logger.warning("stopping `%s` (PID %d)", proc.args, proc.pid)
+            _signal_group(proc, signal.SIGTERM)
+        deadline = time.monotonic() + GRACE_S
+        for proc in procs:
+            try:
+                proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                _signal_group(proc, signal.SIGKILL)
+                proc.wait()
 
-
-@stage_task
-def tune(params: Params, stage: str, arch: str, inputs: list[str], outputs: list[str]) -> dict:
-    """``sounding tune ARCH --data data/prepared --out tuning/ARCH``."""
-    from sounding.tuning import tune as run_tuning
-
-    summary = run_tuning(params, arch, "data/prepared", Path(outputs[0]).parent, progress=False)
-    return {"best": outputs[0], "overrides": summary["overrides"]}
-
-
-@stage_task
-def train(params: Params, stage: str, arch: str, inputs: list[str], outputs: list[str]) -> dict:
-    """``sounding train ARCH --data data/prepared --tuned tuning/ARCH/best.json --model-dir models/ARCH
-    --metrics metrics/ARCH.json --plots plots/ARCH``."""
-    from sounding import stages
-
-    metrics, model_dir, plots_dir = outputs
-    tuned = f"tuning/{arch}/best.json"
-    m = stages.train_architecture(
-        params, arch, "data/prepared", model_dir, metrics, plots_dir, progress=False, tuned=tuned
-    )
-    return {"metrics": metrics, "test_acc": m["test_acc"], "run_ids": [s["run_id"] for s in m["seeds"]]}
-
-
-@stage_task
-def baselines(params: Params, stage: str, arch: str, inputs: list[str], outputs: list[str]) -> dict:
-    """``sounding baselines --data data/prepared --metrics metrics/baselines.json``."""
-    from sounding.baselines import run_baselines
-
-    summary = run_baselines(params, "data/prepared", outputs[0])
-    return {"metrics": outputs[0], "test_acc": {k: b["test_acc"] for k, b in summary["baselines"].items()}}
-
-
-@stage_task
-def pretrain(params: Params, stage: str, arch: str, inputs: list[str], outputs: list[str]) -> dict:
-    """``sounding pretrain --data data/pretrain --model-dir models/pretrained --metrics metrics/pretrain
-    --plots plots/pretrain``."""
-    from sounding.transfer import pretrain as run_pretrain
-
-    results = run_pretrain(
-        params, "data/pretrain", "models/pretrained", "metrics/pretrain", "plots/pretrain", progress=False
-    )
-    return {"run_ids": {a: m["seeds"][0]["run_id"] for a, m in results.items()}}
-
-
-@stage_task
-def transfer(params: Params, stage: str, arch: str, inputs: list[str], outputs: list[str]) -> dict:
-    """``sounding transfer --data data/prepared --pretrained models/pretrained --metrics
-    metrics/transfer.json --plots plots/transfer``."""
-    from sounding.transfer import run_transfer
-
-    run_transfer(params, "data/prepared", "models/pretrained", outputs[0], outputs[1], progress=False)
-    return {"metrics": outputs[0]}
-
-
-@stage_task
-def register(params: Params, stage: str, arch: str, inputs: list[str], outputs: list[str]) -> dict:
-    """``sounding register --metrics metrics --data data/prepared --out reports/promotion.json``."""
-    from sounding.registry import register_all
-
-    decisions = register_all(params, "metrics", "data/prepared", outputs[0])["decisions"]
-    return {"decisions": [{k: d[k] for k in ("model", "version", "decision")} for d in decisions]}
-
-
-@stage_task
-def report(params: Params, stage: str, arch: str, inputs: list[str], outputs: list[str]) -> dict:
-    """``sounding report --metrics metrics --out reports``."""
-    from sounding.report import write_report
-
-    return {"leaderboard": str(write_report("metrics", params.train.archs, params.data.source, "reports"))}
-
-
-def _configured(stage_fn: Any, params: Params, force: bool, outputs: list[str]) -> Any:
-    """The task with the retry policy of params and the workspace's result store. It ignores its cached
-    result with ``force``, and while one of its outputs is missing: a deleted model is trained again, not
-    restored from a record saying it exists (only this stage writes them, so checking before it starts
-    is enough)."""
-    r = params.retrain
-    return stage_fn.with_options(
-        retries=r.retries,
-        retry_delay_seconds=exponential_backoff(backoff_factor=r.retry_delay_s) if r.retries else 0,
-        result_storage=(STATE_DIR / "prefect").resolve(),
-        refresh_cache=force or not all(Path(p).exists() for p in outputs),
-    )
-
-
-def task_runner(params: Params) -> ProcessPoolTaskRunner | ThreadPoolTaskRunner:
-    """The runner ``retrain.task_runner`` names, with ``retrain.max_workers`` workers."""
-    runner = {"processes": ProcessPoolTaskRunner, "threads": ThreadPoolTaskRunner}[params.retrain.task_runner]
-    return runner(max_workers=params.retrain.max_workers)
-
-
-@contextmanager
-def workspace_lock(logger: Any, path: Path = STATE_DIR / "retrain.lock") -> Iterator[None]:
-    """Hold the workspace for one retraining; a second one waits here until the first ends. The lock is
-    the kernel's (flock): it ends with its process, so a killed run never leaves a stale lock."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            logger.warning("another retraining holds %s; waiting for it to finish", path.resolve())
-            fcntl.flock(fh, fcntl.LOCK_EX)
+    @contextmanager
+    def held(self, logger: Any, command: str, poll_s: float = 2.0) -> Iterator[None]:
+        """Hold the workspace for the run (``sounding.repro``'s lock), waiting while another Sounding run,
+        a stage command run by hand or a DVC command holds it."""
+        (self.root / ".dvc" / "tmp").mkdir(exist_ok=True)
+        waiting_for = ""
+        while True:
+            try:
+                fd = hold_workspace(self.root, command)
+            except BadInput as busy:
+                fd, reason = None, str(busy)
+            else:
+                try:
+                    check_workspace_free(self.root)
+                    break
+                except BadInput as busy:
+                    os.close(fd)
+                    reason = str(busy)
+            if reason != waiting_for:
+                logger.warning("waiting for the workspace: %s", reason.partition(": wait for it")[0])
+                waiting_for = reason
+            time.sleep(poll_s)
+        self.hold_fd = fd
         try:
             yield
         finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+            self.hold_fd = None
+            os.close(fd)
 
 
-def load(params_path: str | Path, archs: list[str] | None = None) -> Params:
-    """Params of a retraining, restricted to ``archs`` when given. Raises ``BadInput`` before any work."""
-    params = load_params(params_path)
-    if archs is not None:
-        unknown = sorted(set(archs) - set(ARCHS))
-        if unknown or not archs:
-            raise BadInput(f"unknown architecture(s) {unknown or archs}; allowed: {', '.join(ARCHS)}")
-        params = params.with_overrides({"train.archs": list(dict.fromkeys(archs))})
-    return params
+def _forward(proc: subprocess.Popen, logger: Any) -> list[str]:
+    """Log a command's output line by line until it exits; the last lines of its stderr."""
+    tail: deque[str] = deque(maxlen=STDERR_LINES)
+
+    def read_stderr() -> None:
+        for line in proc.stderr:
+            tail.append(line)
+            logger.info("%s", line.rstrip())
+
+    reader = threading.Thread(target=read_stderr, daemon=True)
+    reader.start()
+    for line in proc.stdout:
+        logger.info("%s", line.rstrip())
+    proc.wait()
+    reader.join()
+    return list(tail)
 
 
-@flow(name="retrain")
-def retrain(params_path: str = "params.yaml", archs: list[str] | None = None, force: bool = False) -> dict:
-    """Retrain what changed in the current folder's workspace: prepare, (tune → train) per architecture and
-    the classical baselines in parallel, pretrain → transfer, register through the promotion gate, report.
-    ``force`` ignores every cached result.
+def _signal_group(proc: subprocess.Popen, sig: int) -> None:
+    try:
+        os.killpg(proc.pid, sig)
+    except ProcessLookupError:
+        pass
 
-    Returns each stage's final state (``Cached`` when nothing it depends on changed). A failed stage fails
-    the flow once every stage that does not depend on it has finished; their results stay cached.
-    """
-    params = load(params_path, archs)
+
+def _transient(task: Any, task_run: Any, state: Any) -> bool:
+    """Retry a stage whose command said that a service did not answer (exit 69), nothing else."""
+    error = state.result(raise_on_failure=False)
+    return isinstance(error, StageFailed) and error.transient
+
+
+@task(task_run_name="{stage.name}", cache_policy=NO_CACHE, retry_condition_fn=_transient)
+def run_stage(stage: Stage, workspace: Workspace) -> Any:
+    """Run ``stage`` if DVC finds it stale, then record it in ``dvc.lock``; a ``Skipped`` state if not."""
     logger = get_run_logger()
-    with workspace_lock(logger):
-        futures = _submit_stages(params, force)
-    failed = {name: f.state.message for name, f in futures.items() if f.state.is_failed()}
-    for name, message in failed.items():
-        logger.error("%s failed: %s", name, message)
-    for future in futures.values():
-        if future.state.is_failed():
-            future.result()  # raises the stage's own exception (BadInput stays BadInput)
-    return {name: f.state.name for name, f in futures.items()}
+    if not workspace.is_stale(stage):
+        logger.info("%s: up to date (DVC found nothing changed), skipped", stage.name)
+        return Completed(name="Skipped", message="up to date")
+    logger.info("%s: started", stage.name)
+    start = time.monotonic()
+    try:
+        workspace.run(stage, logger)
+        workspace.dvc(f"stage {stage.name}", "commit", "--force", stage.name)
+    except StageFailed:
+        logger.error("%s: failed after %.1f s", stage.name, time.monotonic() - start)
+        raise
+    workspace.ran.add(stage.name)
+    wall = time.monotonic() - start
+    logger.info("%s: done in %.1f s, recorded in dvc.lock", stage.name, wall)
+    return Completed(message=f"ran in {wall:.1f} s")
 
 
-def raw_inputs(data: DataParams) -> list[str]:
-    """The user's files that ``prepare`` reads for ``data.source`` (none for generated or bundled data)."""
-    if data.source in ("mnist1d", "digits"):
-        return []
-    with_test = data.source in ("ts", "table") and data.test_path is not None
-    return [data.path, data.test_path] if with_test else [data.path]
+@flow(name="pipeline")
+def run_pipeline(
+    root: str, retrain: dict[str, Any], targets: list[str] | None, force: bool, tags: dict[str, str]
+) -> dict[str, str]:
+    """The stages of ``dvc.yaml`` in the workspace ``root`` (with ``targets``: those and their upstream),
+    at most ``retrain.max_workers`` at once, each once the stages it depends on have ended; ``force`` runs
+    every one.
+
+    Returns each stage's final state: ``Completed`` (ran), ``Skipped`` (DVC: up to date), ``Failed``, or
+    ``NotReady`` (a stage it depends on failed). ``retrain``: the ``retrain`` params, as a dict (a flow's
+    parameters are plain types: a deployment loads this file as a module with no importable name, where
+    Prefect could not resolve a class annotation)."""
+    logger = get_run_logger()
+    workspace = Workspace(Path(root), tags, force)
+    settings = RetrainParams.model_validate(retrain)
+    stage_task = run_stage.with_options(
+        retries=settings.retries,
+        retry_delay_seconds=exponential_backoff(backoff_factor=settings.retry_delay_s)
+        if settings.retries
+        else 0,
+    )
+    with workspace.held(logger, f"sounding retrain (Prefect flow, PID {os.getpid()})"):
+        stages = pipeline(workspace.root, targets)
+        names = [s.name for s in stages]
+        logger.info("%d stage(s), in dependency order: %s", len(stages), ", ".join(names))
+        if not force:
+            workspace.stale_at_start = workspace.status(names)
+        with ThreadPoolTaskRunner(max_workers=settings.max_workers) as runner:
+            try:
+                futures = _submit_when_ready(stages, runner, stage_task, workspace)
+            finally:
+                workspace.stop(logger)
+    return _outcome(futures, logger)
 
 
-def _submit_stages(params: Params, force: bool) -> dict[str, Any]:
-    """Submit every stage in dependency order (so a thread waiting on its upstream never starves it) and
-    wait for all of them."""
+def _submit_when_ready(stages: list[Stage], runner: Any, stage_task: Any, workspace: Workspace) -> dict:
+    """Submit each stage once every stage it depends on has ended (the first ready in ``stages`` order
+    first), so that a worker never sits waiting while another stage could run; wait for them all, in short
+    waits, so that a timeout or a cancellation lands at once. The futures, by stage."""
     futures: dict[str, Any] = {}
-    data = "data/prepared/manifest.json"
-
-    def submit(stage_fn: Any, arch: str, inputs: list[str], outputs: list[str], after: list) -> Any:
-        stage = stage_fn.name
-        parameters = {"params": params, "stage": stage, "arch": arch, "inputs": inputs, "outputs": outputs}
-        future = runner.submit(_configured(stage_fn, params, force, outputs), parameters, wait_for=after)
-        futures[f"{stage}-{arch}" if arch else stage] = future
-        return future
-
-    with task_runner(params) as runner:
-        prepared = submit(prepare, "", raw_inputs(params.data), ["data/prepared"], [])
-        archs = params.train.archs
-        tuned = {a: submit(tune, a, [data], [f"tuning/{a}/best.json"], [prepared]) for a in archs}
-        trained = [
-            submit(
-                train,
-                a,
-                [data, f"tuning/{a}/best.json"],
-                [f"metrics/{a}.json", f"models/{a}", f"plots/{a}"],
-                [tuned[a]],
-            )
-            for a in archs
-        ]
-        classical = submit(baselines, "", [data], ["metrics/baselines.json"], [prepared])
-        pretrained, backbones = [], []
-        if params.transfer.source == "pretrain":
-            backbones = [f"models/pretrained/{a}/model.safetensors" for a in params.transfer.archs]
-            pretrained = [submit(pretrain, "", [], backbones, [])]
-        transferred = submit(
-            transfer,
-            "",
-            [data, *backbones],
-            ["metrics/transfer.json", "plots/transfer"],
-            [prepared, *pretrained],
-        )
-        metrics = [f"metrics/{a}.json" for a in archs]
-        registered = submit(register, "", [data, *metrics], ["reports/promotion.json"], trained)
-        extra = ["metrics/baselines.json", "metrics/transfer.json", "metrics/gan.json", "metrics/depth.json"]
-        submit(
-            report, "", [*metrics, *extra], ["reports/leaderboard.md"], [registered, transferred, classical]
-        )
-        wait(list(futures.values()))
+    waiting, ended = list(stages), set()
+    running: dict[concurrent.futures.Future, str] = {}
+    while waiting or running:
+        for stage in [s for s in waiting if ended.issuperset(s.upstream)]:
+            upstream = [futures[u] for u in stage.upstream]  # ended; a failed one makes this one NotReady
+            future = runner.submit(stage_task, {"stage": stage, "workspace": workspace}, wait_for=upstream)
+            futures[stage.name], running[future.wrapped_future] = future, stage.name
+            waiting.remove(stage)
+        if not running:
+            raise RuntimeError(f"stages waiting for stages not in the run: {[s.name for s in waiting]}")
+        done, _ = concurrent.futures.wait(running, timeout=1.0, return_when="FIRST_COMPLETED")
+        for finished in done:
+            name = running.pop(finished)
+            futures[name].wait()  # records the task's final state in its future
+            ended.add(name)
     return futures
 
 
-# Served or deployed flows are loaded from this file under a name worker processes cannot import:
-# pickle its functions by value, so process-pool workers need only the installed `sounding` package.
-cloudpickle.register_pickle_by_value(sys.modules[__name__])
+def _outcome(futures: dict[str, Any], logger: Any) -> dict[str, str]:
+    """Each stage's state name; raises the first failed stage's error once every stage has ended."""
+    states = {name: future.state for name, future in futures.items()}
+    ran = [n for n, s in states.items() if s.is_completed() and s.name != "Skipped"]
+    logger.info("%d stage(s) ran (%s), %d up to date", len(ran), ", ".join(ran) or "none",
+                sum(s.name == "Skipped" for s in states.values()))  # fmt: skip
+    for name, state in states.items():
+        if state.is_failed():
+            logger.error("%s failed: %s", name, state.message)
+        elif not state.is_final():
+            logger.warning("%s not run: a stage it depends on failed", name)
+    for future in futures.values():
+        if future.state.is_failed():
+            future.result()  # raises the stage's error
+    return {name: state.name for name, state in states.items()}
+
+
+def load(params_path: str | Path, archs: list[str] | None = None) -> RetrainParams:
+    """The ``retrain`` params of a run; ``BadInput`` before any work for bad params or architectures."""
+    params = load_params(params_path)
+    unknown = sorted(set(archs or []) - set(ARCHS))
+    if unknown or archs == []:
+        raise BadInput(f"unknown architecture(s) {unknown or archs}; allowed: {', '.join(ARCHS)}")
+    return params.retrain
+
+
+def workspace_root(params_path: str | Path) -> Path:
+    """The DVC repository whose pipeline a run retrains: the one holding ``params_path``, which must be
+    its ``params.yaml`` (the file its stages read)."""
+    from dvc.exceptions import NotDvcRepoError
+    from dvc.repo import Repo
+
+    path = Path(params_path).resolve()
+    try:
+        root = Path(Repo.find_root(str(path.parent)))
+    except NotDvcRepoError:
+        raise BadInput(f"{path.parent} is not inside a DVC repository (no .dvc folder)") from None
+    if path != root / "params.yaml":
+        raise BadInput(
+            f"the stages of {root / 'dvc.yaml'} read {root / 'params.yaml'}: retrain with that file, not {path}"
+        )
+    return root
+
+
+@flow(name="retrain")
+def retrain(
+    params_path: str = "params.yaml", archs: list[str] | None = None, force: bool = False
+) -> dict[str, str]:
+    """Retrain what changed in the DVC workspace of ``params_path``: the stages of its ``dvc.yaml`` that DVC
+    finds stale, through DVC (module docstring), within ``retrain.timeout_s``. ``archs``: only the stages
+    ``train@ARCH`` and the stages they depend on. ``force``: every stage, stale or not.
+
+    Returns each stage's final state (``Skipped`` when DVC found it up to date). A failed stage fails the
+    run once every stage that does not depend on it has ended."""
+    retrain_params = load(params_path, archs)
+    root = workspace_root(params_path)
+    stages = run_pipeline.with_options(timeout_seconds=retrain_params.timeout_s)
+    targets = [f"train@{arch}" for arch in archs] if archs else None
+    try:
+        return stages(str(root), retrain_params.model_dump(), targets, force, tracking.orchestration_tags())
+    except TimeoutError as exc:  # the subflow's: say so, rather than Prefect's "timeout of None second(s)"
+        raise RunTimedOut(
+            f"the run took longer than retrain.timeout_s ({retrain_params.timeout_s:g} s); "
+            "the stage commands still running were stopped"
+        ) from exc

@@ -154,6 +154,16 @@ def test_worker_processes_carry_the_orchestration_tags_of_the_process_that_start
     assert parallel.run_jobs(tiny_params(**{"compute.workers": 2}), _tags, [0, 1]) == [flow, flow]
 
 
+def test_a_stage_command_started_by_a_flow_carries_the_tags_the_flow_passed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import json
+
+    flow = {"prefect.flow_run_id": "0f5e", "prefect.deployment": "nightly"}
+    monkeypatch.setenv(tracking.ORCHESTRATION_TAGS_ENV, json.dumps(flow))  # as pipelines/retrain.py sets it
+    assert tracking.orchestration_tags() == flow
+
+
 def test_runs_carry_mlflows_source_tags_and_the_dvc_stage(
     params: Params, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:

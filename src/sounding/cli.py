@@ -433,7 +433,10 @@ def runs_cleanup(
 RETRAIN_FLOW = Path(__file__).resolve().parents[2] / "pipelines" / "retrain.py"
 """The Prefect flow, beside the package in the source checkout (Prefect deployments name it by file)."""
 ArchsOpt = Annotated[
-    list[str] | None, typer.Option("--arch", help="Retrain only these architectures [train.archs].")
+    list[str] | None,
+    typer.Option(
+        "--arch", help="Retrain only these architectures: stages train@ARCH and those they depend on."
+    ),
 ]
 
 
@@ -452,11 +455,20 @@ def _retrain_module(params_path: Path, archs: list[str] | None):
 @app.command()
 def retrain(
     archs: ArchsOpt = None,
-    force: Annotated[bool, typer.Option(help="Ignore cached results: rerun every stage.")] = False,
+    force: Annotated[bool, typer.Option(help="Run every stage, even those DVC finds up to date.")] = False,
     params_path: ParamsOpt = Path("params.yaml"),
 ) -> None:
-    """Run the Prefect retraining flow once: only the stages whose inputs changed run (docs/scheduling.md)."""
-    states = _retrain_module(params_path, archs).retrain(str(params_path), archs, force)
+    """Run the Prefect retraining flow once: the stages of dvc.yaml that DVC finds stale run, and dvc.lock
+    records them (docs/scheduling.md)."""
+    module = _retrain_module(params_path, archs)
+    try:
+        states = module.retrain(str(params_path), archs, force)
+    except module.StageFailed as exc:  # the stage's exit code: 2 bad input, 69 a service still unavailable
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(exc.returncode if exc.returncode > 0 else 1) from None
+    except TimeoutError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
     typer.echo("\n".join(f"{name}: {state}" for name, state in states.items()))
 
 
@@ -499,7 +511,7 @@ def schedule(
         cron=cron,
         parameters={"params_path": str(params_path.resolve()), "archs": archs},
         # ENQUEUE, not CANCEL_NEW: a run triggered during another one still sees the changes made meanwhile,
-        # and costs nothing when there are none (every stage is cached).
+        # and costs little when there are none (DVC finds every stage up to date).
         global_limit=ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE),
         limit=1,
     )

@@ -461,28 +461,18 @@ class TransferParams(Section):
 
 
 class RetrainParams(Section):
-    """The Prefect retraining flow (``pipelines/retrain.py``, ``sounding schedule``)."""
+    """The Prefect retraining flow (``pipelines/retrain.py``: ``sounding retrain``, ``sounding schedule``),
+    which runs the stages of ``dvc.yaml`` through DVC."""
 
-    task_runner: Literal["processes", "threads"] = "processes"
-    """Where the flow's tasks run. ``processes``: worker processes, side by side, each with its own torch
-    random state, so results equal the CLI's. ``threads``: one thread in the flow's process, no start-up
-    cost (tests, debugging). Dask or Ray on a cluster: see docs/scheduling.md."""
     max_workers: PositiveInt = 2
-    """Tasks (tuning, training, pretraining, …) running at once."""
+    """Most stage commands running at once (independent stages, e.g. ``train@cnn`` beside ``train@mlp``)."""
     retries: Annotated[int, Field(ge=0)] = 3
-    """Retries of a task that failed for a transient reason (an MLflow server that does not answer).
-    Bad input is never retried."""
+    """Retries of a stage whose command exits 69: a service (tracking server or database) that did not
+    answer. Any other failure (bad input, a divergence) is final at once."""
     retry_delay_s: NonNegative = 10.0
     """First retry delay; each further retry waits twice as long (exponential backoff)."""
-
-    @model_validator(mode="after")
-    def _one_thread(self) -> RetrainParams:
-        if self.task_runner == "threads" and self.max_workers != 1:
-            raise ValueError(
-                "task_runner threads needs max_workers: 1: parallel tasks in one process share torch's "
-                "random state and matplotlib, which is not thread-safe; use processes to run them side by side"
-            )
-        return self
+    timeout_s: Annotated[float, Field(gt=0)] = 7200.0
+    """Seconds a run may take; past them its stage commands are stopped and the run ends failed."""
 
 
 class TrackingParams(Section):

@@ -73,13 +73,19 @@ def source_tags() -> dict[str, str]:
 
 
 _inherited_tags: dict[str, str] | None = None  # a worker process's: those of the process that started it
+ORCHESTRATION_TAGS_ENV = "SOUNDING_ORCHESTRATION_TAGS"
+"""Environment variable holding, as JSON, the orchestration tags of the flow run that started this command
+(the retraining flow runs each stage's command as a process of its own, outside the flow's context)."""
 
 
 def orchestration_tags() -> dict[str, str]:
     """``prefect.flow_run_id`` and ``prefect.deployment`` of the Prefect flow run this code runs in, if any
-    (in a worker process of ``parallel``: those of the process that started it)."""
+    (in a worker process of ``parallel``: those of the process that started it; in a stage command the
+    flow started: those it passed in ``SOUNDING_ORCHESTRATION_TAGS``)."""
     if _inherited_tags is not None:
         return dict(_inherited_tags)
+    if os.environ.get(ORCHESTRATION_TAGS_ENV):
+        return json.loads(os.environ[ORCHESTRATION_TAGS_ENV])
     if "prefect" not in sys.modules:  # not under Prefect; importing it would cost a second for nothing
         return {}
     from prefect.runtime import flow_run

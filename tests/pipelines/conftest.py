@@ -1,11 +1,17 @@
-"""One Prefect test server for the whole session, and the tiny params the flow runs on."""
+"""One Prefect test server for the whole session, the tiny params the flow runs on, and small DVC
+repositories whose stages are shell one-liners."""
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+from pathlib import Path
+
 import pytest
+import yaml
 
 from sounding.config import Params
-from tests.conftest import tiny_params
+from tests.conftest import REPO, tiny_params, write_params
 
 
 @pytest.fixture(scope="session")
@@ -18,9 +24,8 @@ def prefect_harness():
 
 
 def flow_params(**overrides: object) -> Params:
-    """``tiny_params`` shrunk further for whole-flow runs: two architectures, two tuning trials of two
-    epochs, transfer of the MLP at two budgets; tasks one at a time in the test's process (monkeypatches reach
-    them), retries without delay."""
+    """``tiny_params`` shrunk further for whole-pipeline runs: two architectures, two tuning trials of two
+    epochs, transfer of the MLP at two budgets, a small depth study and GAN; retries without delay."""
     base = {
         "train.archs": ["linear", "cnn"],
         "train.epochs": 2,
@@ -28,9 +33,25 @@ def flow_params(**overrides: object) -> Params:
         "tune.epochs": 2,
         "transfer.archs": ["mlp"],
         "transfer.budgets": [0.5, 1.0],
-        "retrain.task_runner": "threads",
-        "retrain.max_workers": 1,
+        "depth.depths": [2],
+        "depth.inits": ["default"],
+        "depth.residual": [False],
+        "depth.clip": [0.0],
+        "depth.epochs": 1,
+        "gan.epochs": 1,
+        "gan.samples_per_class": 2,
         "retrain.retry_delay_s": 0,
     }
     base.update(overrides)
     return tiny_params(**base)
+
+
+def dvc_repo(root: Path, stages: dict, params: Params | None = None) -> Path:
+    """A git + DVC repository at ``root`` (this project's DVC config) whose dvc.yaml holds ``stages``."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / ".dvc").mkdir()
+    shutil.copy(REPO / ".dvc" / "config", root / ".dvc" / "config")
+    (root / "dvc.yaml").write_text(yaml.safe_dump({"stages": stages}, sort_keys=False))
+    write_params(root / "params.yaml", params or flow_params())
+    subprocess.run(["git", "init", "-q"], cwd=root, check=True)
+    return root

@@ -1,169 +1,203 @@
-"""The retraining flow on tiny params, against one session-wide Prefect test server.
+"""The retraining flow: its tasks are dvc.yaml's stages, DVC decides what runs and records it, a stage that
+says a service did not answer is retried and nothing else is, and a run past its timeout is stopped.
 
-The tests of ``workspace`` share one workspace and run in file order: a first run, a rerun with nothing
-changed, a change to one architecture, two flows started at once, a failed run and the run after it.
+The flow runs here on small DVC repositories whose stages are shell one-liners (seconds); the whole
+project pipeline runs in ``test_retrain_slow.py``.
 """
 
 from __future__ import annotations
 
+import functools
+import logging
+import os
+import shutil
+import subprocess
 import threading
+import time
 from pathlib import Path
 
 import pytest
-from prefect import flow
+import yaml
 
 from pipelines import retrain as pipeline
-from sounding import tracking
-from sounding.config import DataParams, Params
 from sounding.errors import BadInput
-from tests.conftest import run_cli, write_params
-from tests.pipelines.conftest import flow_params
-
-STAGES = {"prepare", "tune-linear", "tune-cnn", "train-linear", "train-cnn", "baselines", "pretrain",
-          "transfer", "register", "report"}  # fmt: skip
+from tests.conftest import REPO, run_cli, run_dvc, write_params
+from tests.pipelines.conftest import dvc_repo, flow_params
 
 
-def test_the_prepare_task_is_keyed_on_every_user_file_its_source_reads() -> None:
-    def data(**overrides: object) -> DataParams:
-        return Params().with_overrides({f"data.{k}": v for k, v in overrides.items()}).data
-
-    assert pipeline.raw_inputs(data()) == [] and pipeline.raw_inputs(data(source="digits")) == []
-    assert pipeline.raw_inputs(data(source="npz", path="a.npz", test_path="b.npz")) == ["a.npz"]
-    assert pipeline.raw_inputs(data(source="ts", path="a.ts")) == ["a.ts"]
-    assert pipeline.raw_inputs(data(source="table", path="a.csv", test_path="b.csv")) == ["a.csv", "b.csv"]
-
-
-def _runs(params: Params, **tags: str) -> list:
-    """Every MLflow run of every experiment whose tags match."""
-    c = tracking.client(params.tracking.uri)
-    ids = [e.experiment_id for e in c.search_experiments()]
-    runs = c.search_runs(ids, max_results=10_000)
-    return [r for r in runs if all(r.data.tags.get(k) == v for k, v in tags.items())]
+def stages_in(root: Path) -> list[str]:
+    """dvc.yaml's stages as a reader of the file names them: a ``foreach`` over a list or a params key
+    gives one stage per item, ``name@item``."""
+    spec = yaml.safe_load((root / "dvc.yaml").read_text())["stages"]
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    names = []
+    for name, stage in spec.items():
+        items = stage.get("foreach")
+        if isinstance(items, str):  # "${train.archs}"
+            items = functools.reduce(lambda tree, key: tree[key], items[2:-1].split("."), params)
+        names += [f"{name}@{item}" for item in items] if items is not None else [name]
+    return names
 
 
-@pytest.fixture(scope="module")
-def workspace(tmp_path_factory: pytest.TempPathFactory, prefect_harness: None):
-    """A workspace after one retraining: its folder, params and the stages' final states."""
-    root = tmp_path_factory.mktemp("workspace")
-    params = flow_params()
-    with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(root)
-        write_params(root / "params.yaml", params)
-        states = pipeline.retrain("params.yaml")
-    return root, params, states
+def check_one_task_per_stage(tasks: list[pipeline.Stage], root: Path) -> None:
+    """The flow's tasks are exactly the stages of ``root``'s dvc.yaml, each after those it depends on."""
+    assert sorted(t.name for t in tasks) == sorted(stages_in(root))
+    position = {t.name: i for i, t in enumerate(tasks)}
+    for t in tasks:
+        assert all(position[u] < position[t.name] for u in t.upstream), t
+
+
+def test_the_flow_has_one_task_per_stage_of_dvc_yaml_in_dependency_order() -> None:
+    tasks = pipeline.pipeline(REPO)
+    check_one_task_per_stage(tasks, REPO)
+    by_name = {t.name: t for t in tasks}
+    assert {"baselines", "tune@fcn", "train@fcn", "gan", "register"} <= set(by_name)
+    assert set(by_name["train@cnn"].upstream) == {"prepare", "tune@cnn"}
+    assert set(by_name["gan"].upstream) == {"prepare", "train@cnn"}
+    assert {f"train@{a}" for a in ("linear", "mlp", "cnn", "rnn", "fcn")} <= set(by_name["report"].upstream)
+
+
+def test_a_stage_added_to_dvc_yaml_is_a_task_and_a_stage_without_one_fails_the_check(tmp_path: Path) -> None:
+    root = tmp_path / "repo"
+    root.mkdir()
+    for name in ("dvc.yaml", "params.yaml"):
+        shutil.copy(REPO / name, root / name)
+    (root / ".dvc").mkdir()
+    shutil.copy(REPO / ".dvc" / "config", root / ".dvc" / "config")
+    subprocess.run(["git", "init", "-q"], cwd=root, check=True)
+    spec = yaml.safe_load((root / "dvc.yaml").read_text())
+    spec["stages"]["calibrate"] = {"cmd": "true", "deps": ["metrics/cnn.json"], "outs": ["calibration.json"]}
+    (root / "dvc.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+
+    tasks = pipeline.pipeline(root)
+    check_one_task_per_stage(tasks, root)
+    assert next(t for t in tasks if t.name == "calibrate").upstream == ("train@cnn",)
+    # A task list that misses the new stage (as a list written by hand would) fails the check.
+    with pytest.raises(AssertionError):
+        check_one_task_per_stage(pipeline.pipeline(REPO), root)
+
+
+def test_targets_select_their_stages_and_the_stages_they_depend_on() -> None:
+    assert [t.name for t in pipeline.pipeline(REPO, ["train@cnn"])] == ["prepare", "tune@cnn", "train@cnn"]
+    with pytest.raises(BadInput, match="no stage train@gpt"):
+        pipeline.pipeline(REPO, ["train@gpt"])
+
+
+# --- Runs on small repositories -------------------------------------------------------------------------
+
+CHAIN = {
+    "a": {"cmd": "echo a > a.txt", "outs": ["a.txt"]},
+    "b": {
+        "foreach": ["x", "y"],
+        "do": {"cmd": "cat a.txt > b-${item}.txt && echo ${seed} >> b-${item}.txt", "deps": ["a.txt"],
+               "params": ["seed"], "outs": ["b-${item}.txt"]},
+    },
+    "c": {"cmd": "cat b-x.txt b-y.txt > c.txt", "deps": ["b-x.txt", "b-y.txt"], "outs": ["c.txt"]},
+}  # fmt: skip
 
 
 @pytest.fixture
-def in_workspace(workspace, monkeypatch: pytest.MonkeyPatch):
-    root, params, states = workspace
-    monkeypatch.chdir(root)
-    return root, params, states
+def prefect_log() -> list[str]:
+    """Messages the flow and task runs log."""
+    messages: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            messages.append(record.getMessage())
+
+    handler = Keep()
+    loggers = [logging.getLogger(name) for name in ("prefect.flow_runs", "prefect.task_runs")]
+    for logger in loggers:
+        logger.addHandler(handler)
+    yield messages
+    for logger in loggers:
+        logger.removeHandler(handler)
 
 
-def test_first_run_completes_every_stage(in_workspace) -> None:
-    root, params, states = in_workspace
-    assert states == dict.fromkeys(STAGES, "Completed")
-    for path in ("metrics/linear.json", "metrics/cnn.json", "models/cnn/model.safetensors",
-                 "metrics/baselines.json", "metrics/transfer.json", "reports/promotion.json",
-                 "reports/leaderboard.md"):  # fmt: skip
-        assert (root / path).is_file(), path
-    assert "| classical: 1-NN (Euclidean) |" in (root / "reports/leaderboard.md").read_text()
-    runs = _runs(params)
-    assert runs and all(r.data.tags.get("prefect.flow_run_id") for r in runs)
-    assert {r.data.tags["arch"] for r in _runs(params, stage="train")} == {"linear", "cnn"}
+def test_dvc_decides_what_runs_and_records_it(prefect_harness: None, tmp_path: Path, prefect_log) -> None:
+    root = dvc_repo(tmp_path / "repo", CHAIN)
+    params_path = str(root / "params.yaml")
+    states = pipeline.retrain(params_path)
+    assert states == dict.fromkeys(["a", "b@x", "b@y", "c"], "Completed")
+    assert (root / "c.txt").read_text() == "a\n42\na\n42\n"
+    assert "Data and pipelines are up to date" in run_dvc("status", cwd=root).stdout
+    assert "Running stage" not in run_dvc("repro", cwd=root).stdout
+    assert any(m.startswith("b@x: started") for m in prefect_log)
+    assert any(m.startswith("b@x: done in ") and m.endswith(" s, recorded in dvc.lock") for m in prefect_log)
+
+    assert pipeline.retrain(params_path) == dict.fromkeys(["a", "b@x", "b@y", "c"], "Skipped")
+    assert "b@x: up to date (DVC found nothing changed), skipped" in prefect_log
+
+    write_params(root / "params.yaml", flow_params(seed=7))
+    assert pipeline.retrain(params_path) == {
+        "a": "Skipped",
+        "b@x": "Completed",
+        "b@y": "Completed",
+        "c": "Completed",
+    }
+    assert "Data and pipelines are up to date" in run_dvc("status", cwd=root).stdout
+
+    write_params(root / "params.yaml", flow_params(seed=8))
+    assert "Running stage 'c'" in run_dvc("repro", cwd=root).stdout
+    assert pipeline.retrain(params_path) == dict.fromkeys(["a", "b@x", "b@y", "c"], "Skipped")
+    assert pipeline.retrain(params_path, force=True) == dict.fromkeys(["a", "b@x", "b@y", "c"], "Completed")
 
 
-def test_rerun_with_nothing_changed_is_cached_and_trains_nothing(in_workspace) -> None:
-    _, params, _ = in_workspace
-    before = len(_runs(params))
-    assert pipeline.retrain("params.yaml") == dict.fromkeys(STAGES, "Cached")
-    assert len(_runs(params)) == before
+def _counted(name: str, then: str) -> str:
+    """A command that counts its runs in ``NAME.runs`` (no DVC output), then runs ``then``."""
+    return f"echo run >> {name}.runs && {then}"
 
 
-def test_a_change_to_one_architecture_retrains_only_it(in_workspace) -> None:
-    root, params, _ = in_workspace
-    linear_runs = len(_runs(params, stage="train", arch="linear"))
-    cnn_runs = len(_runs(params, stage="train", arch="cnn"))
-    write_params(root / "params.yaml", params.with_overrides({"models.cnn.channels": 8}))
-    states = pipeline.retrain("params.yaml")
-    assert states["tune-linear"] == states["train-linear"] == states["prepare"] == "Cached"
-    assert states["tune-cnn"] == states["train-cnn"] == states["register"] == "Completed"
-    # pretrain and transfer depend on every `models` section, as in dvc.yaml: they rerun too
-    assert len(_runs(params, stage="train", arch="linear")) == linear_runs
-    assert len(_runs(params, stage="train", arch="cnn")) == cnn_runs + 1
+def test_a_service_that_did_not_answer_is_retried_and_bad_input_is_not(
+    prefect_harness: None, tmp_path: Path
+) -> None:
+    stages = {
+        # exit 69 (ServiceUnavailable) on its first run, then succeeds
+        "flaky": {"cmd": _counted("flaky", "if [ $(wc -l < flaky.runs) -lt 2 ]; then echo 'error: the MLflow "
+                  "server did not answer' >&2; exit 69; fi; echo ok > flaky.txt"), "outs": ["flaky.txt"]},
+        "bad": {"cmd": _counted("bad", "echo 'error: data/raw/x.npz has no array y' >&2; exit 2"),
+                "outs": ["bad.txt"]},
+    }  # fmt: skip
+    root = dvc_repo(tmp_path / "repo", stages, flow_params(**{"retrain.retries": 3}))
+    with pytest.raises(pipeline.StageFailed, match="data/raw/x.npz has no array y") as failed:
+        pipeline.retrain(str(root / "params.yaml"))
+    assert failed.value.returncode == 2 and "exited with code 2" in str(failed.value)
+    assert (root / "bad.runs").read_text().count("run") == 1
+    assert (root / "flaky.runs").read_text().count("run") == 2
+    assert "flaky" not in run_dvc("status", "flaky", cwd=root).stdout  # committed after its retry
+    cli = run_cli("retrain", cwd=root)  # exits with the failed stage's code, its error on stderr
+    assert cli.returncode == 2 and "data/raw/x.npz has no array y" in cli.stderr, cli.stderr[-3000:]
 
 
-def test_two_retrainings_at_once_train_once(in_workspace) -> None:
-    root, params, _ = in_workspace
-    cnn_runs = len(_runs(params, stage="train", arch="cnn"))
-    write_params(root / "params.yaml", params.with_overrides({"models.cnn.channels": 12}))
+def test_a_run_past_its_timeout_stops_its_stages_and_fails(prefect_harness: None, tmp_path: Path) -> None:
+    stages = {"slow": {"cmd": "echo $$ > slow.pid && exec sleep 300", "outs": ["slow.txt"]}}
+    root = dvc_repo(tmp_path / "repo", stages, flow_params(**{"retrain.timeout_s": 10}))
+    start = time.monotonic()
+    with pytest.raises(TimeoutError, match="longer than retrain.timeout_s"):
+        pipeline.retrain(str(root / "params.yaml"))
+    assert time.monotonic() - start < 60
+    pid = int((root / "slow.pid").read_text())
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+
+
+def test_two_runs_at_once_run_each_stage_once(prefect_harness: None, tmp_path: Path, prefect_log) -> None:
+    stages = {"a": {"cmd": _counted("a", "sleep 3 && echo a > a.txt"), "outs": ["a.txt"]}}
+    root = dvc_repo(tmp_path / "repo", stages)
     results: list[dict] = []
-    threads = [threading.Thread(target=lambda: results.append(pipeline.retrain("params.yaml"))) for _ in "ab"]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=600)
-    assert sorted(r["train-cnn"] for r in results) == ["Cached", "Completed"]
-    assert len(_runs(params, stage="train", arch="cnn")) == cnn_runs + 1
-
-
-def test_a_failed_flow_keeps_what_completed(in_workspace, monkeypatch: pytest.MonkeyPatch) -> None:
-    root, params, _ = in_workspace
-    write_params(root / "params.yaml", params.with_overrides({"models.cnn.channels": 16}))
-
-    def unreachable(*args: object) -> None:
-        raise ConnectionError("MLflow registry did not answer")
-
-    with monkeypatch.context() as mp:
-        mp.setattr("sounding.registry.register_all", unreachable)
-        with pytest.raises(ConnectionError):
-            pipeline.retrain("params.yaml")
-    cnn_runs = len(_runs(params, stage="train", arch="cnn"))
-    states = pipeline.retrain("params.yaml")
-    assert states["train-cnn"] == "Cached" and states["register"] == "Completed"
-    assert len(_runs(params, stage="train", arch="cnn")) == cnn_runs
-
-
-def _report_flow(params: Params):
-    """A flow running the report task alone, configured as the retraining flow configures it."""
-
-    @flow
-    def report_only() -> dict:
-        task = pipeline._configured(pipeline.report, params, False, ["reports/leaderboard.md"])
-        return task(params, "report", "", [], ["reports/leaderboard.md"])
-
-    return report_only
-
-
-def test_a_transient_failure_is_retried_then_succeeds(
-    prefect_harness: None, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    calls = []
-
-    def flaky(metrics_dir, archs, source, out_dir) -> Path:
-        calls.append(1)
-        if len(calls) == 1:
-            raise ConnectionError("MLflow server did not answer")
-        return Path(out_dir) / "leaderboard.md"
-
-    monkeypatch.setattr("sounding.report.write_report", flaky)
-    result = _report_flow(flow_params())()
-    assert len(calls) == 2 and result["leaderboard"].endswith("leaderboard.md")
-
-
-def test_bad_input_fails_at_once_without_retry(
-    prefect_harness: None, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    calls = []
-
-    def bad(*args: object) -> None:
-        calls.append(1)
-        raise BadInput("metrics/cnn.json not found: run `sounding train cnn` first")
-
-    monkeypatch.setattr("sounding.report.write_report", bad)
-    with pytest.raises(BadInput, match="sounding train cnn"):
-        _report_flow(flow_params(**{"retrain.retries": 3}))()
-    assert len(calls) == 1
+    runs = [
+        threading.Thread(target=lambda: results.append(pipeline.retrain(str(root / "params.yaml"))))
+        for _ in "ab"
+    ]
+    for run in runs:
+        run.start()
+    for run in runs:
+        run.join(timeout=300)
+    assert sorted(r["a"] for r in results) == ["Completed", "Skipped"]
+    assert (root / "a.runs").read_text().count("run") == 1
+    assert any(
+        m.startswith("waiting for the workspace: another Sounding command is writing") for m in prefect_log
+    )
 
 
 def test_bad_params_fail_before_any_work(prefect_harness: None, tmp_path: Path) -> None:
@@ -172,40 +206,10 @@ def test_bad_params_fail_before_any_work(prefect_harness: None, tmp_path: Path) 
     write_params(tmp_path / "params.yaml", flow_params())
     with pytest.raises(BadInput, match="allowed: linear"):
         pipeline.retrain("params.yaml", archs=["transformer"])
-    assert not (tmp_path / "data").exists()
+    with pytest.raises(BadInput, match="not inside a DVC repository"):
+        pipeline.retrain("params.yaml")
     result = run_cli("retrain", "--arch", "transformer", cwd=tmp_path)
     assert result.returncode == 2 and "unknown architecture" in result.stderr
-
-
-def test_cache_key_covers_the_stage_params_and_inputs_and_missing_outputs_refresh(tmp_path: Path) -> None:
-    params = flow_params()
-    (tmp_path / "best.json").write_text("{}")
-
-    def key(p: Params, arch: str = "cnn") -> str:
-        parameters = {"params": p, "stage": "tune", "arch": arch, "inputs": ["best.json"], "outputs": []}
-        return pipeline._cache_key(None, parameters)
-
-    base = key(params)
-    assert key(params) == base
-    assert key(params.with_overrides({"models.mlp.hidden": 7})) == base  # another architecture's section
-    assert key(params.with_overrides({"models.cnn.channels": 7})) != base
-    assert key(params.with_overrides({"retrain.max_workers": 1})) == base  # not a result-shaping key
-    assert key(params, arch="linear") != base
-    assert not pipeline._configured(pipeline.tune, params, False, ["best.json"]).refresh_cache
-    assert pipeline._configured(pipeline.tune, params, False, ["best.json", "missing"]).refresh_cache
-    assert pipeline._configured(pipeline.tune, params, True, ["best.json"]).refresh_cache
-    (tmp_path / "best.json").write_text('{"changed": 1}')
-    assert key(params) != base
-
-
-def test_task_runner_follows_params() -> None:
-    assert type(pipeline.task_runner(flow_params())).__name__ == "ThreadPoolTaskRunner"
-    runner = pipeline.task_runner(
-        flow_params(**{"retrain.task_runner": "processes", "retrain.max_workers": 3})
-    )
-    assert type(runner).__name__ == "ProcessPoolTaskRunner" and runner._max_workers == 3
-    with pytest.raises(BadInput, match="not thread-safe"):
-        flow_params(**{"retrain.max_workers": 2})
 
 
 def test_schedule_refuses_what_cannot_schedule(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,5 +1,6 @@
 """A real Prefect server on a free loopback port, the deployment served by `sounding schedule`, and runs
-triggered with `prefect deployment run`: two at once run one after the other, and train once."""
+triggered with `prefect deployment run`: two at once run one after the other, and train once (the second
+finds every stage up to date)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import pytest
 
 from pipelines.server import prefect_server
 from sounding import tracking
-from tests.conftest import SOUNDING, write_params
+from tests.conftest import SOUNDING, copy_repo, write_params
 from tests.pipelines.conftest import flow_params
 
 pytestmark = pytest.mark.slow
@@ -50,17 +51,14 @@ def test_served_deployment_runs_on_trigger_one_at_a_time(tmp_path: Path) -> None
     from prefect.client.orchestration import get_client
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    workspace = tmp_path / "workspace"
-    workspace.mkdir()
-    # the default task runner (processes), as a scheduled run uses it
-    params = flow_params(**{"train.archs": ["linear"], "retrain.task_runner": "processes"})
-    write_params(workspace / "params.yaml", params)
+    workspace = copy_repo(tmp_path / "workspace")
+    write_params(workspace / "params.yaml", flow_params(**{"train.archs": ["linear"]}))
     home = tmp_path / "prefect-home"
     with prefect_server(_free_port(), home=home) as url:
         env = dict(os.environ, PREFECT_API_URL=url, PREFECT_HOME=str(home), PYTHONWARNINGS="ignore")
         with open(tmp_path / "serve.log", "wb") as log:
             served = subprocess.Popen(
-                [SOUNDING, "schedule", "--cron", "0 3 * * *", "--name", "nightly"],
+                [SOUNDING, "schedule", "--cron", "0 3 * * *", "--name", "nightly", "--arch", "linear"],
                 cwd=workspace,
                 env=env,
                 stdout=log,
@@ -88,6 +86,6 @@ def test_served_deployment_runs_on_trigger_one_at_a_time(tmp_path: Path) -> None
     c = tracking.client(f"sqlite:///{workspace / 'mlflow.db'}")
     ids = [e.experiment_id for e in c.search_experiments()]
     trained = c.search_runs(ids, "tags.stage = 'train'")
-    assert len(trained) == 1  # the second run found every stage cached
+    assert len(trained) == 1  # the second run found every stage up to date
     assert trained[0].data.tags["prefect.deployment"] == "nightly"
     assert trained[0].data.tags["prefect.flow_run_id"] == str(first.id)
