@@ -88,7 +88,7 @@ def test_every_architecture_run_has_the_same_metric_keys_and_tags(repo: Path) ->
     client = tracking.client(f"sqlite:///{repo / 'mlflow.db'}")
     exp = client.get_experiment_by_name(params.tracking.experiment)
     every_run = client.search_runs([exp.experiment_id])
-    assert len(every_run) == 11 and all(r.info.status == "FINISHED" for r in every_run)
+    assert len(every_run) == 13 and all(r.info.status == "FINISHED" for r in every_run)
     baselines = {r.data.tags["arch"] for r in every_run if r.data.tags["stage"] == "baselines"}
     assert baselines == {"baseline/logreg", "baseline/1nn"}
     # The networks share metric keys (the GAN and the classical baselines log their own).
@@ -228,7 +228,7 @@ def test_registered_champion_serves_the_same_predictions_as_predict(repo: Path) 
 
     decisions = json.loads((repo / "reports" / "promotion.json").read_text())["decisions"]
     assert {d["model"] for d in decisions} == {
-        f"sounding-{a}" for a in ("linear", "mlp", "cnn", "rnn", "best")
+        f"sounding-{a}" for a in ("linear", "mlp", "cnn", "rnn", "fcn", "best")
     }
     x = np.load(repo / "data" / "prepared" / "test.npz")["x"][:16].astype("float32")
     np.savez(repo / "batch.npz", x=x)

@@ -257,6 +257,9 @@ def gan(
     from sounding.generative import train_gan
 
     s = train_gan(params, data, judge, model_dir, metrics, plots, progress=not quiet)
+    if "skipped" in s:
+        typer.echo(f"gan: skipped: {s['skipped']}")
+        return
     r = s["references"]
     typer.echo(
         f"gan: judge accuracy {s['judge_acc']:.3f} (real {r['real']['judge_acc']:.3f}, naive "
@@ -309,6 +312,10 @@ def transfer(
     from sounding.transfer import run_transfer
 
     s = run_transfer(params, data, pretrained, metrics, plots, progress=not quiet)
+    for arch, why in s["skipped"].items():
+        typer.echo(f"transfer {arch}: skipped, the pretrained network does not fit this data: {why}")
+    if not s["results"]:
+        return
     smallest = f"{s['budgets'][0]:g}"
     for arch, by_strategy in s["results"].items():
         gains = ", ".join(

@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -128,7 +127,6 @@ def train_gan(
             f"the GAN generates one-channel series [N, L]; this data has samples of shape "
             f"{list(data.spec.input_shape)} ({data.spec.layout})"
         )
-        print(f"gan: skipped: {reason}", file=sys.stderr)
         summary = {"skipped": reason, "data_sha256": data.sha256}
         write_text(Path(model_dir) / "SKIPPED.txt", reason + "\n")  # the stage's outputs exist for DVC
         Path(plots_dir).mkdir(parents=True, exist_ok=True)

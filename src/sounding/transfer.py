@@ -29,7 +29,6 @@ import itertools
 import json
 import pickle
 import statistics
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -378,10 +377,6 @@ def run_transfer(
             # The pipeline's own pretrained networks are trained on the built-in source data; on a user's
             # data of another length, channels or classes they may not fit. Say so and record it.
             skipped[arch] = str(exc)
-            print(
-                f"transfer {arch}: skipped, the pretrained network does not fit this data: {exc}",
-                file=sys.stderr,
-            )
     if not backbones:
         summary = {"source": t.source, "skipped": skipped, "data_sha256": data.sha256, "results": {}}
         write_json(metrics_path, summary)
