@@ -94,7 +94,7 @@ def test_every_architecture_run_has_the_same_metric_keys_and_tags(repo: Path) ->
     # The networks share metric keys (the GAN and the classical baselines log their own).
     runs = [r for r in every_run if r.data.tags["arch"] != "gan" and r.data.tags["stage"] == "train"]
     names = {r.info.run_name for r in runs}
-    assert names == {f"{a}-seed{s}" for a in ("linear", "mlp", "cnn", "rnn") for s in (42, 43)}
+    assert names == {f"{a}-seed{s}" for a in ("linear", "mlp", "cnn", "rnn", "fcn") for s in (42, 43)}
 
     def common(keys: set[str]) -> set[str]:
         return {k for k in keys if not k.startswith("grad_norm/")}  # layers differ by architecture
