@@ -40,6 +40,11 @@ any other failure (2: bad input; a divergence, a crash) is final at once, with t
 command's stderr in the task's error. A failed stage fails the run once the stages that do not depend on
 it have ended; what they ran is in ``dvc.lock``.
 
+**Notifications and the leaderboard.** A run that fails (a stage failed, the timeout) or crashes tells
+``retrain.notify`` through a Prefect notification block (the flow's ``on_failure`` and ``on_crashed``
+hooks, as Prefect's documentation shows); a run that succeeds publishes ``reports/leaderboard.md`` as the
+markdown artifact ``leaderboard``, in the Prefect UI's Artifacts page and on the flow run's page.
+
 **Timeout.** ``retrain.timeout_s`` bounds a run. It is read from ``params.yaml`` when the run starts, so
 the stages run in a subflow created with that ``timeout_seconds``; past it, the stage commands still
 running are stopped (SIGTERM to their process groups, SIGKILL 30 s later) and the run ends failed.
@@ -451,7 +456,60 @@ def workspace_root(params_path: str | Path) -> Path:
     return root
 
 
-@flow(name="retrain")
+LEADERBOARD = Path("reports/leaderboard.md")
+"""The report stage's leaderboard, relative to the workspace: a successful run's Prefect artifact."""
+
+
+def notifier(target: str) -> Any:
+    """The Prefect notification block ``retrain.notify`` names: for a URL, a Custom Webhook block posting
+    ``{"subject", "text"}`` JSON; for ``TYPE/NAME``, the block saved in Prefect under that name."""
+    from prefect.blocks.core import Block
+    from prefect.blocks.notifications import CustomWebhookNotificationBlock
+
+    if target.startswith(("http://", "https://")):
+        return CustomWebhookNotificationBlock(
+            name="sounding-retrain", url=target, json_data={"subject": "{{subject}}", "text": "{{body}}"}
+        )
+    return Block.load(target)
+
+
+def notify_failure(flow: Any, flow_run: Any, state: Any) -> None:
+    """The ``retrain`` flow's hook on a failed or crashed run: tell ``retrain.notify`` which run, where, and
+    why (the failed stage and the end of its stderr, or the timeout)."""
+    from prefect.settings import get_current_settings
+
+    params_path = flow_run.parameters.get("params_path", "params.yaml")
+    try:
+        target = load(params_path).notify
+    except BadInput:  # the run failed on its params: there is no target to read
+        return
+    if not target:
+        return
+    where = Path(params_path).resolve().parent
+    body = f"Sounding retrain run '{flow_run.name}' ({flow_run.id}) in {where}: {state.name}. {state.message}"
+    ui = get_current_settings().ui_url
+    if ui:
+        body += f"\n{ui}/runs/flow-run/{flow_run.id}"
+    notifier(target).notify(body, subject=f"Sounding retrain {flow_run.name}: {state.name}")
+    get_run_logger().info("told %s that the run %s", target, state.name.lower())
+
+
+def publish_leaderboard(root: Path) -> None:
+    """The leaderboard as the markdown artifact ``leaderboard`` of this flow run (its image dropped: the
+    Prefect UI cannot reach the workspace's files)."""
+    from prefect.artifacts import create_markdown_artifact
+
+    path = root / LEADERBOARD
+    if not path.exists():
+        get_run_logger().warning("no %s to publish: the pipeline has no report stage", LEADERBOARD)
+        return
+    lines = [line for line in path.read_text().splitlines() if not line.startswith("![")]
+    create_markdown_artifact(
+        "\n".join(lines), key="leaderboard", description=f"Leaderboard of {root} after this run"
+    )
+
+
+@flow(name="retrain", on_failure=[notify_failure], on_crashed=[notify_failure])
 def retrain(
     params_path: str = "params.yaml", archs: list[str] | None = None, force: bool = False
 ) -> dict[str, str]:
@@ -466,9 +524,11 @@ def retrain(
     stages = run_pipeline.with_options(timeout_seconds=retrain_params.timeout_s)
     targets = [f"train@{arch}" for arch in archs] if archs else None
     try:
-        return stages(str(root), retrain_params.model_dump(), targets, force, tracking.orchestration_tags())
+        states = stages(str(root), retrain_params.model_dump(), targets, force, tracking.orchestration_tags())
     except TimeoutError as exc:  # the subflow's: say so, rather than Prefect's "timeout of None second(s)"
         raise RunTimedOut(
             f"the run took longer than retrain.timeout_s ({retrain_params.timeout_s:g} s); "
             "the stage commands still running were stopped"
         ) from exc
+    publish_leaderboard(root)
+    return states

@@ -11,6 +11,7 @@ import difflib
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -473,6 +474,23 @@ class RetrainParams(Section):
     """First retry delay; each further retry waits twice as long (exponential backoff)."""
     timeout_s: Annotated[float, Field(gt=0)] = 7200.0
     """Seconds a run may take; past them its stage commands are stopped and the run ends failed."""
+    notify: str = ""
+    """Who hears of a failed, timed-out or crashed run, through a Prefect notification block: empty for
+    nobody; a webhook URL (``http(s)://…``: Prefect's Custom Webhook block posts ``{"subject", "text"}``
+    JSON to it); or a block saved in Prefect, ``TYPE/NAME`` (``slack-webhook/ops``, ``custom-webhook/ops``,
+    …: made in the Prefect UI, and keeps a secret URL out of this file)."""
+
+    @field_validator("notify")
+    @classmethod
+    def _notify_target(cls, target: str) -> str:
+        if target and not (
+            target.startswith(("http://", "https://")) or re.fullmatch(r"[a-z0-9-]+/[\w.-]+", target)
+        ):
+            raise ValueError(
+                "notify must be empty (no notifications), a webhook URL (http:// or https://) or a saved "
+                "Prefect notification block as TYPE/NAME, e.g. slack-webhook/ops"
+            )
+        return target
 
 
 class TrackingParams(Section):

@@ -1,10 +1,13 @@
-"""One Prefect test server for the whole session, the tiny params the flow runs on, and small DVC
-repositories whose stages are shell one-liners."""
+"""One Prefect test server for the whole session, the tiny params the flow runs on, small DVC
+repositories whose stages are shell one-liners, and a webhook receiver."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -55,3 +58,23 @@ def dvc_repo(root: Path, stages: dict, params: Params | None = None) -> Path:
     write_params(root / "params.yaml", params or flow_params())
     subprocess.run(["git", "init", "-q"], cwd=root, check=True)
     return root
+
+
+@pytest.fixture
+def webhook() -> tuple[str, list[dict]]:
+    """A webhook receiver on 127.0.0.1: its URL, and the JSON bodies posted to it."""
+    posted: list[dict] = []
+
+    class Receive(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            posted.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Receive)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_port}/hook", posted
+    server.shutdown()

@@ -181,6 +181,51 @@ def test_a_run_past_its_timeout_stops_its_stages_and_fails(prefect_harness: None
         os.kill(pid, 0)
 
 
+def test_a_failed_run_notifies_the_webhook_and_a_run_that_succeeds_publishes_the_leaderboard(
+    prefect_harness: None, tmp_path: Path, webhook: tuple[str, list[dict]]
+) -> None:
+    from prefect.artifacts import Artifact
+    from prefect.client.orchestration import get_client
+
+    url, posted = webhook
+    stages = {
+        "train": {"cmd": "if [ -e broken ]; then echo 'error: params.yaml: train.lr must be > 0' >&2; exit 2; "
+                  "fi; echo ok > model.txt", "outs": ["model.txt"]},
+        "report": {"cmd": "mkdir -p reports && printf '| arch | test acc |\\n| cnn | 0.94 |\\n"
+                   "![chart](leaderboard.png)\\n' > reports/leaderboard.md", "deps": ["model.txt"],
+                   "outs": ["reports"]},
+    }  # fmt: skip
+    root = dvc_repo(tmp_path / "repo", stages, flow_params(**{"retrain.notify": url}))
+    (root / "broken").touch()
+    failed = pipeline.retrain(str(root / "params.yaml"), return_state=True)
+    assert failed.is_failed()
+    with get_client(sync_client=True) as client:
+        run = client.read_flow_run(failed.state_details.flow_run_id)
+    assert len(posted) == 1
+    assert posted[0]["subject"] == f"Sounding retrain {run.name}: Failed"
+    text = posted[0]["text"]
+    assert f"'{run.name}' ({run.id})" in text and str(root) in text
+    assert "stage train:" in text and "train.lr must be > 0" in text
+
+    (root / "broken").unlink()
+    done = pipeline.retrain(str(root / "params.yaml"), return_state=True)
+    assert done.is_completed() and len(posted) == 1  # a run that succeeds tells nobody
+    leaderboard = Artifact.get("leaderboard")
+    assert leaderboard.flow_run_id == done.state_details.flow_run_id
+    assert leaderboard.type == "markdown" and leaderboard.data == "| arch | test acc |\n| cnn | 0.94 |"
+
+
+def test_independent_stages_run_side_by_side(prefect_harness: None, tmp_path: Path) -> None:
+    timed = "date +%s.%N > {0}.txt && sleep 2 && date +%s.%N >> {0}.txt"
+    stages = {name: {"cmd": timed.format(name), "outs": [f"{name}.txt"]} for name in ("a", "b")}
+    root = dvc_repo(tmp_path / "repo", stages, flow_params(**{"compute.workers": 1, "retrain.max_workers": 2}))
+    assert pipeline.retrain(str(root / "params.yaml")) == {"a": "Completed", "b": "Completed"}
+    (a_start, a_end), (b_start, b_end) = (
+        map(float, (root / f"{name}.txt").read_text().split()) for name in ("a", "b")
+    )
+    assert a_start < b_end and b_start < a_end  # each started before the other ended
+
+
 def test_two_runs_at_once_run_each_stage_once(prefect_harness: None, tmp_path: Path, prefect_log) -> None:
     stages = {"a": {"cmd": _counted("a", "sleep 3 && echo a > a.txt"), "outs": ["a.txt"]}}
     root = dvc_repo(tmp_path / "repo", stages)

@@ -1,6 +1,7 @@
 """A real Prefect server on a free loopback port, the deployment served by `sounding schedule`, and runs
 triggered with `prefect deployment run`: two at once run one after the other, and train once (the second
-finds every stage up to date)."""
+finds every stage up to date); a run past its timeout ends failed, its notification is sent, and the run
+queued behind it starts."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from uuid import UUID
 
@@ -18,7 +21,7 @@ import pytest
 from pipelines.server import prefect_server
 from sounding import tracking
 from tests.conftest import SOUNDING, copy_repo, write_params
-from tests.pipelines.conftest import flow_params
+from tests.pipelines.conftest import dvc_repo, flow_params
 
 pytestmark = pytest.mark.slow
 PREFECT = str(Path(sys.executable).parent / "prefect")
@@ -47,41 +50,58 @@ def _trigger(env: dict, deadline: float) -> UUID:
         time.sleep(1)
 
 
-def test_served_deployment_runs_on_trigger_one_at_a_time(tmp_path: Path) -> None:
-    from prefect.client.orchestration import get_client
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
-    workspace = copy_repo(tmp_path / "workspace")
-    write_params(workspace / "params.yaml", flow_params(**{"train.archs": ["linear"]}))
+@contextmanager
+def served(workspace: Path, tmp_path: Path, *args: str) -> Iterator[tuple[dict, str]]:
+    """A Prefect server and `sounding schedule ARGS` serving the deployment retrain/nightly of
+    ``workspace``: the environment that reaches the server, and its URL."""
     home = tmp_path / "prefect-home"
     with prefect_server(_free_port(), home=home) as url:
         env = dict(os.environ, PREFECT_API_URL=url, PREFECT_HOME=str(home), PYTHONWARNINGS="ignore")
         with open(tmp_path / "serve.log", "wb") as log:
-            served = subprocess.Popen(
-                [SOUNDING, "schedule", "--cron", "0 3 * * *", "--name", "nightly", "--arch", "linear"],
+            serving = subprocess.Popen(
+                [SOUNDING, "schedule", "--cron", "0 3 * * *", "--name", "nightly", *args],
                 cwd=workspace,
                 env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
         try:
-            deadline = time.monotonic() + 120
-            runs = [_trigger(env, deadline), _trigger(env, deadline)]
-            with temporary_settings({PREFECT_API_URL: url}), get_client(sync_client=True) as client:
-                deadline = time.monotonic() + 900
-                while True:
-                    flow_runs = [client.read_flow_run(r) for r in runs]
-                    if all(f.state.is_final() for f in flow_runs):
-                        break
-                    assert time.monotonic() < deadline, [f.state for f in flow_runs]
-                    assert served.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
-                    time.sleep(2)
+            yield env, url
+            assert serving.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
         finally:
-            served.terminate()
-            served.wait(timeout=60)
+            serving.terminate()
+            serving.wait(timeout=60)
+
+
+def run_triggered(env: dict, url: str, count: int, timeout_s: float = 900) -> list:
+    """Trigger the deployment ``count`` times at once; its flow runs once all have ended, first started
+    first."""
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    deadline = time.monotonic() + 120
+    runs = [_trigger(env, deadline) for _ in range(count)]
+    with temporary_settings({PREFECT_API_URL: url}), get_client(sync_client=True) as client:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            flow_runs = [client.read_flow_run(r) for r in runs]
+            if all(f.state.is_final() for f in flow_runs):
+                return sorted(flow_runs, key=lambda f: f.start_time)
+            assert time.monotonic() < deadline, [f.state for f in flow_runs]
+            time.sleep(2)
+
+
+def test_served_deployment_runs_on_trigger_one_at_a_time(tmp_path: Path) -> None:
+    workspace = copy_repo(tmp_path / "workspace")
+    write_params(workspace / "params.yaml", flow_params(**{"train.archs": ["linear"]}))
+    with served(workspace, tmp_path, "--arch", "linear") as (env, url):
+        first, second = run_triggered(env, url, 2)
     log = (tmp_path / "serve.log").read_text()
-    assert all(f.state.is_completed() for f in flow_runs), [f.state for f in flow_runs] + [log[-3000:]]
-    first, second = sorted(flow_runs, key=lambda f: f.start_time)
+    assert first.state.is_completed() and second.state.is_completed(), [
+        first.state,
+        second.state,
+        log[-3000:],
+    ]
     assert second.start_time >= first.end_time  # the second waited for its concurrency slot
     c = tracking.client(f"sqlite:///{workspace / 'mlflow.db'}")
     ids = [e.experiment_id for e in c.search_experiments()]
@@ -89,3 +109,27 @@ def test_served_deployment_runs_on_trigger_one_at_a_time(tmp_path: Path) -> None
     assert len(trained) == 1  # the second run found every stage up to date
     assert trained[0].data.tags["prefect.deployment"] == "nightly"
     assert trained[0].data.tags["prefect.flow_run_id"] == str(first.id)
+
+
+def test_a_run_past_its_timeout_fails_tells_the_webhook_and_the_queued_run_starts(
+    tmp_path: Path, webhook: tuple[str, list[dict]]
+) -> None:
+    url, posted = webhook
+    # Hangs on its first run (past the timeout), succeeds on the next.
+    hangs_once = "if [ -e hung ]; then echo ok > out.txt; else touch hung; exec sleep 600; fi"
+    workspace = dvc_repo(
+        tmp_path / "workspace",
+        {"work": {"cmd": hangs_once, "outs": ["out.txt"]}},
+        flow_params(**{"retrain.timeout_s": 20, "retrain.notify": url}),
+    )
+    with served(workspace, tmp_path) as (env, api):
+        timed_out, queued = run_triggered(env, api, 2, timeout_s=300)
+    log = (tmp_path / "serve.log").read_text()[-3000:]
+    assert (
+        timed_out.state.is_failed() and "longer than retrain.timeout_s (20 s)" in timed_out.state.message
+    ), log
+    assert queued.state.is_completed(), log
+    assert queued.start_time >= timed_out.end_time
+    assert (workspace / "out.txt").read_text() == "ok\n"
+    assert [p["subject"] for p in posted] == [f"Sounding retrain {timed_out.name}: TimedOut"]
+    assert "longer than retrain.timeout_s" in posted[0]["text"]
