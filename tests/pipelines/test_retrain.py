@@ -143,6 +143,23 @@ def test_dvc_decides_what_runs_and_records_it(prefect_harness: None, tmp_path: P
     assert pipeline.retrain(params_path, force=True) == dict.fromkeys(["a", "b@x", "b@y", "c"], "Completed")
 
 
+def test_new_raw_data_reruns_what_reads_it_and_nothing_else(prefect_harness: None, tmp_path: Path) -> None:
+    stages = {
+        "prepare": {"cmd": "cat data/raw/* > prepared.txt", "deps": ["data/raw"], "outs": ["prepared.txt"]},
+        "train": {"cmd": "wc -l < prepared.txt > model.txt", "deps": ["prepared.txt"], "outs": ["model.txt"]},
+        "other": {"cmd": "echo 1 > other.txt", "outs": ["other.txt"]},
+    }
+    root = dvc_repo(tmp_path / "repo", stages)
+    (root / "data" / "raw").mkdir(parents=True)
+    (root / "data" / "raw" / "a.csv").write_text("1\n")
+    params_path = str(root / "params.yaml")
+    assert set(pipeline.retrain(params_path).values()) == {"Completed"}
+    assert pipeline.retrain(params_path) == dict.fromkeys(["prepare", "train", "other"], "Skipped")
+    (root / "data" / "raw" / "b.csv").write_text("2\n")  # as `dvc pull` of a new data/raw version leaves it
+    assert pipeline.retrain(params_path) == {"prepare": "Completed", "train": "Completed", "other": "Skipped"}
+    assert (root / "model.txt").read_text().strip() == "2"
+
+
 def _counted(name: str, then: str) -> str:
     """A command that counts its runs in ``NAME.runs`` (no DVC output), then runs ``then``."""
     return f"echo run >> {name}.runs && {then}"
@@ -218,7 +235,9 @@ def test_a_failed_run_notifies_the_webhook_and_a_run_that_succeeds_publishes_the
 def test_independent_stages_run_side_by_side(prefect_harness: None, tmp_path: Path) -> None:
     timed = "date +%s.%N > {0}.txt && sleep 2 && date +%s.%N >> {0}.txt"
     stages = {name: {"cmd": timed.format(name), "outs": [f"{name}.txt"]} for name in ("a", "b")}
-    root = dvc_repo(tmp_path / "repo", stages, flow_params(**{"compute.workers": 1, "retrain.max_workers": 2}))
+    root = dvc_repo(
+        tmp_path / "repo", stages, flow_params(**{"compute.workers": 1, "retrain.max_workers": 2})
+    )
     assert pipeline.retrain(str(root / "params.yaml")) == {"a": "Completed", "b": "Completed"}
     (a_start, a_end), (b_start, b_end) = (
         map(float, (root / f"{name}.txt").read_text().split()) for name in ("a", "b")
