@@ -21,7 +21,7 @@ import yaml
 
 from pipelines import retrain as pipeline
 from sounding.errors import BadInput
-from tests.conftest import REPO, run_cli, run_dvc, write_params
+from tests.conftest import REPO, SOUNDING, run_cli, run_dvc, write_params
 from tests.pipelines.conftest import dvc_repo, flow_params
 
 
@@ -243,6 +243,32 @@ def test_independent_stages_run_side_by_side(prefect_harness: None, tmp_path: Pa
         map(float, (root / f"{name}.txt").read_text().split()) for name in ("a", "b")
     )
     assert a_start < b_end and b_start < a_end  # each started before the other ended
+
+
+def test_a_flow_killed_mid_stage_leaves_nothing_half_recorded(tmp_path: Path) -> None:
+    stages = {
+        "first": {"cmd": "echo 1 > first.txt", "outs": ["first.txt"]},
+        "slow": {"cmd": "touch started && sleep 6 && echo ok > slow.txt", "deps": ["first.txt"],
+                 "outs": ["slow.txt"]},
+    }  # fmt: skip
+    root = dvc_repo(tmp_path / "repo", stages)
+    env = dict(os.environ, PYTHONWARNINGS="ignore", PREFECT_HOME=str(tmp_path / "prefect"))
+    flow = subprocess.Popen([SOUNDING, "retrain"], cwd=root, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not (root / "started").exists():
+        assert flow.poll() is None and time.monotonic() < deadline
+        time.sleep(0.2)
+    flow.kill()  # SIGKILL: no hook, no cleanup; the stage command, in its own process group, goes on
+    flow.wait()
+    # The rerun waits for the orphaned command (it holds the workspace), then runs `slow` again: DVC never
+    # recorded it.
+    again = subprocess.run([SOUNDING, "retrain"], cwd=root, env=env, capture_output=True, text=True,
+                           timeout=300)  # fmt: skip
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stdout.split() == ["first:", "Skipped", "slow:", "Completed"]
+    assert "Data and pipelines are up to date" in run_dvc("status", cwd=root).stdout
+    assert (root / "slow.txt").read_text() == "ok\n"
 
 
 def test_two_runs_at_once_run_each_stage_once(prefect_harness: None, tmp_path: Path, prefect_log) -> None:
