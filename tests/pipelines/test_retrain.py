@@ -11,6 +11,7 @@ import functools
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import threading
 import time
@@ -254,12 +255,14 @@ def test_a_flow_killed_mid_stage_leaves_nothing_half_recorded(tmp_path: Path) ->
     root = dvc_repo(tmp_path / "repo", stages)
     env = dict(os.environ, PYTHONWARNINGS="ignore", PREFECT_HOME=str(tmp_path / "prefect"))
     flow = subprocess.Popen([SOUNDING, "retrain"], cwd=root, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)  # fmt: skip
+                            stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
     deadline = time.monotonic() + 120
     while not (root / "started").exists():
         assert flow.poll() is None and time.monotonic() < deadline
         time.sleep(0.2)
-    flow.kill()  # SIGKILL: no hook, no cleanup; the stage command, in its own process group, goes on
+    # SIGKILL to the flow's process group (the flow and Prefect's temporary server), as a scheduler stops a
+    # job: no hook, no cleanup. The stage command, in a process group of its own, goes on.
+    os.killpg(flow.pid, signal.SIGKILL)
     flow.wait()
     # The rerun waits for the orphaned command (it holds the workspace), then runs `slow` again: DVC never
     # recorded it.
