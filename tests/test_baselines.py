@@ -56,7 +56,16 @@ def test_both_fit_on_train_and_val_together() -> None:
 
 def test_cli_writes_metrics_and_one_tracked_run_per_baseline(tmp_path: Path, params, prepared: Path) -> None:
     write_params(tmp_path / "params.yaml", params)
-    result = run_cli("baselines", "--data", str(prepared), "--metrics", "out/baselines.json", cwd=tmp_path)
+    result = run_cli(
+        "baselines",
+        "--data",
+        str(prepared),
+        "--metrics",
+        "out/headline.json",
+        "--results",
+        "out/baselines.json",
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "1-NN (Euclidean): test accuracy" in result.stdout
     assert "logistic regression (sklearn): test accuracy" in result.stdout
@@ -71,6 +80,8 @@ def test_cli_writes_metrics_and_one_tracked_run_per_baseline(tmp_path: Path, par
     by_arch = {b["arch"]: b for b in summary["baselines"].values()}
     assert set(by_arch) == {"baseline/logreg", "baseline/1nn"}
     assert all(0.1 < b["test_acc"] <= 1 for b in by_arch.values())  # 10 classes: chance is 0.1
+    headline = json.loads((tmp_path / "out" / "headline.json").read_text())  # DVC's metrics: numbers only
+    assert headline == {k: {"test_acc": round(b["test_acc"], 6)} for k, b in summary["baselines"].items()}
 
     c = tracking.client(params.tracking.uri)
     runs = c.search_runs([c.get_experiment_by_name(params.tracking.experiment).experiment_id])

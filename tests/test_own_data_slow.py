@@ -43,7 +43,7 @@ def test_the_whole_pipeline_runs_on_a_multichannel_ucr_set(tmp_path: Path) -> No
     ]
     assert manifest["classes"] == ["badminton", "running", "standing", "walking"]
     for arch in params.train.archs:
-        metrics = json.loads((root / "metrics" / f"{arch}.json").read_text())
+        metrics = json.loads((root / "results" / f"{arch}.json").read_text())
         assert metrics["select"] == "min_train_loss" and metrics["adopted"] == "skipped", arch
     board = (root / "reports/leaderboard.md").read_text()
     assert "| fcn |" in board and "| classical: 1-NN (Euclidean) |" in board

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -40,16 +41,33 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
             }
         ),
     )
-    result = run_dvc("repro", cwd=root)
-    assert result.returncode == 0, result.stdout + result.stderr
-    (root.parent / "repro.log").write_text(result.stdout + result.stderr)
+    # Every Python process of every stage lists what it imports on stderr (PYTHONPROFILEIMPORTTIME), in
+    # one stream with DVC's "Running stage" lines: which package modules each stage's code used.
+    env = dict(os.environ, PATH=f"{BIN}:{os.environ['PATH']}", PYTHONPROFILEIMPORTTIME="1")
+    result = subprocess.run(
+        [f"{BIN}/dvc", "repro"],
+        cwd=root,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    log = result.stdout
+    (root.parent / "imports.log").write_text(log)
+    assert result.returncode == 0, "\n".join(line for line in log.splitlines() if "import time:" not in line)
+    (root.parent / "repro.log").write_text(
+        "\n".join(line for line in log.splitlines() if not line.startswith("import time:"))
+    )
     return root
 
 
 def test_repro_writes_every_output(repo: Path) -> None:
     for arch in ("linear", "mlp", "cnn", "rnn", "fcn"):
-        metrics = json.loads((repo / "metrics" / f"{arch}.json").read_text())
+        metrics = json.loads((repo / "results" / f"{arch}.json").read_text())
         assert len(metrics["seeds"]) == 2 and 0 <= metrics["test_acc"] <= 1
+        headline = json.loads((repo / "metrics" / f"{arch}.json").read_text())
+        assert headline == {k: round(metrics[k], 6) for k in ("test_acc", "test_acc_std", "test_f1_macro",
+                                                                "train_time_s")}  # fmt: skip
         for name in ("model.ckpt", "model.safetensors", "config.json"):
             assert (repo / "models" / arch / name).is_file()
         assert (repo / "plots" / arch / "learning_curve.csv").read_text().startswith("epoch,train_loss")
@@ -63,7 +81,7 @@ def test_repro_writes_every_output(repo: Path) -> None:
     for label in ("1-NN (Euclidean)", "logistic regression (sklearn)"):
         assert f"| classical: {label} |" in board
     assert "**Best network: " in board and "the better classical baseline" in board
-    baselines = json.loads((repo / "metrics" / "baselines.json").read_text())
+    baselines = json.loads((repo / "results" / "baselines.json").read_text())
     sha = json.loads((repo / "data" / "prepared" / "manifest.json").read_text())["sha256"]
     assert baselines["data_sha256"] == sha and set(baselines["baselines"]) == {"logreg", "1nn"}
     assert (repo / "models" / "gan" / "generator.safetensors").is_file()
@@ -75,6 +93,63 @@ def test_the_pipeline_log_holds_no_library_noise(repo: Path) -> None:
     # A library's warning names its file: ".../site-packages/lightning/...py:68: You passed in ...".
     for noise in ("INFO mlflow", "Downloading artifacts", "Warning:", "site-packages/", "Traceback"):
         assert noise not in log, noise
+
+
+NOT_RESULTS = {
+    "src/sounding/__init__.py": "the version, and telemetry turned off",
+    "src/sounding/cli.py": "the command line; each stage's options are in its cmd",
+    "src/sounding/errors.py": "exception classes",
+    "src/sounding/repro.py": "the workspace lock",
+}
+"""Package modules a stage imports that shape none of its outputs, so they are not its deps."""
+STARTED_BY = {"src/sounding/tracking.py": ["src/sounding/tracking_writer.py"]}
+"""Modules run as a process (``python -m``) by a module, which the import log does not list."""
+
+
+def imported_modules(log: str) -> dict[str, set[str]]:
+    """The package files each stage imported (its processes and their workers), from a ``dvc repro`` log
+    with PYTHONPROFILEIMPORTTIME's lines."""
+    src = Path(__file__).parents[1] / "src"
+    used: dict[str, set[str]] = {}
+    stage = None
+    for line in log.splitlines():
+        if started := re.match(r"Running stage '(.+)':", line):
+            stage = started[1]
+        elif (module := re.match(r"import time:.*\|\s*(sounding(\.\w+)*)\s*$", line)) and stage:
+            base = src.joinpath(*module[1].split("."))
+            path = base.with_suffix(".py") if base.with_suffix(".py").is_file() else base / "__init__.py"
+            path = path.relative_to(src.parent).as_posix()
+            used.setdefault(stage, set()).update([path, *STARTED_BY.get(path, [])])
+    return used
+
+
+def stage_deps(root: Path) -> dict[str, list[str]]:
+    """Each stage's deps in ``root``'s dvc.yaml, ``foreach`` stages expanded as DVC names them."""
+    from dvc.repo import Repo
+
+    with Repo(str(root)) as dvc:
+        return {s.addressing: [d.def_path for d in s.deps] for s in dvc.index.stages}
+
+
+def uncovered(used: dict[str, set[str]], deps: dict[str, list[str]]) -> list[str]:
+    """``STAGE: FILE`` for each package file a stage imported that none of its deps covers."""
+    return [
+        f"{stage}: {path}"
+        for stage, paths in sorted(used.items())
+        for path in sorted(paths)
+        if path not in NOT_RESULTS
+        and not any(path == dep or path.startswith(dep.rstrip("/") + "/") for dep in deps[stage])
+    ]
+
+
+def test_each_stage_depends_on_the_package_modules_it_imports(repo: Path) -> None:
+    used = imported_modules((repo.parent / "imports.log").read_text())
+    deps = stage_deps(repo)
+    assert {"prepare", "train@cnn", "register", "report"} <= set(used)
+    assert uncovered(used, deps) == []
+    # The check bites: without one of its modules in deps, a stage is reported.
+    deps["train@cnn"] = [d for d in deps["train@cnn"] if d != "src/sounding/training.py"]
+    assert uncovered(used, deps) == ["train@cnn: src/sounding/training.py"]
 
 
 def test_second_repro_is_a_noop(repo: Path) -> None:
@@ -117,7 +192,7 @@ def test_registered_pyfunc_loads_without_pickle_and_predicts(repo: Path) -> None
     import numpy as np
 
     client = tracking.client(f"sqlite:///{repo / 'mlflow.db'}")
-    run_id = json.loads((repo / "metrics" / "cnn.json").read_text())["seeds"][0]["run_id"]
+    run_id = json.loads((repo / "results" / "cnn.json").read_text())["seeds"][0]["run_id"]
     models = client.search_logged_models(experiment_ids=[client.get_run(run_id).info.experiment_id])
     model = next(m for m in models if m.source_run_id == run_id)
     mlflow.set_tracking_uri(f"sqlite:///{repo / 'mlflow.db'}")
@@ -176,8 +251,8 @@ def test_kill_9_mid_training_resumes_the_same_run_without_losing_an_epoch(
     run_id = json.loads((ckpt.parent / "run.json").read_text())["run_id"]
 
     run_cli("train", "rnn", "--params", str(params), "-q", cwd=killed_dir, check=True)
-    resumed = json.loads((killed_dir / "metrics" / "rnn.json").read_text())["seeds"][0]
-    straight = json.loads((straight_dir / "metrics" / "rnn.json").read_text())["seeds"][0]
+    resumed = json.loads((killed_dir / "results" / "rnn.json").read_text())["seeds"][0]
+    straight = json.loads((straight_dir / "results" / "rnn.json").read_text())["seeds"][0]
     assert resumed["run_id"] == run_id
     uri = f"sqlite:///{killed_dir / 'mlflow.db'}"
     assert tracking.logged_steps(uri, run_id, "epoch") == list(range(epochs))  # contiguous, none repeated

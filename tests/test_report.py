@@ -116,8 +116,8 @@ def test_baselines_of_other_data_are_refused(tmp_path: Path) -> None:
 def test_report_command_prints_the_leaderboard_with_the_baselines(tmp_path: Path) -> None:
     write_params(tmp_path / "params.yaml", tiny_params())
     for m in (net("linear", 0.31), net("mlp", 0.66), net("cnn", 0.92), net("rnn", 0.88), net("fcn", 0.9)):
-        write_json(tmp_path / "metrics" / f"{m['arch']}.json", m)
-    write_json(tmp_path / "metrics" / "baselines.json", classical(0.32, 0.57))
+        write_json(tmp_path / "results" / f"{m['arch']}.json", m)
+    write_json(tmp_path / "results" / "baselines.json", classical(0.32, 0.57))
     result = run_cli("report", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "| classical: 1-NN (Euclidean) |" in result.stdout and "**Best network: cnn**" in result.stdout

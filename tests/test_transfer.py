@@ -343,8 +343,8 @@ def test_stage_writes_metrics_plots_runs_and_is_deterministic(prepared: Path, tm
 
 def test_cli_refuses_a_bad_source_before_any_work(prepared: Path, tmp_path: Path) -> None:
     write_params(tmp_path / "params.yaml", _with_source(str(tmp_path / "missing.safetensors")))
-    (tmp_path / "metrics").mkdir()
-    (tmp_path / "metrics" / "transfer.json").write_text("{}")
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "transfer.json").write_text("{}")
     result = run_cli("transfer", "--params", "params.yaml", "--data", str(prepared), cwd=tmp_path)
     assert result.returncode == 2 and "missing.safetensors not found" in result.stderr
     result = run_cli(
@@ -358,7 +358,7 @@ def test_cli_refuses_a_bad_source_before_any_work(prepared: Path, tmp_path: Path
         cwd=tmp_path,
     )
     assert result.returncode == 2 and "run `sounding pretrain` first" in result.stderr
-    assert (tmp_path / "metrics" / "transfer.json").read_text() == "{}"
+    assert (tmp_path / "results" / "transfer.json").read_text() == "{}"
     assert not (tmp_path / "plots").exists()
 
 
@@ -381,7 +381,7 @@ def test_cli_pretrain_transfer_and_leaderboard(tmp_path: Path) -> None:
     for arch in ("cnn", "mlp"):
         assert (tmp_path / "models" / "pretrained" / arch / "model.safetensors").is_file()
         assert (tmp_path / "plots" / "transfer" / f"{arch}.csv").is_file()
-    summary = json.loads((tmp_path / "metrics" / "transfer.json").read_text())
+    summary = json.loads((tmp_path / "results" / "transfer.json").read_text())
     assert list(summary["labels"]) == ["0.01", "0.05", "0.2", "1"] and summary["seeds"] == [42, 43]
     board = (tmp_path / "reports" / "leaderboard.md").read_text()
     section = board.split("## Transfer")[1]

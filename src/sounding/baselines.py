@@ -119,9 +119,9 @@ def _estimator_params(model: Any) -> dict[str, Any]:
     return {k: v for k, v in estimator.get_params().items() if k in keep}
 
 
-def run_baselines(params: Params, data_dir: str | Path, metrics_path: str | Path) -> dict[str, Any]:
+def run_baselines(params: Params, data_dir: str | Path, results_path: str | Path) -> dict[str, Any]:
     """Stage ``baselines``: ``evaluate`` on the verified prepared data, one MLflow run per baseline in the
-    tracking experiment (beside the networks' runs, tagged like them), then ``metrics_path``."""
+    tracking experiment (beside the networks' runs, tagged like them), then ``results_path``."""
     data = load_prepared(data_dir)
     results = evaluate(data, params.seed, params.compute.threads)
     n_fit = len(data.train.y) + len(data.val.y)
@@ -142,5 +142,5 @@ def run_baselines(params: Params, data_dir: str | Path, metrics_path: str | Path
         "data_sha256": data.sha256,
         "baselines": results,
     }
-    write_json(metrics_path, summary)
+    write_json(results_path, summary)
     return summary

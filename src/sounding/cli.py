@@ -16,6 +16,7 @@ import typer
 
 from sounding.config import ARCHS, Params, load_params
 from sounding.errors import BadInput, ServiceUnavailable
+from sounding.files import write_json
 
 app = typer.Typer(
     help="Sounding: train, tune, compare and ship neural-network architectures reproducibly.",
@@ -29,6 +30,8 @@ SetOpt = Annotated[
     list[str] | None, typer.Option("--set", "-S", help="Override a parameter: key.path=value.")
 ]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
+HEADLINE = "Headline metrics JSON (DVC's metrics file: a few numbers)."
+RESULTS = "Full results JSON (per seed, run ids, hashes), read by report and register."
 
 
 def _params(path: Path, overrides: list[str] | None, tracked: bool = True) -> Params:
@@ -104,7 +107,10 @@ def train(
     arch: Annotated[str, typer.Argument(help=f"Architecture: {', '.join(ARCHS)}.")],
     data: Annotated[Path, typer.Option(help="Prepared data folder.")] = Path("data/prepared"),
     model_dir: Annotated[Path | None, typer.Option(help="Model output folder [models/ARCH].")] = None,
-    metrics: Annotated[Path | None, typer.Option(help="Metrics JSON [metrics/ARCH.json].")] = None,
+    metrics: Annotated[
+        Path | None, typer.Option(help="Headline metrics JSON, DVC's [metrics/ARCH.json].")
+    ] = None,
+    results: Annotated[Path | None, typer.Option(help="Full results JSON [results/ARCH.json].")] = None,
     plots: Annotated[Path | None, typer.Option(help="Plots folder [plots/ARCH].")] = None,
     seeds: Annotated[int | None, typer.Option(help="Number of seeds (overrides train.n_seeds).")] = None,
     tuned: Annotated[
@@ -119,18 +125,20 @@ def train(
     _check_arch(arch)
     extra = [f"train.n_seeds={seeds}"] if seeds is not None else []
     params = _params(params_path, (overrides or []) + extra)
-    from sounding import stages
+    from sounding import headline, stages
 
     result = stages.train_architecture(
         params,
         arch,
         data,
         model_dir or Path("models") / arch,
-        metrics or Path("metrics") / f"{arch}.json",
+        results or Path("results") / f"{arch}.json",
         plots or Path("plots") / arch,
         progress=not quiet,
         tuned=tuned,
     )
+    if result["rank"] == 0:
+        write_json(metrics or Path("metrics") / f"{arch}.json", headline.train(result))
     applied = ", ".join(f"{k}={v:.3g}" for k, v in result["tuned"].items())
     # Under several processes every rank reports the metrics it holds (synchronised: they must agree).
     rank = f"[rank {result['rank']}/{result['processes']}] " if result["processes"] > 1 else ""
@@ -151,7 +159,8 @@ def train(
 @app.command()
 def baselines(
     data: Annotated[Path, typer.Option(help="Prepared data folder.")] = Path("data/prepared"),
-    metrics: Annotated[Path, typer.Option(help="Metrics JSON.")] = Path("metrics/baselines.json"),
+    metrics: Annotated[Path, typer.Option(help=HEADLINE)] = Path("metrics/baselines.json"),
+    results: Annotated[Path, typer.Option(help=RESULTS)] = Path("results/baselines.json"),
     params_path: ParamsOpt = Path("params.yaml"),
     overrides: SetOpt = None,
 ) -> None:
@@ -159,9 +168,11 @@ def baselines(
     scored on test, tracked in MLflow."""
     _hold("sounding baselines")
     params = _params(params_path, overrides)
+    from sounding import headline
     from sounding.baselines import run_baselines
 
-    summary = run_baselines(params, data, metrics)
+    summary = run_baselines(params, data, results)
+    write_json(metrics, headline.baselines(summary))
     for r in summary["baselines"].values():
         typer.echo(
             f"{r['label']}: test accuracy {r['test_acc']:.4f}, macro-F1 {r['test_f1_macro']:.4f}, "
@@ -222,7 +233,8 @@ def tune(
 @app.command()
 def depth(
     data: Annotated[Path, typer.Option(help="Prepared data folder.")] = Path("data/prepared"),
-    metrics: Annotated[Path, typer.Option(help="Metrics JSON.")] = Path("metrics/depth.json"),
+    metrics: Annotated[Path, typer.Option(help=HEADLINE)] = Path("metrics/depth.json"),
+    results: Annotated[Path, typer.Option(help=RESULTS)] = Path("results/depth.json"),
     plots: Annotated[Path, typer.Option(help="Plots folder.")] = Path("plots/depth"),
     params_path: ParamsOpt = Path("params.yaml"),
     overrides: SetOpt = None,
@@ -231,9 +243,11 @@ def depth(
     """Depth study: MLPs over depth × residual × init × clipping; gradient heatmaps and accuracy vs depth."""
     _hold("sounding depth")
     params = _params(params_path, overrides)
+    from sounding import headline
     from sounding.depth import run_depth_study
 
-    summary = run_depth_study(params, data, metrics, plots, progress=not quiet)
+    summary = run_depth_study(params, data, results, plots, progress=not quiet)
+    write_json(metrics, headline.depth(summary))
     typer.echo(
         f"depth study: {len(summary['configs'])} configurations, {summary['n_diverged']} diverged; "
         f"see {plots}/accuracy_vs_depth.png"
@@ -245,7 +259,8 @@ def gan(
     data: Annotated[Path, typer.Option(help="Prepared data folder.")] = Path("data/prepared"),
     judge: Annotated[Path, typer.Option(help="Trained CNN folder used as the judge.")] = Path("models/cnn"),
     model_dir: Annotated[Path, typer.Option(help="Generator output folder.")] = Path("models/gan"),
-    metrics: Annotated[Path, typer.Option(help="Metrics JSON.")] = Path("metrics/gan.json"),
+    metrics: Annotated[Path, typer.Option(help=HEADLINE)] = Path("metrics/gan.json"),
+    results: Annotated[Path, typer.Option(help=RESULTS)] = Path("results/gan.json"),
     plots: Annotated[Path, typer.Option(help="Plots folder.")] = Path("plots/gan"),
     params_path: ParamsOpt = Path("params.yaml"),
     overrides: SetOpt = None,
@@ -254,9 +269,11 @@ def gan(
     """Train the class-conditional GAN and measure its samples with the trained CNN as judge."""
     _hold("sounding gan")
     params = _params(params_path, overrides)
+    from sounding import headline
     from sounding.generative import train_gan
 
-    s = train_gan(params, data, judge, model_dir, metrics, plots, progress=not quiet)
+    s = train_gan(params, data, judge, model_dir, results, plots, progress=not quiet)
+    write_json(metrics, headline.gan(s))
     if "skipped" in s:
         typer.echo(f"gan: skipped: {s['skipped']}")
         return
@@ -274,8 +291,8 @@ def pretrain(
     model_dir: Annotated[Path, typer.Option(help="Pretrained models, one folder per architecture.")] = Path(
         "models/pretrained"
     ),
-    metrics: Annotated[Path, typer.Option(help="Folder of ARCH.json source-test metrics.")] = Path(
-        "metrics/pretrain"
+    results: Annotated[Path, typer.Option(help="Folder of ARCH.json source-test results.")] = Path(
+        "results/pretrain"
     ),
     plots: Annotated[Path, typer.Option(help="Plots folder.")] = Path("plots/pretrain"),
     params_path: ParamsOpt = Path("params.yaml"),
@@ -287,8 +304,8 @@ def pretrain(
     params = _params(params_path, overrides)
     from sounding.transfer import pretrain as run_pretrain
 
-    results = run_pretrain(params, data, model_dir, metrics, plots, progress=not quiet)
-    for arch, m in results.items():
+    pretrained = run_pretrain(params, data, model_dir, results, plots, progress=not quiet)
+    for arch, m in pretrained.items():
         typer.echo(
             f"pretrained {arch}: source test accuracy {m['test_acc']:.4f}, model in {model_dir / arch}"
         )
@@ -300,7 +317,8 @@ def transfer(
     pretrained: Annotated[
         Path, typer.Option(help="Models of `sounding pretrain` (transfer.source: pretrain).")
     ] = Path("models/pretrained"),
-    metrics: Annotated[Path, typer.Option(help="Metrics JSON.")] = Path("metrics/transfer.json"),
+    metrics: Annotated[Path, typer.Option(help=HEADLINE)] = Path("metrics/transfer.json"),
+    results: Annotated[Path, typer.Option(help=RESULTS)] = Path("results/transfer.json"),
     plots: Annotated[Path, typer.Option(help="Plots folder.")] = Path("plots/transfer"),
     params_path: ParamsOpt = Path("params.yaml"),
     overrides: SetOpt = None,
@@ -309,9 +327,11 @@ def transfer(
     """Scratch vs linear probe vs fine-tuning of a pretrained backbone, at each label budget, over seeds."""
     _hold("sounding transfer")
     params = _params(params_path, overrides)
+    from sounding import headline
     from sounding.transfer import run_transfer
 
-    s = run_transfer(params, data, pretrained, metrics, plots, progress=not quiet)
+    s = run_transfer(params, data, pretrained, results, plots, progress=not quiet)
+    write_json(metrics, headline.transfer(s))
     for arch, why in s["skipped"].items():
         typer.echo(f"transfer {arch}: skipped, the pretrained network does not fit this data: {why}")
     if not s["results"]:
@@ -322,12 +342,14 @@ def transfer(
             f"{name} {by_strategy[name][smallest]['gain']:+.3f}" for name in ("linear_probe", "finetune")
         )
         typer.echo(f"{arch}: gain over scratch at budget {smallest}: {gains}")
-    typer.echo(f"transfer: {s['wall_time_s']:.0f} s; see {plots}/accuracy_vs_budget.png and {metrics}")
+    typer.echo(f"transfer: {s['wall_time_s']:.0f} s; see {plots}/accuracy_vs_budget.png and {results}")
 
 
 @app.command()
 def register(
-    metrics: Annotated[Path, typer.Option(help="Folder of metrics/ARCH.json files.")] = Path("metrics"),
+    results: Annotated[Path, typer.Option(help="Folder of the training stages' results/ARCH.json.")] = Path(
+        "results"
+    ),
     data: Annotated[Path, typer.Option(help="Prepared data folder (its test set judges).")] = Path(
         "data/prepared"
     ),
@@ -340,7 +362,7 @@ def register(
     params = _params(params_path, overrides)
     from sounding.registry import register_all
 
-    report = register_all(params, metrics, data, out)
+    report = register_all(params, results, data, out)
     for d in report["decisions"]:
         against = (
             f" vs v{d['champion_version']} ({d['champion_accuracy']:.4f}, p={d['mcnemar_p']:.3g})"
@@ -385,7 +407,9 @@ def predict(
 
 @app.command()
 def report(
-    metrics: Annotated[Path, typer.Option(help="Folder of metrics/ARCH.json files.")] = Path("metrics"),
+    results: Annotated[Path, typer.Option(help="Folder of the stages' results JSON files.")] = Path(
+        "results"
+    ),
     out: Annotated[Path, typer.Option(help="Report folder.")] = Path("reports"),
     params_path: ParamsOpt = Path("params.yaml"),
     overrides: SetOpt = None,
@@ -395,7 +419,7 @@ def report(
     params = _params(params_path, overrides, tracked=False)
     from sounding.report import write_report
 
-    path = write_report(metrics, params.train.archs, params.data.source, out)
+    path = write_report(results, params.train.archs, params.data.source, out)
     typer.echo(path.read_text())
 
 

@@ -81,13 +81,13 @@ def first_last_ratio(norms: dict[str, float]) -> float | None:
 def run_depth_study(
     params: Params,
     data_dir: str | Path,
-    metrics_path: str | Path,
+    results_path: str | Path,
     plots_dir: str | Path,
     checkpoints: str | Path = "checkpoints",
     progress: bool = True,
 ) -> dict[str, Any]:
     """Stage ``depth``: train every configuration of the grid (side by side in ``compute.workers``
-    processes), write ``metrics_path`` and ``plots_dir``."""
+    processes), write ``results_path`` and ``plots_dir``."""
     from tqdm.auto import tqdm
 
     from sounding import parallel, plots, tracking
@@ -109,7 +109,7 @@ def run_depth_study(
     plots.depth_summary(rows, plots_dir / "accuracy_vs_depth.png")
     plots.depth_ratio_summary(rows, plots_dir / "init_gradient_ratio.png")
     summary = {"configs": rows, "n_diverged": sum(r["diverged"] for r in rows)}
-    write_json(metrics_path, summary)
+    write_json(results_path, summary)
     return summary
 
 

@@ -103,7 +103,7 @@ def train_gan(
     data_dir: str | Path,
     judge_dir: str | Path,
     model_dir: str | Path,
-    metrics_path: str | Path,
+    results_path: str | Path,
     plots_dir: str | Path,
     checkpoints: str | Path = "checkpoints",
     progress: bool = True,
@@ -130,7 +130,7 @@ def train_gan(
         summary = {"skipped": reason, "data_sha256": data.sha256}
         write_text(Path(model_dir) / "SKIPPED.txt", reason + "\n")  # the stage's outputs exist for DVC
         Path(plots_dir).mkdir(parents=True, exist_ok=True)
-        write_json(metrics_path, summary)
+        write_json(results_path, summary)
         return summary
     judge_net, judge_config = load_net(Path(judge_dir) / "model.safetensors", Path(judge_dir) / "config.json")
     if tuple(judge_config["input_shape"]) != data.spec.input_shape:
@@ -253,5 +253,5 @@ def train_gan(
                 "length": data.spec.input_shape[0],
             },
         )
-    write_json(metrics_path, summary)
+    write_json(results_path, summary)
     return summary

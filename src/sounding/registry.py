@@ -140,7 +140,7 @@ def register_and_gate(
 
 
 def register_all(
-    params: Params, metrics_dir: str | Path, data_dir: str | Path, out: str | Path
+    params: Params, results_dir: str | Path, data_dir: str | Path, out: str | Path
 ) -> dict[str, Any]:
     """Stage ``register``: gate every trained architecture, then the best of them as ``PREFIX-best``."""
     from sounding.data.prepare import load_prepared
@@ -150,7 +150,7 @@ def register_all(
     decisions = []
     candidates = []
     for arch in params.train.archs:
-        path = Path(metrics_dir) / f"{arch}.json"
+        path = Path(results_dir) / f"{arch}.json"
         if not path.is_file():
             raise BadInput(f"{path} not found: run `sounding train {arch}` first")
         metrics = json.loads(path.read_text())

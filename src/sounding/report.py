@@ -14,20 +14,20 @@ PUBLISHED_MNIST1D = {"linear": 0.32, "mlp": 0.68, "cnn": 0.94, "rnn": 0.91, "bas
 logistic regression is the ``linear`` network and scikit-learn's ``baseline/logreg`` alike)."""
 
 
-def load_metrics(metrics_dir: str | Path, archs: list[str]) -> list[dict]:
+def load_results(results_dir: str | Path, archs: list[str]) -> list[dict]:
     rows = []
     for arch in archs:
-        path = Path(metrics_dir) / f"{arch}.json"
+        path = Path(results_dir) / f"{arch}.json"
         if not path.is_file():
             raise BadInput(f"{path} not found: run `sounding train {arch}` first")
         rows.append(json.loads(path.read_text()))
     return rows
 
 
-def load_baselines(metrics_dir: str | Path, rows: list[dict]) -> dict:
-    """``metrics_dir/baselines.json``, checked to be of the data the networks of ``rows`` were tested on
+def load_baselines(results_dir: str | Path, rows: list[dict]) -> dict:
+    """``results_dir/baselines.json``, checked to be of the data the networks of ``rows`` were tested on
     (a comparison across two datasets would mean nothing)."""
-    path = Path(metrics_dir) / "baselines.json"
+    path = Path(results_dir) / "baselines.json"
     if not path.is_file():
         raise BadInput(f"{path} not found: run `sounding baselines` first (the classical baselines)")
     baselines = json.loads(path.read_text())
@@ -228,14 +228,14 @@ def transfer_section(transfer: dict) -> str:
     return "\n".join(lines)
 
 
-def write_report(metrics_dir: str | Path, archs: list[str], source: str, out_dir: str | Path) -> Path:
-    """Stage ``report``: ``out_dir/leaderboard.md`` and ``leaderboard.png``, from ``metrics_dir/ARCH.json``
-    of each of ``archs`` and ``metrics_dir/baselines.json`` (both required), plus the GAN, depth and
+def write_report(results_dir: str | Path, archs: list[str], source: str, out_dir: str | Path) -> Path:
+    """Stage ``report``: ``out_dir/leaderboard.md`` and ``leaderboard.png``, from ``results_dir/ARCH.json``
+    of each of ``archs`` and ``results_dir/baselines.json`` (both required), plus the GAN, depth and
     transfer sections when their metrics exist."""
     from sounding import plots
 
-    rows = load_metrics(metrics_dir, archs)
-    baselines = load_baselines(metrics_dir, rows)
+    rows = load_results(results_dir, archs)
+    baselines = load_baselines(results_dir, rows)
     classical = list(baselines["baselines"].values())
     out_dir = Path(out_dir)
     # The classical bars carry their kind in their label: plots.py stays as it is, since every training
@@ -254,7 +254,7 @@ def write_report(metrics_dir: str | Path, archs: list[str], source: str, out_dir
     )
     text = leaderboard(rows, source, baselines)
     for name, section in (("gan", gan_section), ("depth", depth_section), ("transfer", transfer_section)):
-        path = Path(metrics_dir) / f"{name}.json"
+        path = Path(results_dir) / f"{name}.json"
         if path.is_file():
             study = json.loads(path.read_text())
             skipped = study.get("skipped") and not study.get("results")

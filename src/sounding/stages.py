@@ -34,7 +34,7 @@ def train_architecture(
     arch: str,
     data_dir: str | Path,
     model_dir: str | Path,
-    metrics_path: str | Path,
+    results_path: str | Path,
     plots_dir: str | Path,
     checkpoints: str | Path = "checkpoints",
     progress: bool = True,
@@ -44,7 +44,7 @@ def train_architecture(
     """Stage ``train@ARCH``: train every seed, evaluate on test, write model, metrics and plots.
 
     ``model_dir`` gets the first seed's model (``model.ckpt``, ``model.safetensors``, ``config.json``);
-    ``metrics_path`` the test metrics as mean ± std over seeds; ``plots_dir`` learning-curve and
+    ``results_path`` the test metrics as mean ± std over seeds; ``plots_dir`` learning-curve and
     confusion-matrix CSVs for ``dvc plots`` plus PNGs. Each seed is one MLflow run ``ARCH-seedN`` tagged
     with ``stage`` (the ``pretrain`` stage trains through here too). ``tuned`` is a ``sounding tune``
     result (``best.json``) whose values replace those of params. The seeds train side by side in
@@ -135,7 +135,7 @@ def train_architecture(
         "seeds": per_seed,
     }
     if rank == 0:
-        write_json(metrics_path, metrics)
+        write_json(results_path, metrics)
     return {**metrics, "rank": rank}
 
 

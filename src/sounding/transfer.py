@@ -87,7 +87,7 @@ def pretrain(
     params: Params,
     data_dir: str | Path,
     model_dir: str | Path,
-    metrics_dir: str | Path,
+    results_dir: str | Path,
     plots_dir: str | Path,
     progress: bool = True,
 ) -> dict[str, dict]:
@@ -103,7 +103,7 @@ def pretrain(
             arch,
             data_dir,
             Path(model_dir) / arch,
-            Path(metrics_dir) / f"{arch}.json",
+            Path(results_dir) / f"{arch}.json",
             Path(plots_dir) / arch,
             progress=progress,
             stage="pretrain",
@@ -347,7 +347,7 @@ def run_transfer(
     params: Params,
     data_dir: str | Path,
     pretrained_dir: str | Path,
-    metrics_path: str | Path,
+    results_path: str | Path,
     plots_dir: str | Path,
     progress: bool = True,
 ) -> dict[str, Any]:
@@ -379,7 +379,7 @@ def run_transfer(
             skipped[arch] = str(exc)
     if not backbones:
         summary = {"source": t.source, "skipped": skipped, "data_sha256": data.sha256, "results": {}}
-        write_json(metrics_path, summary)
+        write_json(results_path, summary)
         Path(plots_dir).mkdir(parents=True, exist_ok=True)  # a DVC out
         return summary
     torch.set_num_threads(params.compute.threads)
@@ -452,7 +452,7 @@ def run_transfer(
             "gains": gains,
             "wall_time_s": round(time.perf_counter() - start, 1),
         }
-        write_json(metrics_path, summary)
+        write_json(results_path, summary)
         uri = params.tracking.uri
         smallest = f"{budgets[0]:g}"
         tracking.log_metrics(
@@ -480,7 +480,7 @@ def run_transfer(
             step=0,
         )
         tracking.log_artifacts(uri, parent, pngs, "plots")
-        tracking.log_artifacts(uri, parent, [Path(metrics_path)], "metrics")
+        tracking.log_artifacts(uri, parent, [Path(results_path)], "results")
     return summary
 
 
