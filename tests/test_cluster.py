@@ -237,7 +237,7 @@ def test_torchrun_ddp_of_the_cli_trains_to_the_end_with_one_run_one_checkpoint_a
     assert sorted(ranks) == [0, 1] and ranks[0] == ranks[1], ranks  # every metric agrees across ranks
     assert "resumed after 0 epoch(s)" in ranks[0][1]
 
-    metrics = json.loads((root / "metrics/cnn.json").read_text())
+    metrics = json.loads((root / "results/cnn.json").read_text())
     assert metrics["processes"] == 2 and metrics["epochs"] == 3 and metrics["seeds"][0]["epochs"] == 3
     seed = metrics["seeds"][0]
     assert f"test/acc {seed['test/acc']:.6g}, test/loss {seed['test/loss']:.6g}" in ranks[1][1]
@@ -301,7 +301,7 @@ def test_a_killed_ddp_run_resumes_from_its_checkpoint_in_the_same_mlflow_run(tmp
     assert run.info.status == "FINISHED"
     steps = [m.step for m in client.get_metric_history(run.info.run_id, "val/acc")]
     assert sorted(steps) == list(range(epochs)), steps  # every epoch logged exactly once
-    assert json.loads((root / "metrics/cnn.json").read_text())["seeds"][0]["epochs"] == epochs
+    assert json.loads((root / "results/cnn.json").read_text())["seeds"][0]["epochs"] == epochs
 
 
 @pytest.mark.slow

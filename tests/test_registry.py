@@ -42,9 +42,9 @@ def test_gate_needs_margin_and_significance(params: Params) -> None:
 def _train_and_register(params: Params, prepared: Path, tmp: Path, **overrides: object) -> dict:
     p = params.with_overrides({"train.archs": ["mlp"], **overrides})
     stages.train_architecture(
-        p, "mlp", prepared, tmp / "models/mlp", tmp / "metrics/mlp.json", tmp / "plots/mlp", progress=False
+        p, "mlp", prepared, tmp / "models/mlp", tmp / "results/mlp.json", tmp / "plots/mlp", progress=False
     )
-    return register_all(p, tmp / "metrics", prepared, tmp / "reports/promotion.json")
+    return register_all(p, tmp / "results", prepared, tmp / "reports/promotion.json")
 
 
 def _champion(params: Params, name: str) -> int:
@@ -264,7 +264,7 @@ def test_predict_refuses_spoilt_weights_naming_the_model(
     np.savez(tmp_path / "x.npz", x=np.load(prepared / "test.npz")["x"][:50])
     stored = sorted((tmp_path / "mlruns").rglob("model.safetensors"))  # the store's copies
     assert stored, sorted(str(p) for p in tmp_path.rglob("*.safetensors"))
-    logged = json.loads((tmp_path / "metrics" / "mlp.json").read_text())["model_uri"]
+    logged = json.loads((tmp_path / "results" / "mlp.json").read_text())["model_uri"]
     for how, message in (("nan", "weights are NaN or infinite"), ("truncate", "not a readable")):
         for weights in stored:
             _spoil(weights, how)
@@ -287,7 +287,7 @@ def test_registering_an_unchanged_model_again_adds_no_version(
     first = _train_and_register(params, prepared, tmp_path)
     again = register_all(
         params.with_overrides({"train.archs": ["mlp"]}),
-        tmp_path / "metrics",
+        tmp_path / "results",
         prepared,
         tmp_path / "again.json",
     )

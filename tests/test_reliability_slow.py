@@ -53,7 +53,7 @@ def test_repeated_kill_9_never_leaves_a_torn_checkpoint_and_training_still_compl
     run_id = json.loads((ckpt.parent / "run.json").read_text())["run_id"]
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     assert tracking.logged_steps(uri, run_id, "epoch") == list(range(epochs))  # no epoch lost or repeated
-    assert json.loads((tmp_path / "metrics" / "mlp.json").read_text())["seeds"][0]["run_id"] == run_id
+    assert json.loads((tmp_path / "results" / "mlp.json").read_text())["seeds"][0]["run_id"] == run_id
     figures["faults injected"] += kills
     figures["runs checked"] += 1
 

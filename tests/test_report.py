@@ -15,7 +15,7 @@ SHA = "a" * 64
 
 
 def net(arch: str, acc: float, std: float = 0.01, seeds: int = 3) -> dict:
-    """A metrics/ARCH.json as ``sounding train`` writes it (the fields the leaderboard reads)."""
+    """A results/ARCH.json as ``sounding train`` writes it (the fields the leaderboard reads)."""
     return {
         "arch": arch,
         "test_acc": acc,
@@ -32,7 +32,7 @@ def net(arch: str, acc: float, std: float = 0.01, seeds: int = 3) -> dict:
 
 
 def classical(logreg: float, nn: float, sha: str = SHA) -> dict:
-    """A metrics/baselines.json as ``sounding baselines`` writes it."""
+    """A results/baselines.json as ``sounding baselines`` writes it."""
 
     def row(name: str, label: str, acc: float, n_params: int) -> dict:
         return {"arch": f"baseline/{name}", "label": label, "test_acc": acc, "test_f1_macro": acc - 0.02,
@@ -53,10 +53,10 @@ def classical(logreg: float, nn: float, sha: str = SHA) -> dict:
 
 def report(tmp_path: Path, nets: list[dict], baselines: dict | None, source: str = "mnist1d") -> str:
     for m in nets:
-        write_json(tmp_path / "metrics" / f"{m['arch']}.json", m)
+        write_json(tmp_path / "results" / f"{m['arch']}.json", m)
     if baselines is not None:
-        write_json(tmp_path / "metrics" / "baselines.json", baselines)
-    path = write_report(tmp_path / "metrics", [m["arch"] for m in nets], source, tmp_path / "reports")
+        write_json(tmp_path / "results" / "baselines.json", baselines)
+    path = write_report(tmp_path / "results", [m["arch"] for m in nets], source, tmp_path / "reports")
     assert (tmp_path / "reports" / "leaderboard.png").stat().st_size > 0
     return path.read_text()
 

@@ -307,8 +307,8 @@ def test_stage_writes_metrics_plots_runs_and_is_deterministic(prepared: Path, tm
     )
     _saved(tmp_path / "models" / "pretrained" / "mlp", "mlp", hidden=16)
     args = (params, prepared, tmp_path / "models" / "pretrained")
-    s = run_transfer(*args, tmp_path / "metrics" / "transfer.json", tmp_path / "plots", progress=False)
-    assert json.loads((tmp_path / "metrics" / "transfer.json").read_text())["results"] == s["results"]
+    s = run_transfer(*args, tmp_path / "results" / "transfer.json", tmp_path / "plots", progress=False)
+    assert json.loads((tmp_path / "results" / "transfer.json").read_text())["results"] == s["results"]
     n_train = len(load_prepared(prepared).train.y)
     assert s["labels"]["1"] == n_train and s["labels"]["0.1"] < n_train
     for strategy in STRATEGIES:

@@ -250,7 +250,7 @@ def test_disabled_tuning_writes_an_empty_result_that_train_accepts(prepared: Pat
         "linear",
         prepared,
         "models/linear",
-        "metrics/linear.json",
+        "results/linear.json",
         "plots/linear",
         progress=False,
         tuned="tuning/linear/best.json",
@@ -268,7 +268,7 @@ def test_train_with_tuned_values_logs_them_and_refuses_another_dataset(prepared:
         "mlp",
         prepared,
         "models/mlp",
-        "metrics/mlp.json",
+        "results/mlp.json",
         "plots/mlp",
         progress=False,
         tuned="best.json",
@@ -281,9 +281,9 @@ def test_train_with_tuned_values_logs_them_and_refuses_another_dataset(prepared:
     Path("other.json").write_text(json.dumps({**best, "data_sha256": "0" * 64}))
     with pytest.raises(BadInput, match="tuned on other data"):
         stages.train_architecture(
-            params, "mlp", prepared, "models/mlp", "metrics/mlp.json", "plots/mlp", tuned="other.json"
+            params, "mlp", prepared, "models/mlp", "results/mlp.json", "plots/mlp", tuned="other.json"
         )
-    assert json.loads(Path("metrics/mlp.json").read_text())["tuned"] == best["overrides"]  # kept
+    assert json.loads(Path("results/mlp.json").read_text())["tuned"] == best["overrides"]  # kept
 
 
 @pytest.mark.parametrize(

@@ -137,9 +137,9 @@ def test_an_interrupted_tune_reruns_into_the_same_study_keeping_its_completed_tr
     tmp_path: Path, figures: Counter[str]
 ) -> None:
     # Interrupted once two trials have finished training (each writes its model.ckpt; the first is then
-    # surely COMPLETE): four trials of the same length are still to run when the Ctrl-C arrives, however
+    # surely COMPLETE): two trials of the same length are still to run when the Ctrl-C arrives, however
     # loaded the machine.
-    n = 6
+    n = 4
     root = _setup(tmp_path, **{"tune.n_trials": n, "tune.epochs": 400, "tune.pruner": "none"})
     first = _tune(root)
     deadline = time.time() + 300
