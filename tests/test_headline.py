@@ -5,15 +5,10 @@ from __future__ import annotations
 from sounding import headline
 
 
-def test_train_keeps_the_accuracies_and_time_rounded_and_nothing_else() -> None:
+def test_train_keeps_the_accuracies_rounded_and_nothing_else() -> None:
     record = {"test_acc": 0.93199998, "test_acc_std": 0.0123456789, "test_f1_macro": 0.9, "train_time_s": 12.3,
               "model_uri": "models:/m-1", "data_sha256": "ab", "seeds": [{"run_id": "x"}]}  # fmt: skip
-    assert headline.train(record) == {
-        "test_acc": 0.932,
-        "test_acc_std": 0.012346,
-        "test_f1_macro": 0.9,
-        "train_time_s": 12.3,
-    }
+    assert headline.train(record) == {"test_acc": 0.932, "test_acc_std": 0.012346, "test_f1_macro": 0.9}
 
 
 def test_studies_give_their_headline_or_nothing_when_skipped() -> None:
