@@ -175,17 +175,20 @@ def test_runs_carry_mlflows_source_tags_and_the_dvc_stage(
     git("init", "-q")
     (tmp_path / "dvc.lock").write_text("schema: '2.0'\n")
     (tmp_path / "params.yaml").write_text("seed: 42\n")
-    git("add", "dvc.lock", "params.yaml")
+    (tmp_path / "metrics").mkdir()
+    (tmp_path / "metrics" / "cnn.json").write_text("{}")
+    git("add", "dvc.lock", "params.yaml", "metrics")
     git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "x")
     head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=tmp_path).stdout
-    (tmp_path / "dvc.lock").write_text("schema: '2.0'\nstages: {}\n")  # as `dvc repro` rewrites it
+    (tmp_path / "dvc.lock").write_text("schema: '2.0'\nstages: {}\n")  # as `dvc repro` rewrites them
+    (tmp_path / "metrics" / "cnn.json").write_text('{"test_acc": 0.9}')
     monkeypatch.setenv("DVC_STAGE", "train@cnn")
     monkeypatch.setenv("DVC_EXP_NAME", "lucid-lr")
     tracking.git_sha.cache_clear()
     with tracking.tracked_run(params, "x", {}) as run_id:
         pass
     tags = _run(params, run_id).data.tags
-    assert tags["mlflow.source.git.commit"] == head.strip() == tags["git_sha"]  # dvc.lock is no change
+    assert tags["mlflow.source.git.commit"] == head.strip() == tags["git_sha"]  # outputs are no change
     assert tags["mlflow.user"] and tags["mlflow.source.type"] == "LOCAL" and tags["mlflow.source.name"]
     assert (tags["dvc.stage"], tags["dvc.exp_name"]) == ("train@cnn", "lucid-lr")
 

@@ -27,10 +27,15 @@ from sounding.config import Params
 STATUS_ON_INTERRUPT = "KILLED"
 
 
+PIPELINE_WRITES = ("dvc.lock", "metrics", "plots", "reports")
+"""Tracked files and folders the pipeline's stages write (DVC's lock file, and outputs kept in git)."""
+
+
 @cache
 def git_sha() -> str:
     """The commit the code runs from, with ``-dirty`` when tracked files have changes; ``unknown`` outside
-    git. ``dvc.lock`` is left out: ``dvc repro`` rewrites it as it runs, so every run would be dirty."""
+    git. What the pipeline itself writes into git is left out (``dvc.lock``, ``metrics/``, ``plots/``,
+    ``reports/``): ``dvc repro`` rewrites them as it runs, so every later stage's run would be dirty."""
     try:
         sha = subprocess.run(
             ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True, timeout=5
@@ -43,7 +48,7 @@ def git_sha() -> str:
                 "--untracked-files=no",
                 "--",
                 ":(top)",
-                ":(top,exclude)dvc.lock",
+                *(f":(top,exclude){out}" for out in PIPELINE_WRITES),
             ],
             capture_output=True,
             text=True,
