@@ -58,3 +58,33 @@ def test_missing_prepared_data_exits_2(tmp_path: Path) -> None:
 
 def test_bad_option_is_a_usage_error() -> None:
     assert run_cli("train", "cnn", "--no-such-flag").returncode == 2
+
+
+def test_an_output_that_cannot_be_written_exits_2_before_any_work(tmp_path: Path) -> None:
+    (tmp_path / "blocker").write_text("a file where a folder must be")
+    for args in (
+        ("train", "mlp", "--metrics", "blocker/mlp.json"),
+        ("baselines", "--results", "blocker/sub/baselines.json"),
+        ("report", "--out", "blocker/reports"),
+    ):
+        result = run_cli(*args, cwd=tmp_path)
+        assert result.returncode == 2, (args, result.stderr)
+        assert "blocker is a file, where a folder must be" in result.stderr, result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["blocker"]  # nothing written, not even mlflow.db
+
+
+def test_a_folder_without_write_permission_is_named(tmp_path: Path, monkeypatch) -> None:
+    import os
+
+    import pytest
+
+    from sounding.errors import BadInput
+    from sounding.files import check_writable
+
+    (tmp_path / "metrics").mkdir()
+    monkeypatch.setattr(
+        os, "access", lambda path, mode: Path(path) != tmp_path / "metrics"
+    )  # root may write anywhere
+    with pytest.raises(BadInput, match="no permission to write in .*metrics$"):
+        check_writable(tmp_path / "metrics" / "cnn.json")
+    check_writable(tmp_path / "results" / "cnn.json")  # a folder to create, in one that may be written

@@ -57,6 +57,13 @@ def _hold(command: str) -> None:
         _held.append(fd)
 
 
+def _writable(*outputs: Path) -> None:
+    """Refuse (exit 2) outputs that cannot be written, before any work."""
+    from sounding.files import check_writable
+
+    check_writable(*outputs)
+
+
 def _check_arch(arch: str, allowed: tuple[str, ...] = ARCHS) -> None:
     if arch not in allowed:
         raise BadInput(f"unknown architecture {arch!r}; allowed: {', '.join(allowed)}")
@@ -72,6 +79,7 @@ def prepare(
 ) -> None:
     """Generate or load the data source, split it and write it with a sha256 manifest."""
     _hold("sounding prepare")
+    _writable(out)
     from sounding import stages
 
     manifest = stages.prepare(_params(params_path, overrides, tracked=False), out)
@@ -123,6 +131,11 @@ def train(
     """Train ARCH on every seed, evaluate on test, write model, metrics and plots, track in MLflow."""
     _hold(f"sounding train {arch}")
     _check_arch(arch)
+    model_dir = model_dir or Path("models") / arch
+    metrics = metrics or Path("metrics") / f"{arch}.json"
+    results = results or Path("results") / f"{arch}.json"
+    plots = plots or Path("plots") / arch
+    _writable(model_dir, metrics, results, plots)
     extra = [f"train.n_seeds={seeds}"] if seeds is not None else []
     params = _params(params_path, (overrides or []) + extra)
     from sounding import headline, stages
@@ -131,14 +144,14 @@ def train(
         params,
         arch,
         data,
-        model_dir or Path("models") / arch,
-        results or Path("results") / f"{arch}.json",
-        plots or Path("plots") / arch,
+        model_dir,
+        results,
+        plots,
         progress=not quiet,
         tuned=tuned,
     )
     if result["rank"] == 0:
-        write_json(metrics or Path("metrics") / f"{arch}.json", headline.train(result))
+        write_json(metrics, headline.train(result))
     applied = ", ".join(f"{k}={v:.3g}" for k, v in result["tuned"].items())
     # Under several processes every rank reports the metrics it holds (synchronised: they must agree).
     rank = f"[rank {result['rank']}/{result['processes']}] " if result["processes"] > 1 else ""
@@ -167,6 +180,7 @@ def baselines(
     """Classical baselines for the leaderboard: logistic regression and 1-NN (Euclidean), fit on train + val,
     scored on test, tracked in MLflow."""
     _hold("sounding baselines")
+    _writable(metrics, results)
     params = _params(params_path, overrides)
     from sounding import headline
     from sounding.baselines import run_baselines
@@ -201,13 +215,15 @@ def tune(
     """Tune dropout, L2 and gradient clipping of ARCH with Optuna (pruned); resumes an interrupted study."""
     _hold(f"sounding tune {arch}")
     _check_arch(arch)
+    out = out or Path("tuning") / arch
+    _writable(out)
     options = {"storage": storage, "n_trials": n_trials, "timeout": timeout}
     extra = [f"tune.{k}={v}" for k, v in options.items() if v is not None]
     extra += [f"compute.workers={workers}"] if workers is not None else []
     params = _params(params_path, (overrides or []) + extra)
     from sounding.tuning import tune as run_tuning
 
-    s = run_tuning(params, arch, data, out or Path("tuning") / arch, progress=not quiet)
+    s = run_tuning(params, arch, data, out, progress=not quiet)
     if not s["enabled"]:
         typer.echo(f"{arch}: tuning disabled (tune.enabled: false); train uses params as they are")
         return
@@ -242,6 +258,7 @@ def depth(
 ) -> None:
     """Depth study: MLPs over depth × residual × init × clipping; gradient heatmaps and accuracy vs depth."""
     _hold("sounding depth")
+    _writable(metrics, results, plots)
     params = _params(params_path, overrides)
     from sounding import headline
     from sounding.depth import run_depth_study
@@ -268,6 +285,7 @@ def gan(
 ) -> None:
     """Train the class-conditional GAN and measure its samples with the trained CNN as judge."""
     _hold("sounding gan")
+    _writable(model_dir, metrics, results, plots)
     params = _params(params_path, overrides)
     from sounding import headline
     from sounding.generative import train_gan
@@ -301,6 +319,7 @@ def pretrain(
 ) -> None:
     """Train each of transfer.archs on the source data (transfer.source_data): the pretrained backbones."""
     _hold("sounding pretrain")
+    _writable(data, model_dir, results, plots)
     params = _params(params_path, overrides)
     from sounding.transfer import pretrain as run_pretrain
 
@@ -326,6 +345,7 @@ def transfer(
 ) -> None:
     """Scratch vs linear probe vs fine-tuning of a pretrained backbone, at each label budget, over seeds."""
     _hold("sounding transfer")
+    _writable(metrics, results, plots)
     params = _params(params_path, overrides)
     from sounding import headline
     from sounding.transfer import run_transfer
@@ -359,6 +379,7 @@ def register(
 ) -> None:
     """Register every trained model; promote to @champion only past the gate, else @challenger."""
     _hold("sounding register")
+    _writable(out)
     params = _params(params_path, overrides)
     from sounding.registry import register_all
 
@@ -416,6 +437,7 @@ def report(
 ) -> None:
     """Write the leaderboard (markdown + PNG) comparing every trained architecture."""
     _hold("sounding report")
+    _writable(out)
     params = _params(params_path, overrides, tracked=False)
     from sounding.report import write_report
 

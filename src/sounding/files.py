@@ -21,6 +21,20 @@ def dvc_roots(start: Path) -> list[Path]:
     return [p for p in (here, *here.parents) if (p / ".dvc").is_dir()]
 
 
+def check_writable(*paths: str | Path) -> None:
+    """``BadInput`` before any work when an output (a file or folder to write) cannot be written: a file
+    stands where a folder must be, or this process may not write into the folder that would hold it."""
+    from sounding.errors import BadInput
+
+    for path in map(Path, paths):
+        existing = next(p for p in (path, *path.parents) if p.exists() or p == Path(p.anchor))
+        if existing != path and not existing.is_dir():
+            raise BadInput(f"{path}: cannot be written: {existing} is a file, where a folder must be")
+        folder = existing if existing.is_dir() else existing.parent
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise BadInput(f"{path}: cannot be written: no permission to write in {folder}")
+
+
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     """Hex sha256 of a file's bytes."""
     digest = hashlib.sha256()
