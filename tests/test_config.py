@@ -125,3 +125,22 @@ def test_dvc_deps_name_existing_code() -> None:
             for dep in body.get("deps", []):
                 if re.match(r"^src/", dep):
                     assert (REPO / dep).exists(), dep
+
+
+def test_every_param_is_described_and_the_reference_page_is_generated_from_the_code() -> None:
+    from sounding.config import Section
+    from sounding.params_doc import markdown
+
+    def undescribed(model: type, prefix: str = "") -> list[str]:
+        missing = []
+        for name, field in model.model_fields.items():
+            if not field.description:
+                missing.append(prefix + name)
+            if isinstance(field.annotation, type) and issubclass(field.annotation, Section):
+                missing += undescribed(field.annotation, f"{prefix}{name}.")
+        return missing
+
+    assert undescribed(Params) == []
+    page = (REPO / "docs" / "params.md").read_text()
+    assert page == markdown(), "docs/params.md is stale: sounding params --markdown > docs/params.md"
+    assert "| `train.select` | `auto` | Which epoch's weights are tested and shipped" in page

@@ -445,6 +445,27 @@ def report(
     typer.echo(path.read_text())
 
 
+@app.command("params")
+def show_params(
+    markdown: Annotated[
+        bool, typer.Option("--markdown", help="The parameters reference (docs/params.md) instead.")
+    ] = False,
+    params_path: ParamsOpt = Path("params.yaml"),
+    overrides: SetOpt = None,
+) -> None:
+    """Print the params a command would run with (params.yaml, the environment's MLflow variables and -S
+    overrides applied, validated), as YAML; with --markdown, the reference of every key."""
+    if markdown:
+        from sounding.params_doc import markdown as reference
+
+        typer.echo(reference(), nl=False)
+        return
+    import yaml
+
+    params = _params(params_path, overrides, tracked=False)
+    typer.echo(yaml.safe_dump(params.model_dump(mode="json"), sort_keys=False), nl=False)
+
+
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def repro(ctx: typer.Context) -> None:
     """`dvc repro [ARGS]` (what `make run` runs), refused at once with exit code 2 while another DVC

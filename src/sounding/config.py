@@ -34,32 +34,45 @@ PositiveInt = Annotated[int, Field(gt=0)]
 class Section(BaseModel):
     """Base of every params section: immutable, and unknown keys are errors."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
 
 
 class Mnist1dArgs(Section):
     """Arguments of ``mnist1d.data.make_dataset``. The defaults generate the published benchmark data."""
 
     num_samples: PositiveInt = 5000
+    """Series generated, train and test together."""
     train_split: Fraction = 0.8
+    """Share of them in the published train split (the rest is the test split)."""
     template_len: PositiveInt = 12
+    """Length of the ten digit templates the series are drawn from."""
     padding: tuple[int, int] = (36, 60)
+    """Zeros appended to each template before it is stretched: a count drawn from this range."""
     scale_coeff: NonNegative = 0.4
+    """Random scaling of each series."""
     max_translation: Annotated[int, Field(ge=0)] = 48
+    """Largest random shift along the time axis."""
     corr_noise_scale: NonNegative = 0.25
+    """Strength of the correlated (smooth) noise added."""
     iid_noise_scale: NonNegative = 2e-2
+    """Strength of the independent noise added at each step."""
     shear_scale: NonNegative = 0.75
+    """Random shear of each series."""
     shuffle_seq: bool = False
+    """Shuffle the time steps (the same permutation for every series): no local structure left."""
     final_seq_length: PositiveInt = 40
+    """Length of every series after resampling."""
     seed: int = 42
+    """Seed of the generator: the published data with 42."""
 
 
 class DataParams(Section):
     """Where the data comes from and how it is split."""
 
     source: Literal["mnist1d", "digits", "npz", "ts", "table"] = "mnist1d"
-    """``npz``, ``ts`` (UCR/UEA .ts) and ``table`` (CSV or Parquet) read your file at ``path``
-    (formats: docs/data.md)."""
+    """``mnist1d`` (generated locally, the published benchmark data) or ``digits`` (scikit-learn's 8×8
+    images), or your file at ``path``: ``npz``, ``ts`` (UCR/UEA .ts) or ``table`` (CSV or Parquet);
+    formats: docs/data.md."""
     val_fraction: Fraction = 0.1
     """Share of the training part held out, stratified, for validation."""
     test_fraction: Fraction = 0.2
@@ -87,6 +100,7 @@ class DataParams(Section):
         return "none" if self.source in ("mnist1d", "digits") else "channel"
 
     mnist1d: Mnist1dArgs = Mnist1dArgs()
+    """The ``mnist1d`` source's generator arguments."""
 
 
 class LinearParams(Section):
@@ -97,33 +111,47 @@ class MLPParams(Section):
     """Feed-forward network. The defaults are the reference 40→100→100→10 MLP with one residual layer."""
 
     hidden: PositiveInt = 100
+    """Units of every hidden layer."""
     depth: Annotated[int, Field(ge=2)] = 3
     """Number of linear layers, the output layer included."""
     residual: bool = True
     """Skip connections around every hidden→hidden layer."""
     dropout: Probability = 0.0
+    """Dropout after every hidden activation (tuned by ``sounding tune``)."""
     init: Init = "default"
+    """Weight initialisation: PyTorch's ``default``, ``xavier``, ``kaiming`` or ``orthogonal``."""
 
 
 class CNNParams(Section):
     """Convolutional network: Conv1d for sequences, Conv2d for images. Defaults: the reference CNN."""
 
     channels: PositiveInt = 25
+    """Channels of every convolution layer."""
     kernels: Annotated[list[PositiveInt], Field(min_length=1)] = [5, 3, 3]
+    """Kernel size of each convolution layer, one layer per entry."""
     stride: PositiveInt = 2
+    """Stride of every convolution layer."""
     dropout: Probability = 0.0
+    """Dropout on the flattened features before the classifier (tuned by ``sounding tune``)."""
     init: Init = "default"
+    """Weight initialisation: PyTorch's ``default``, ``xavier``, ``kaiming`` or ``orthogonal``."""
 
 
 class RNNParams(Section):
     """Recurrent network over the time axis. Defaults: the reference bidirectional GRU, hidden 6."""
 
     cell: Literal["gru", "lstm"] = "gru"
+    """Recurrent cell: ``gru`` or ``lstm``."""
     hidden: PositiveInt = 6
+    """Hidden units per direction."""
     layers: PositiveInt = 1
+    """Stacked recurrent layers."""
     bidirectional: bool = True
+    """Read the series both ways; both directions' outputs at every step feed the classifier."""
     dropout: Probability = 0.0
+    """Dropout on the outputs before the classifier, and between stacked layers (tuned by ``sounding tune``)."""
     init: Init = "default"
+    """Weight initialisation: PyTorch's ``default``, ``xavier``, ``kaiming`` or ``orthogonal``."""
 
 
 class FCNParams(Section):
@@ -131,12 +159,14 @@ class FCNParams(Section):
     any length and channels: the FCN baseline of the time-series literature, narrower by default."""
 
     channels: Annotated[list[PositiveInt], Field(min_length=1)] = [32, 64, 32]
-    """The published FCN has 128, 256, 128: about ten times the CPU time a step, for small sets that a
+    """The published FCN has 128, 256, 128: several times the CPU time a step, for small sets that a
     quarter of the width already fits."""
     kernels: Annotated[list[PositiveInt], Field(min_length=1)] = [7, 5, 3]
     """Odd, so "same" padding is symmetric (the published 8 makes PyTorch pad a copy of the input)."""
     dropout: Probability = 0.0
+    """Dropout on the pooled features before the classifier (tuned by ``sounding tune``)."""
     init: Init = "default"
+    """Weight initialisation: PyTorch's ``default``, ``xavier``, ``kaiming`` or ``orthogonal``."""
 
     @model_validator(mode="after")
     def _one_kernel_per_block(self) -> FCNParams:
@@ -152,35 +182,46 @@ class ModelsParams(Section):
     """One section per architecture."""
 
     linear: LinearParams = LinearParams()
+    """Logistic regression: no settings."""
     mlp: MLPParams = MLPParams()
+    """The feed-forward network."""
     cnn: CNNParams = CNNParams()
+    """The convolutional network."""
     rnn: RNNParams = RNNParams()
+    """The recurrent network."""
     fcn: FCNParams = FCNParams()
+    """The fully convolutional network."""
 
 
 class TrainParams(Section):
     """Optimisation, shared by every architecture."""
 
     archs: Annotated[list[Arch], Field(min_length=1)] = list(ARCHS)
+    """Architectures the pipeline tunes, trains and compares (DVC's ``foreach``)."""
     n_seeds: PositiveInt = 3
     """Seeds trained per architecture: ``seed``, ``seed + 1``, …; metrics report mean ± std."""
     epochs: PositiveInt = 150
+    """Epochs per fit (150 × 36 steps on MNIST-1D, the published budget of about 6000 steps)."""
     batch_size: PositiveInt = 100
+    """Largest batch (``min_batches`` makes it smaller on a small set)."""
     min_batches: PositiveInt = 10
     """Fewest batches a pass over the training part is cut into: a small set trains in batches of a tenth
     of it rather than ``batch_size`` (MNIST-1D's 3600 samples keep batches of 100)."""
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    """``adam``, ``adamw`` (decoupled weight decay) or ``sgd`` (momentum 0.9)."""
     lr: Annotated[float, Field(gt=0)] = 1e-2
+    """Learning rate."""
     lr_schedule: Literal["constant", "cosine"] = "constant"
     """``cosine`` decays the learning rate to zero over ``epochs``."""
     weight_decay: NonNegative = 5e-4
     """L2 strength. Coupled (added to the gradient) for adam and sgd; decoupled for adamw. The published
-    reference uses 0; without it every architecture overfits within a few dozen epochs (docs/params.md)."""
+    reference uses 0; without it every architecture overfits within a few dozen epochs."""
     l1: NonNegative = 0.0
     """L1 penalty on the weights, added to the loss."""
     gradient_clip_val: NonNegative = 0.0
     """0 disables clipping."""
     gradient_clip_algorithm: Literal["norm", "value"] = "norm"
+    """Clip by global ``norm`` or by ``value``, by the Lightning Trainer (after unscaling under AMP)."""
     min_steps: Annotated[int, Field(ge=0)] = 2000
     """Fewest optimizer steps a fit takes: on a small training part an epoch is several passes over it (45
     series in batches of 100 are one step a pass). The MNIST-1D default, 150 epochs of 36 steps, is above
@@ -208,10 +249,15 @@ class ComputeParams(Section):
     """Where training runs. ``auto`` picks a GPU when there is one."""
 
     accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps"] = "auto"
+    """Lightning's accelerator: ``auto`` picks a GPU when there is one."""
     devices: PositiveInt | Literal["auto"] = 1
+    """Devices per node (``auto``: all); more than one trains with DDP."""
     num_nodes: PositiveInt = 1
+    """Machines (a SLURM job or torchrun across nodes: docs/cluster.md)."""
     strategy: Literal["auto", "ddp", "fsdp"] = "auto"
+    """Lightning's strategy: ``auto``, ``ddp`` or ``fsdp``."""
     precision: Literal["32", "bf16-mixed", "16-mixed"] = "32"
+    """``32``, or mixed precision on a GPU: ``bf16-mixed``, ``16-mixed``."""
     threads: PositiveInt = 1
     """torch CPU threads per process. On small models 1 is faster than 2 (see docs/benchmarks.md)."""
     workers: PositiveInt | Literal["auto"] = "auto"
@@ -230,24 +276,34 @@ class DepthParams(Section):
     """The depth study: short MLP trainings over depth × residual × init × clipping (``sounding depth``)."""
 
     depths: Annotated[list[Annotated[int, Field(ge=2)]], Field(min_length=1)] = [2, 8, 32]
+    """MLP depths, in linear layers."""
     residual: Annotated[list[bool], Field(min_length=1)] = [False, True]
+    """Without and with skip connections."""
     inits: Annotated[list[Init], Field(min_length=1)] = ["default", "xavier", "kaiming", "orthogonal"]
+    """Weight initialisations compared."""
     clip: Annotated[list[NonNegative], Field(min_length=1)] = [0.0, 1.0]
     """Gradient-norm clipping values; 0 means no clipping."""
     epochs: PositiveInt = 4
+    """Epochs per configuration: enough to see gradients vanish, explode or flow."""
     hidden: PositiveInt = 100
+    """Units of every hidden layer."""
     lr: Annotated[float, Field(gt=0)] = 1e-2
+    """Learning rate of every configuration (adam)."""
 
 
 class GanParams(Section):
     """The class-conditional GAN (``sounding gan``), judged by the trained CNN (never trained against it)."""
 
     latent: PositiveInt = 32
+    """Size of the noise vector the generator starts from."""
     channels: Annotated[int, Field(ge=2)] = 32
     """Convolution channels of the generator and the discriminator (their first layers have half)."""
     lr_g: Annotated[float, Field(gt=0)] = 2e-3
+    """Generator learning rate (adam)."""
     lr_d: Annotated[float, Field(gt=0)] = 2e-3
+    """Discriminator learning rate (adam)."""
     betas: tuple[Probability, Probability] = (0.5, 0.999)
+    """Adam's betas for both networks (0.5 is the usual GAN choice)."""
     label_smoothing: Annotated[float, Field(ge=0, lt=0.5)] = 0.1
     """One-sided: real samples are labelled ``1 - label_smoothing`` for the discriminator."""
     d_steps: PositiveInt = 1
@@ -256,6 +312,7 @@ class GanParams(Section):
     """Decay per generator step of the weight average that is sampled, measured and shipped; 0: the latest
     weights."""
     epochs: PositiveInt = 150
+    """Training epochs."""
     samples_per_class: Annotated[int, Field(ge=2)] = 100
     """Fixed validation noise: samples generated per class each epoch to measure quality."""
 
@@ -278,8 +335,11 @@ class Range(Section):
     integer parameter (``hidden: {low: 4, high: 16}``)."""
 
     low: int | float
+    """Lower bound."""
     high: int | float
+    """Upper bound."""
     log: bool = False
+    """Sample on a log scale (``low`` must be positive)."""
 
     @model_validator(mode="after")
     def _ordered(self) -> Range:
@@ -350,19 +410,18 @@ class TuneParams(Section):
     """Seconds after which no new trial starts (per ``sounding tune`` call); null = no limit."""
     epochs: PositiveInt | None = None
     """Epochs per trial; ``null`` means ``train.epochs``: regularisation is judged at the training length it
-    is chosen for (tuned at 30 epochs, the MLP picked almost no L2 and lost 4 points at 150)."""
+    is chosen for."""
     epochs_by_arch: dict[Arch, PositiveInt] = {"rnn": 30, "fcn": 30}
-    """Exceptions to ``epochs``: a GRU epoch costs 12 MLP epochs on a CPU, an FCN epoch 2.5 CNN epochs."""
+    """Exceptions to ``epochs``, for the architectures whose epochs cost the most on a CPU."""
     pruner: Literal["median", "hyperband", "none"] = "hyperband"
-    """Fed each epoch's ``val/acc``. Over seven seeded pairs of 30-trial MLP studies, Hyperband from epoch 1
-    spent a median 39% of the unpruned study's epochs and its best came a median 0.0 pp from the unpruned
-    best (the median pruner after 2 epochs: 30%, −0.25 pp); docs/benchmarks.md, figure 3."""
+    """Stops unpromising trials on each epoch's ``val/acc`` (``hyperband``, ``median``) or never (``none``); what
+    it saves and costs: figure 3 of docs/benchmarks.md."""
     warmup_epochs: Annotated[int, Field(ge=0)] = 1
     """Epochs a trial always runs before it may be pruned (hyperband: its minimum resource, at least 1)."""
     startup_trials: PositiveInt = 4
     """Random trials before TPE models the space; also trials before the median pruner acts."""
     baseline: bool = True
-    """Trial 0 evaluates the current params, so the tuned result is never worse on validation."""
+    """Trial 0 evaluates the params' own values: the baseline the best trial must beat by ``min_gain``."""
     min_gain: Annotated[float, Field(ge=0, le=1)] = 0.01
     """``val/acc`` the best trial must gain over the baseline trial for its values to be adopted, counted
     in validation samples (0.01 of 400 is 4: a gain of exactly 4 samples is adopted); below it, ``train``
@@ -378,10 +437,12 @@ class TuneParams(Section):
     heartbeat_s: PositiveInt = 10
     """Trial heartbeat: a trial silent for ``grace_s`` (its process died) is marked FAIL and re-queued."""
     grace_s: PositiveInt = 30
+    """Seconds without a heartbeat after which a running trial counts as dead."""
     max_retry: Annotated[int, Field(ge=0)] = 1
     """Times an unfinished trial (its process died or was interrupted) is re-queued with the same params
     (it resumes its checkpoint)."""
     space: SearchSpace = SearchSpace()
+    """The search space."""
 
     @field_validator("storage")
     @classmethod
@@ -406,6 +467,7 @@ class TransferParams(Section):
     """
 
     archs: Annotated[list[TransferArch], Field(min_length=1)] = ["cnn", "mlp"]
+    """Architectures pretrained and transferred."""
     source: str = "pretrain"
     """Where the pretrained backbones come from: ``pretrain`` (the ``pretrain`` stage's models), an
     MLflow model URI (``models:/NAME@ALIAS``, ``models:/NAME/VERSION``, ``runs:/RUN_ID/model``), or a
@@ -497,7 +559,12 @@ class TrackingParams(Section):
     """MLflow. The default is a sqlite file at the repository root: no server needed."""
 
     uri: str = "sqlite:///mlflow.db"
+    """MLflow tracking and registry store: a relative sqlite path is anchored on the workspace (the outermost
+    DVC repository), so DVC's experiment copies log to the same store; or a server
+    (``http://127.0.0.1:5000``)."""
     experiment: str = "sounding"
+    """MLflow experiment of the training runs; the studies log to ``EXPERIMENT-tuning``, ``-depth``,
+    ``-transfer``."""
     timeout_s: Annotated[float, Field(gt=0, le=600)] = 10.0
     """Seconds a tracking server or database may take to answer before the command stops with exit 69
     (a service unavailable: retry later), checked before any work; later requests to a server are bounded
@@ -508,17 +575,30 @@ class Params(Section):
     """Everything that shapes a result. One ``seed`` seeds data splits, initialisation and shuffling."""
 
     seed: int = 42
+    """The one seed: data splits, initialisation, shuffling and dropout; seeds of repeated fits are ``seed``,
+    ``seed + 1``, …."""
     data: DataParams = DataParams()
+    """The data source and its split."""
     models: ModelsParams = ModelsParams()
+    """Architecture settings."""
     train: TrainParams = TrainParams()
+    """Optimisation, shared by every architecture."""
     depth: DepthParams = DepthParams()
+    """The depth study."""
     gan: GanParams = GanParams()
+    """The conditional GAN."""
     registry: RegistryParams = RegistryParams()
+    """The promotion gate."""
     tune: TuneParams = TuneParams()
+    """Hyperparameter tuning with Optuna."""
     transfer: TransferParams = TransferParams()
+    """The transfer study."""
     compute: ComputeParams = ComputeParams()
+    """Where and how training runs."""
     tracking: TrackingParams = TrackingParams()
+    """MLflow."""
     retrain: RetrainParams = RetrainParams()
+    """The Prefect retraining flow."""
 
     def tune_epochs(self, arch: str) -> int:
         """Epochs of one tuning trial of ``arch``."""
