@@ -16,7 +16,7 @@ import typer
 
 from sounding.config import ARCHS, Params, load_params
 from sounding.errors import BadInput, ServiceUnavailable
-from sounding.files import write_json
+from sounding.files import check_writable, write_json
 
 app = typer.Typer(
     help="Sounding: train, tune, compare and ship neural-network architectures reproducibly.",
@@ -57,13 +57,6 @@ def _hold(command: str) -> None:
         _held.append(fd)
 
 
-def _writable(*outputs: Path) -> None:
-    """Refuse (exit 2) outputs that cannot be written, before any work."""
-    from sounding.files import check_writable
-
-    check_writable(*outputs)
-
-
 def _check_arch(arch: str, allowed: tuple[str, ...] = ARCHS) -> None:
     if arch not in allowed:
         raise BadInput(f"unknown architecture {arch!r}; allowed: {', '.join(allowed)}")
@@ -79,7 +72,7 @@ def prepare(
 ) -> None:
     """Generate or load the data source, split it and write it with a sha256 manifest."""
     _hold("sounding prepare")
-    _writable(out)
+    check_writable(out)
     from sounding import stages
 
     manifest = stages.prepare(_params(params_path, overrides, tracked=False), out)
@@ -135,7 +128,7 @@ def train(
     metrics = metrics or Path("metrics") / f"{arch}.json"
     results = results or Path("results") / f"{arch}.json"
     plots = plots or Path("plots") / arch
-    _writable(model_dir, metrics, results, plots)
+    check_writable(model_dir, metrics, results, plots)
     extra = [f"train.n_seeds={seeds}"] if seeds is not None else []
     params = _params(params_path, (overrides or []) + extra)
     from sounding import headline, stages
@@ -180,7 +173,7 @@ def baselines(
     """Classical baselines for the leaderboard: logistic regression and 1-NN (Euclidean), fit on train + val,
     scored on test, tracked in MLflow."""
     _hold("sounding baselines")
-    _writable(metrics, results)
+    check_writable(metrics, results)
     params = _params(params_path, overrides)
     from sounding import headline
     from sounding.baselines import run_baselines
@@ -216,7 +209,7 @@ def tune(
     _hold(f"sounding tune {arch}")
     _check_arch(arch)
     out = out or Path("tuning") / arch
-    _writable(out)
+    check_writable(out)
     options = {"storage": storage, "n_trials": n_trials, "timeout": timeout}
     extra = [f"tune.{k}={v}" for k, v in options.items() if v is not None]
     extra += [f"compute.workers={workers}"] if workers is not None else []
@@ -258,7 +251,7 @@ def depth(
 ) -> None:
     """Depth study: MLPs over depth × residual × init × clipping; gradient heatmaps and accuracy vs depth."""
     _hold("sounding depth")
-    _writable(metrics, results, plots)
+    check_writable(metrics, results, plots)
     params = _params(params_path, overrides)
     from sounding import headline
     from sounding.depth import run_depth_study
@@ -285,7 +278,7 @@ def gan(
 ) -> None:
     """Train the class-conditional GAN and measure its samples with the trained CNN as judge."""
     _hold("sounding gan")
-    _writable(model_dir, metrics, results, plots)
+    check_writable(model_dir, metrics, results, plots)
     params = _params(params_path, overrides)
     from sounding import headline
     from sounding.generative import train_gan
@@ -319,7 +312,7 @@ def pretrain(
 ) -> None:
     """Train each of transfer.archs on the source data (transfer.source_data): the pretrained backbones."""
     _hold("sounding pretrain")
-    _writable(data, model_dir, results, plots)
+    check_writable(data, model_dir, results, plots)
     params = _params(params_path, overrides)
     from sounding.transfer import pretrain as run_pretrain
 
@@ -345,7 +338,7 @@ def transfer(
 ) -> None:
     """Scratch vs linear probe vs fine-tuning of a pretrained backbone, at each label budget, over seeds."""
     _hold("sounding transfer")
-    _writable(metrics, results, plots)
+    check_writable(metrics, results, plots)
     params = _params(params_path, overrides)
     from sounding import headline
     from sounding.transfer import run_transfer
@@ -379,7 +372,7 @@ def register(
 ) -> None:
     """Register every trained model; promote to @champion only past the gate, else @challenger."""
     _hold("sounding register")
-    _writable(out)
+    check_writable(out)
     params = _params(params_path, overrides)
     from sounding.registry import register_all
 
@@ -437,7 +430,7 @@ def report(
 ) -> None:
     """Write the leaderboard (markdown + PNG) comparing every trained architecture."""
     _hold("sounding report")
-    _writable(out)
+    check_writable(out)
     params = _params(params_path, overrides, tracked=False)
     from sounding.report import write_report
 
