@@ -27,7 +27,7 @@ from sounding.config import Params
 STATUS_ON_INTERRUPT = "KILLED"
 
 
-PIPELINE_WRITES = ("dvc.lock", "metrics", "plots", "reports")
+PIPELINE_WRITES = ("dvc.lock", "metrics", "plots", "reports", "tuning")
 """Tracked files and folders the pipeline's stages write (DVC's lock file, and outputs kept in git)."""
 
 
