@@ -1,4 +1,4 @@
-"""Small file helpers: content hashes and atomic writes.
+"""Small file helpers: content hashes, atomic writes, and reading the stages' results.
 
 Every output is written to a temporary file in the same folder and renamed into place, so a process
 killed mid-write leaves either the old file or the new one, never a truncated file.
@@ -91,3 +91,16 @@ def write_json(path: str | Path, payload: Any) -> Path:
 
 def write_text(path: str | Path, text: str) -> Path:
     return atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+def load_results(results_dir: str | Path, archs: list[str]) -> list[dict]:
+    """``results_dir/ARCH.json`` of each of ``archs``: what ``sounding train`` recorded."""
+    from sounding.errors import BadInput
+
+    rows = []
+    for arch in archs:
+        path = Path(results_dir) / f"{arch}.json"
+        if not path.is_file():
+            raise BadInput(f"{path} not found: run `sounding train {arch}` first")
+        rows.append(json.loads(path.read_text()))
+    return rows

@@ -144,16 +144,12 @@ def register_all(
 ) -> dict[str, Any]:
     """Stage ``register``: gate every trained architecture, then the best of them as ``PREFIX-best``."""
     from sounding.data.prepare import load_prepared
-    from sounding.files import write_json
+    from sounding.files import load_results, write_json
 
     data = load_prepared(data_dir)
     decisions = []
     candidates = []
-    for arch in params.train.archs:
-        path = Path(results_dir) / f"{arch}.json"
-        if not path.is_file():
-            raise BadInput(f"{path} not found: run `sounding train {arch}` first")
-        metrics = json.loads(path.read_text())
+    for arch, metrics in zip(params.train.archs, load_results(results_dir, params.train.archs), strict=True):
         tags = {
             "arch": arch,
             "data_sha256": metrics["data_sha256"],

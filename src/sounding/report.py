@@ -7,21 +7,11 @@ import json
 from pathlib import Path
 
 from sounding.errors import BadInput
-from sounding.files import write_text
+from sounding.files import load_results, write_text
 
 PUBLISHED_MNIST1D = {"linear": 0.32, "mlp": 0.68, "cnn": 0.94, "rnn": 0.91, "baseline/logreg": 0.32}
 """Test accuracy reported by Greydanus & Kobak for the reference models (rnn = bidirectional GRU; their
 logistic regression is the ``linear`` network and scikit-learn's ``baseline/logreg`` alike)."""
-
-
-def load_results(results_dir: str | Path, archs: list[str]) -> list[dict]:
-    rows = []
-    for arch in archs:
-        path = Path(results_dir) / f"{arch}.json"
-        if not path.is_file():
-            raise BadInput(f"{path} not found: run `sounding train {arch}` first")
-        rows.append(json.loads(path.read_text()))
-    return rows
 
 
 def load_baselines(results_dir: str | Path, rows: list[dict]) -> dict:
@@ -145,8 +135,9 @@ def gan_section(gan: dict) -> str:
     lines = [
         "## Generative: conditional GAN",
         "",
-        "Judged by the trained CNN: *judge acc* = share of samples classified as their conditioning label; "
-        "*Fréchet* = distance to the real test set in the CNN's penultimate features (lower is better).",
+        "Judged by the trained classifier `gan.judge` (the CNN by default): *judge acc* = share of samples "
+        "classified as their conditioning label; *Fréchet* = distance to the real test set in the judge's "
+        "penultimate features (lower is better).",
         "",
         "| samples | judge acc | Fréchet | diversity (min class ratio) |",
         "|---|---:|---:|---:|",
