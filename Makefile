@@ -35,13 +35,13 @@ venv: $(STAMP) ## Create or update the virtual environment
 run: $(STAMP) ## Reproduce the whole pipeline from params.yaml (dvc repro; refused while another one runs)
 	sounding repro
 
-# One pytest worker per core. The slow tier deals whole files to workers (--dist loadfile): a module's
-# end-to-end fixture (one `dvc repro`) is built once, not once per worker.
+# One pytest worker per core, both tiers in one session (no tier waits for the other's last test). Whole
+# files go to workers (--dist loadfile): a module's end-to-end fixture (one `dvc repro`) is built once,
+# not once per worker; tests/conftest.py starts the slow tier's files first.
 TEST_WORKERS ?= auto
 
-test: $(STAMP) ## Run the whole test suite: fast tier, then the slow end-to-end tier
-	$(BIN)/pytest -q -n $(TEST_WORKERS)
-	$(BIN)/pytest -q -m slow -n $(TEST_WORKERS) --dist loadfile
+test: $(STAMP) ## Run the whole test suite: the fast tier and the slow end-to-end tier, in one session
+	$(BIN)/pytest -q -m "slow or not slow" -n $(TEST_WORKERS) --dist loadfile
 
 test-fast: $(STAMP) ## Run the fast tier only
 	$(BIN)/pytest -q -n $(TEST_WORKERS)

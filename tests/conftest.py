@@ -27,12 +27,21 @@ REPO = Path(__file__).resolve().parents[1]
 SOUNDING = str(Path(sys.executable).parent / "sounding")
 
 
+MLFLOW_VARIABLES = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MLFLOW_EXPERIMENT_NAME")
+"""Variables that would replace the ``tracking.*`` params of a test's commands."""
+
+
 @pytest.fixture(autouse=True)
-def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every test runs in its own folder; nothing reaches beyond 127.0.0.1."""
+def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Every test runs in its own folder; nothing reaches beyond 127.0.0.1. ``mlflow.set_tracking_uri``
+    exports ``MLFLOW_TRACKING_URI`` to the process's environment, so a test's store would otherwise reach
+    the commands of the next test in this worker (a module's end-to-end fixture runs before this one)."""
     monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)  # both would replace tracking.* params
+    for name in MLFLOW_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    yield
+    for name in MLFLOW_VARIABLES:
+        os.environ.pop(name, None)
 
 
 FIGURES: Counter[str] = Counter()
@@ -44,6 +53,13 @@ trials checked), printed at the end of the run as one ``reliability figures:`` l
 def figures() -> Counter[str]:
     """Add to a figure: ``figures["faults injected"] += 1``."""
     return FIGURES
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The slow tier's files first (a stable sort), when both tiers run in one session (``make test``):
+    the long end-to-end files start early and the short fast-tier files fill in after them, so the
+    workers finish together instead of one waiting for the other's last long file."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
