@@ -88,9 +88,8 @@ def run_depth_study(
 ) -> dict[str, Any]:
     """Stage ``depth``: train every configuration of the grid (side by side in ``compute.workers``
     processes), write ``results_path`` and ``plots_dir``."""
-    from tqdm.auto import tqdm
-
     from sounding import parallel, plots, tracking
+    from sounding import progress as progress_
     from sounding.data.prepare import load_prepared
     from sounding.files import write_json
 
@@ -103,7 +102,7 @@ def run_depth_study(
     ]
     if parallel.n_workers(params, len(jobs)) > 1:  # the experiment exists before the workers meet it
         tracking.experiment_id(params.tracking.uri, experiment(params))
-    bar = tqdm(total=len(jobs), desc="depth study", unit="config", disable=None if progress else True)
+    bar = progress_.bar(len(jobs), "depth study", "config", enabled=progress)
     rows = parallel.run_jobs(params, train_config, jobs, on_done=lambda _: bar.update(1))
     bar.close()
     plots.depth_summary(rows, plots_dir / "accuracy_vs_depth.png")

@@ -54,9 +54,8 @@ def train_architecture(
     another, every rank trains and tests, and only rank zero creates the MLflow runs and writes files;
     every rank returns the same metrics (synchronised across ranks), with ``rank`` and ``processes``.
     """
-    from tqdm.auto import tqdm
-
     from sounding import parallel, tracking
+    from sounding import progress as progress_
     from sounding.data.prepare import load_prepared
     from sounding.training import build_system, passes_per_epoch, process_rank, selection
 
@@ -97,12 +96,7 @@ def train_architecture(
         )
         for i, seed in enumerate(seeds)
     ]
-    bar = tqdm(
-        total=len(jobs),
-        desc=f"{stage} {arch}",
-        unit="seed",
-        disable=None if side_by_side and progress else True,
-    )
+    bar = progress_.bar(len(jobs), f"{stage} {arch}", "seed", enabled=side_by_side and progress)
     if processes > 1:  # every rank trains every seed together with the others
         per_seed = [train_seed(job) for job in jobs]
     else:

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from sounding import parallel
+from sounding import progress as progress_
 from sounding.config import RESULT_COMPUTE, Params, Range, TrainParams
 from sounding.errors import BadInput
 from sounding.files import write_json
@@ -526,7 +527,7 @@ def run_study(
     distributions = {name: _distribution(r) for name, (_, r) in search_space(params, arch).items()}
     retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=t.max_retry)
     lock = BudgetLock(job.storage, study.study_name)
-    bar = _progress_bar(study, t.n_trials) if progress else None
+    bar = progress_.bar(t.n_trials, f"tune {study.study_name}", "trial", leave=False) if progress else None
     outcomes: dict[int, dict[str, Any]] = {}  # of the running batch, by trial number, as they arrive
     with _InterruptGate() as gate, parallel.Workers(params, t.batch) as workers:
         try:
@@ -578,12 +579,6 @@ def run_study(
             lock.close()
             if bar is not None:
                 bar.close()
-
-
-def _progress_bar(study: Any, total: int):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=f"tune {study.study_name}", unit="trial", leave=False, disable=None)
 
 
 def tune(
