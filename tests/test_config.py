@@ -52,6 +52,14 @@ def test_overrides_parse_yaml_values() -> None:
         ("models.mlp.dropout=-0.1", r"models\.mlp\.dropout: Input should be greater than or equal to 0"),
         ("gan.ema=1", r"gan\.ema: Input should be less than 1 \(got 1\)"),
         ("gan.channels=1", r"gan\.channels: Input should be greater than or equal to 2 \(got 1\)"),
+        (
+            "train.archs=[fcn]",
+            r"- gan\.judge is 'cnn', which train\.archs \(fcn\) does not train; set gan\.judge to one of them$",
+        ),
+        (
+            "models.fcn.kernels=[3]",
+            r"models\.fcn: channels \(3 blocks\) and kernels \(1\) must have the same length",
+        ),
     ],
 )
 def test_bad_params_name_key_value_and_what_is_allowed(override: str, expected: str) -> None:

@@ -45,7 +45,7 @@ def _object(store: Path, file: Path) -> Path:
 def repo(tmp_path: Path) -> Path:
     """A git + DVC workspace of this project, its `prepare` stage reproduced on tiny params."""
     root = copy_repo(tmp_path / "repo")
-    write_params(root / "params.yaml", tiny_params(**{"train.archs": ["mlp"]}))
+    write_params(root / "params.yaml", tiny_params(**{"train.archs": ["mlp"], "gan.judge": "mlp"}))
     result = run_dvc("repro", "prepare", cwd=root)
     assert result.returncode == 0, result.stdout + result.stderr
     return root

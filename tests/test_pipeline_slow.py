@@ -227,7 +227,14 @@ def test_kill_9_mid_training_resumes_the_same_run_without_losing_an_epoch(
     epochs = 8
     params = write_params(
         tmp_path / "params.yaml",
-        tiny_params(**{"data.mnist1d.num_samples": 5000, "train.epochs": epochs, "train.archs": ["rnn"]}),
+        tiny_params(
+            **{
+                "data.mnist1d.num_samples": 5000,
+                "train.epochs": epochs,
+                "train.archs": ["rnn"],
+                "gan.judge": "rnn",
+            }
+        ),
     )
     straight_dir, killed_dir = tmp_path / "straight", tmp_path / "killed"
     for folder in (straight_dir, killed_dir):
@@ -276,7 +283,14 @@ def test_kill_9_mid_training_resumes_the_same_run_without_losing_an_epoch(
 def test_sigterm_mid_training_closes_the_run_as_killed(tmp_path: Path, figures: Counter[str]) -> None:
     params = write_params(
         tmp_path / "params.yaml",
-        tiny_params(**{"data.mnist1d.num_samples": 5000, "train.epochs": 50, "train.archs": ["rnn"]}),
+        tiny_params(
+            **{
+                "data.mnist1d.num_samples": 5000,
+                "train.epochs": 50,
+                "train.archs": ["rnn"],
+                "gan.judge": "rnn",
+            }
+        ),
     )
     run_cli("prepare", "--params", str(params), cwd=tmp_path, check=True)
     proc = subprocess.Popen(

@@ -40,7 +40,7 @@ def test_gate_needs_margin_and_significance(params: Params) -> None:
 
 
 def _train_and_register(params: Params, prepared: Path, tmp: Path, **overrides: object) -> dict:
-    p = params.with_overrides({"train.archs": ["mlp"], **overrides})
+    p = params.with_overrides({"train.archs": ["mlp"], "gan.judge": "mlp", **overrides})
     stages.train_architecture(
         p, "mlp", prepared, tmp / "models/mlp", tmp / "results/mlp.json", tmp / "plots/mlp", progress=False
     )
@@ -286,7 +286,7 @@ def test_registering_an_unchanged_model_again_adds_no_version(
 ) -> None:
     first = _train_and_register(params, prepared, tmp_path)
     again = register_all(
-        params.with_overrides({"train.archs": ["mlp"]}),
+        params.with_overrides({"train.archs": ["mlp"], "gan.judge": "mlp"}),
         tmp_path / "results",
         prepared,
         tmp_path / "again.json",

@@ -182,3 +182,18 @@ def test_a_tampered_resume_checkpoint_is_refused_and_never_runs(
     ):
         fit(params.with_overrides({"train.epochs": 5}), "mlp", 0, data, tmp_path / "run", progress=False)
     assert not marker.exists()
+
+
+def test_denormals_are_flushed_inside_a_fit_and_the_caller_s_arithmetic_is_left_as_it_was(
+    params: Params, prepared: Path, tmp_path: Path
+) -> None:
+    import numpy as np
+
+    from sounding.training import denormals_flushed
+
+    tiny = np.float32(1e-40)  # a float32 denormal
+    with denormals_flushed():
+        assert (torch.tensor([tiny]) * torch.tensor([1.0])).item() == 0.0
+    fit(params, "mlp", 0, load_prepared(prepared), tmp_path / "run", progress=False)
+    assert (torch.tensor([tiny]) * torch.tensor([1.0])).item() != 0.0
+    assert np.float64(5e-324) * 1.0 != 0.0  # numpy's subnormals too

@@ -366,7 +366,10 @@ def test_cli_refuses_a_bad_source_before_any_work(prepared: Path, tmp_path: Path
 def test_cli_pretrain_transfer_and_leaderboard(tmp_path: Path) -> None:
     from sounding import tracking
 
-    write_params(tmp_path / "params.yaml", tiny_params(**{"train.archs": ["mlp"], "train.n_seeds": 2}))
+    write_params(
+        tmp_path / "params.yaml",
+        tiny_params(**{"train.archs": ["mlp"], "gan.judge": "mlp", "train.n_seeds": 2}),
+    )
     steps = (
         ["prepare"],
         ["pretrain", "-q"],

@@ -267,7 +267,10 @@ def depth(
 @app.command()
 def gan(
     data: Annotated[Path, typer.Option(help="Prepared data folder.")] = Path("data/prepared"),
-    judge: Annotated[Path, typer.Option(help="Trained CNN folder used as the judge.")] = Path("models/cnn"),
+    judge: Annotated[
+        Path | None,
+        typer.Option(help="Trained classifier folder used as the judge. [default: models/GAN.JUDGE]"),
+    ] = None,
     model_dir: Annotated[Path, typer.Option(help="Generator output folder.")] = Path("models/gan"),
     metrics: Annotated[Path, typer.Option(help=HEADLINE)] = Path("metrics/gan.json"),
     results: Annotated[Path, typer.Option(help=RESULTS)] = Path("results/gan.json"),
@@ -276,10 +279,11 @@ def gan(
     overrides: SetOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
-    """Train the class-conditional GAN and measure its samples with the trained CNN as judge."""
+    """Train the class-conditional GAN and measure its samples with a trained classifier as judge."""
     _hold("sounding gan")
     check_writable(model_dir, metrics, results, plots)
     params = _params(params_path, overrides)
+    judge = judge or Path("models") / params.gan.judge
     from sounding import headline
     from sounding.generative import train_gan
 

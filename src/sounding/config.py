@@ -292,8 +292,12 @@ class DepthParams(Section):
 
 
 class GanParams(Section):
-    """The class-conditional GAN (``sounding gan``), judged by the trained CNN (never trained against it)."""
+    """The class-conditional GAN (``sounding gan``), judged by a trained classifier (never trained against
+    it)."""
 
+    judge: Arch = "cnn"
+    """The trained architecture that judges the samples (its accuracy on them, and its features for the
+    Fréchet distance); one of ``train.archs``."""
     latent: PositiveInt = 32
     """Size of the noise vector the generator starts from."""
     channels: Annotated[int, Field(ge=2)] = 32
@@ -600,6 +604,15 @@ class Params(Section):
     retrain: RetrainParams = RetrainParams()
     """The Prefect retraining flow."""
 
+    @model_validator(mode="after")
+    def _judge_is_trained(self) -> Params:
+        if self.gan.judge not in self.train.archs:
+            raise ValueError(
+                f"gan.judge is {self.gan.judge!r}, which train.archs ({', '.join(self.train.archs)}) does not "
+                "train; set gan.judge to one of them"
+            )
+        return self
+
     def tune_epochs(self, arch: str) -> int:
         """Epochs of one tuning trial of ``arch``."""
         return self.tune.epochs_by_arch.get(arch) or self.tune.epochs or self.train.epochs
@@ -680,7 +693,10 @@ def _describe(loc: tuple, errors: list[dict]) -> str:
         hint = f"; did you mean '{'.'.join(str(p) for p in loc[:-1] + (close[0],))}'?" if close else ""
         return f"{path}: unknown key{hint or '.'} Allowed keys here: {', '.join(allowed)}"
     allowed = " or ".join(dict.fromkeys(e["msg"].removeprefix("Value error, ") for e in errors))
-    return f"{path}: {allowed} (got {errors[0].get('input')!r})"
+    got = errors[0].get("input")
+    if isinstance(got, dict):  # a check across a section's keys (or sections), whose message names them
+        return f"{path}: {allowed}" if loc else allowed
+    return f"{path}: {allowed} (got {got!r})"
 
 
 def _format_errors(exc: ValidationError) -> str:

@@ -1,7 +1,8 @@
-"""The conditional GAN stage and honest measures of its samples, judged by the trained CNN.
+"""The conditional GAN stage and honest measures of its samples, judged by a trained classifier
+(``gan.judge``, the CNN by default):
 
-- judge accuracy: share of generated samples the CNN classifies as the label they were conditioned on;
-- Fréchet distance between generated and real test samples in the CNN's penultimate-layer features;
+- judge accuracy: share of generated samples the judge classifies as the label they were conditioned on;
+- Fréchet distance between generated and real test samples in the judge's penultimate-layer features;
 - per-class diversity: mean pairwise distance of samples, against the real data's (collapse warning when a
   class falls below ``COLLAPSE_RATIO`` of it);
 - reference points: real data (the ceiling) and a naive per-class mean-plus-noise generator (the floor).
@@ -199,7 +200,7 @@ def train_gan(
             max_epochs=g.epochs,
             run_id=run_id,
             callbacks=[Quality()],
-            progress=progress,
+            progress="gan" if progress else None,
             monitor=None,
         )
         history = fitted.history.rows

@@ -9,6 +9,7 @@ just before the checkpoint is written, and an epoch already logged is never logg
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -18,6 +19,7 @@ import os
 import sys
 import time
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +38,7 @@ from sounding.files import atomic_write
 from sounding.models.classifier import LitClassifier
 from sounding.models.factory import net_kwargs
 from sounding.models.nets.base import Standardize
+from sounding.progress import EpochLines, on_terminal
 
 # Lightning sets its loggers to INFO on import; its hardware banner and tips would drown our output.
 for _name in ("lightning.pytorch", "lightning.fabric"):
@@ -285,15 +288,17 @@ def make_trainer(
     callbacks: list[Callback],
     max_epochs: int | None = None,
     logger: Logger | None = None,
-    progress: bool = False,
+    progress: str | None = None,
     clip_gradients: bool = True,
 ) -> L.Trainer:
     """A Trainer configured from ``params.compute`` and the clipping of ``params.train`` (``clip_gradients``
     false for manual optimisation, the GAN's, which Lightning does not clip). No sanity check or model
-    summary: they cost more than an epoch of these small networks; ``progress``: Lightning's bar, on a
-    terminal only."""
+    summary: they cost more than an epoch of these small networks. ``progress`` names the fit in its
+    progress (none without it): Lightning's bar on a terminal, ``progress.EpochLines`` off one."""
     c, t = params.compute, params.train
     clip = clip_gradients and t.gradient_clip_val > 0
+    if progress is not None and not on_terminal():
+        callbacks = [*callbacks, EpochLines(progress)]
     return L.Trainer(
         max_epochs=max_epochs or t.epochs,
         accelerator=c.accelerator,
@@ -307,7 +312,7 @@ def make_trainer(
         gradient_clip_val=t.gradient_clip_val if clip else None,
         gradient_clip_algorithm=t.gradient_clip_algorithm if clip else None,
         enable_checkpointing=any(isinstance(cb, ModelCheckpoint) for cb in callbacks),
-        enable_progress_bar=progress and sys.stderr.isatty(),  # a bar in a log file is a wall of \r
+        enable_progress_bar=progress is not None,
         enable_model_summary=False,
         num_sanity_val_steps=0,
         log_every_n_steps=1,  # only epoch-level values are logged; this silences the "few steps" warning
@@ -383,6 +388,21 @@ def check_checkpoint(path: Path) -> None:
         ) from None
 
 
+@contextlib.contextmanager
+def denormals_flushed() -> Iterator[None]:
+    """Within: denormal floats flushed to zero on this thread (x86's FTZ/DAZ flags), restored after, so
+    a caller's own arithmetic (numpy's in a notebook, say) keeps IEEE-754 semantics. Without the flush,
+    weights and activations that decay towards zero (weight decay, batch norm of near-constant channels)
+    reach the denormal range, where each multiply costs about a hundred times more on x86: a default FCN
+    fit on MNIST-1D took 239 s, and 52 s with the flush (docs/benchmarks.md, figure 10). Values that
+    small change no prediction."""
+    torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        torch.set_flush_denormal(False)
+
+
 @dataclass
 class Fitted:
     """A finished ``train_system``: the trainer, its history and where its checkpoints are."""
@@ -403,7 +423,7 @@ def train_system(
     max_epochs: int | None = None,
     run_id: str | None = None,
     callbacks: list[Callback] | None = None,
-    progress: bool = False,
+    progress: str | None = None,
     monitor: str | None = "val/acc",
     mode: str = "max",
 ) -> Fitted:
@@ -428,12 +448,13 @@ def train_system(
     if resume.is_file():
         check_checkpoint(resume)
     try:
-        trainer.fit(
-            system,
-            datamodule=datamodule,
-            ckpt_path=str(resume) if resume.is_file() else None,
-            weights_only=True,
-        )
+        with denormals_flushed():
+            trainer.fit(
+                system,
+                datamodule=datamodule,
+                ckpt_path=str(resume) if resume.is_file() else None,
+                weights_only=True,
+            )
     except SystemExit as exc:
         raise KeyboardInterrupt(type(exc).__name__) from None
     finally:
@@ -494,9 +515,9 @@ def fit(
         seed,
         run_id=run_id,
         callbacks=[*(callbacks or []), *stopping],
-        progress=progress,
         monitor=monitor,
         mode=mode,
+        progress=f"{arch} seed {seed}" if progress else None,
     )
     trainer, rows = fitted.trainer, fitted.history.rows
     selected = len(rows) - 1
@@ -508,7 +529,8 @@ def fit(
     if evaluate:
         # The run's epochs are its steps: the caller logs the test figures with the fit's others.
         trainer.loggers = []
-        test = trainer.test(system, datamodule=datamodule, verbose=False)[0]
+        with denormals_flushed():  # the arithmetic of the fit's validation
+            test = trainer.test(system, datamodule=datamodule, verbose=False)[0]
         metrics.update({k: float(v) for k, v in test.items()})
     if rows:
         metrics.update({k: v for k, v in rows[selected].items() if k.startswith(("val/", "train/"))})

@@ -358,9 +358,8 @@ def run_transfer(
     """
     import dataclasses
 
-    from tqdm.auto import tqdm
-
     from sounding import parallel, tracking
+    from sounding import progress as progress_
     from sounding.data.prepare import Split, load_prepared
     from sounding.files import write_json
 
@@ -387,11 +386,8 @@ def run_transfer(
     subsets = {(b, s): budget_indices(data.train.y, b, s) for b in budgets for s in seeds}
     acc: dict[tuple[str, str, float], list[float]] = {}
     tags = {"stage": "transfer", "data_sha256": data.sha256, "source": t.source}
-    fits = tqdm(
-        total=len(backbones) * len(budgets) * len(seeds) * len(STRATEGIES),
-        desc="transfer",
-        unit="fit",
-        disable=None if progress else True,
+    fits = progress_.bar(
+        len(backbones) * len(budgets) * len(seeds) * len(STRATEGIES), "transfer", "fit", progress
     )
     with (
         tracking.tracked_run(params, "transfer", tags, experiment=experiment(params)) as parent,
