@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 import time
 from pathlib import Path
 
@@ -40,7 +41,7 @@ def test_off_a_terminal_work_prints_a_line_at_each_interval_and_one_at_the_end(m
     bar.close()
     bar.close()  # a second close adds nothing
     lines = err.getvalue().splitlines()
-    assert "\r" not in err.getvalue()
+    assert "\r" not in err.getvalue() and ", ," not in err.getvalue()
     assert lines[-1].startswith("tune cnn: 3/3 trials [") and lines[-1].endswith(", best val/acc 0.953]")
     assert sum(line.startswith("tune cnn: 3/3") for line in lines) == 1
 
@@ -65,5 +66,8 @@ def test_a_fit_off_a_terminal_prints_its_epochs_and_latest_figures(
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if line.startswith("mlp seed 7: ")]
     assert [line.split(" [")[0] for line in lines] == [f"mlp seed 7: {n}/3 epochs" for n in (1, 2, 3)]
-    assert "val/acc" in lines[-1] and "train/loss" in lines[-1]
+    assert re.fullmatch(
+        r"mlp seed 7: 3/3 epochs \[\d\d:\d\d<00:00, train/loss [\d.]+, val/loss [\d.]+, val/acc [\d.]+\]",
+        lines[-1],
+    )
     assert "\r" not in err

@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 INTERVAL_ENV = "SOUNDING_PROGRESS_S"
 DEFAULT_INTERVAL_S = 30.0
 FORMAT = "{desc}: {n_fmt}/{total_fmt} {unit}s [{elapsed}<{remaining}{postfix}]"
+"""tqdm's ``bar_format``; tqdm puts ", " before a postfix that is not empty."""
 
 
 def interval_s() -> float:
@@ -67,7 +68,7 @@ class Lines:
 
     def set_postfix(self, values: dict[str, Any]) -> None:
         with self._lock:
-            self.postfix = ", " + ", ".join(f"{k} {v}" for k, v in values.items())
+            self.postfix = ", ".join(f"{k} {v}" for k, v in values.items())
 
     def line(self) -> str:
         """The current state as one line."""
@@ -148,7 +149,7 @@ class EpochLines(ProgressBar):
                 prefix=self.desc,
                 unit="epoch",
                 bar_format=FORMAT,
-                postfix=", " + ", ".join(f"{k} {v}" for k, v in figures.items()) if figures else "",
+                postfix=", ".join(f"{k} {v}" for k, v in figures.items()),
             )
         )
 

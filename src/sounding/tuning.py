@@ -527,7 +527,7 @@ def run_study(
     distributions = {name: _distribution(r) for name, (_, r) in search_space(params, arch).items()}
     retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=t.max_retry)
     lock = BudgetLock(job.storage, study.study_name)
-    bar = progress_.bar(t.n_trials, f"tune {study.study_name}", "trial", leave=False) if progress else None
+    bar = progress_.bar(t.n_trials, f"tune {arch}", "trial", leave=False) if progress else None
     outcomes: dict[int, dict[str, Any]] = {}  # of the running batch, by trial number, as they arrive
     with _InterruptGate() as gate, parallel.Workers(params, t.batch) as workers:
         try:
