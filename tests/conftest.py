@@ -178,14 +178,20 @@ def free_port() -> int:
 
 @contextmanager
 def mlflow_server(
-    backend: str, folder: Path, *options: str, env: dict[str, str] | None = None, health: str = "/health"
+    backend: str,
+    folder: Path,
+    *options: str,
+    env: dict[str, str] | None = None,
+    health: str = "/health",
+    port: int | None = None,
 ) -> Iterator[tuple[str, Path]]:
-    """``mlflow server`` on a free loopback port (its artifacts in ``folder/server-artifacts``, one worker,
-    no job runner), yielded as (URL, its log file) once ``health`` answers; stopped afterwards."""
+    """``mlflow server`` on ``port`` of the loopback (a free one by default; its artifacts in
+    ``folder/server-artifacts``, one worker, no job runner), yielded as (URL, its log file) once ``health``
+    answers; stopped afterwards."""
     import urllib.request
 
-    port, log = free_port(), folder / "mlflow-server.log"
-    with open(log, "wb") as sink:
+    port, log = port or free_port(), folder / "mlflow-server.log"
+    with open(log, "ab") as sink:
         server = subprocess.Popen(
             [str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri", backend,
              "--artifacts-destination", str(folder / "server-artifacts"), "--host", "127.0.0.1",

@@ -1,4 +1,4 @@
-"""Faults injected into real processes: kills during checkpoint writes."""
+"""Faults injected into real processes: kills during checkpoint writes, a tracking server lost mid-training."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from sounding import tracking
-from tests.conftest import SOUNDING, run_cli, tiny_params, write_params
+from tests.conftest import SOUNDING, free_port, mlflow_server, run_cli, tiny_params, write_params
 
 pytestmark = pytest.mark.slow
 
@@ -75,3 +75,55 @@ def test_a_checkpoint_of_another_store_s_run_starts_a_new_run_holding_every_epoc
         assert len(runs) == 1 and runs[0].info.status == "FINISHED"
         assert [m.step for m in c.get_metric_history(runs[0].info.run_id, "train/loss")] == [0, 1, 2, 3]
     figures["faults injected"] += 1
+
+
+def test_a_tracking_server_lost_mid_training_exits_69_and_a_rerun_once_it_is_back_logs_every_epoch(
+    tmp_path: Path, figures: Counter[str]
+) -> None:
+    """Fault 2 of docs/reliability.md: the MLflow server dies while a model trains. Training goes on to
+    its last epoch, the command ends within the bound with exit 69 and one line saying what to do (no
+    twelve-minute wait while the writer retries each queued batch in turn); once the server is back, the
+    same command re-attaches to the run and logs the epochs it lacks, from the checkpoints."""
+    epochs, port = 300, free_port()
+    backend = f"sqlite:///{tmp_path / 'server.db'}"
+    url = f"http://127.0.0.1:{port}"
+    write_params(tmp_path / "params.yaml", tiny_params(**{"tracking.uri": url, "train.epochs": epochs}))
+    with mlflow_server(backend, tmp_path, port=port):
+        run_cli("prepare", cwd=tmp_path, check=True)
+        training = subprocess.Popen(
+            [SOUNDING, "train", "mlp", "-q"],
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        deadline = time.time() + 120
+        while not list(tmp_path.glob("checkpoints/mlp/*/last.ckpt")):  # its run exists, epochs are logged
+            assert time.time() < deadline and training.poll() is None, training.communicate()
+            time.sleep(0.05)
+    lost = time.monotonic()  # the server is gone
+    out, err = training.communicate(timeout=600)
+    elapsed = time.monotonic() - lost
+    (ckpt,) = tmp_path.glob("checkpoints/mlp/*/last.ckpt")
+    assert torch.load(ckpt, weights_only=True, map_location="cpu")["epoch"] == epochs - 1  # it went on
+    assert training.returncode == 69, out + err
+    assert "Traceback" not in err
+    assert (
+        err.strip()
+        .splitlines()[-1]
+        .startswith(f"error: tracking server {url} stopped answering during the run (connection refused)")
+    ), err
+    assert elapsed < 90  # MLflow's bounded retries once, then every queued item at once
+    assert not (tmp_path / "results" / "mlp.json").exists()  # nothing published without its run
+    print(f"server lost: exit 69 {elapsed:.1f} s later: {err.strip().splitlines()[-1]}")
+
+    with mlflow_server(backend, tmp_path, port=port):
+        again = run_cli("train", "mlp", "-q", cwd=tmp_path)
+        assert again.returncode == 0, again.stdout + again.stderr
+        run_id = json.loads((ckpt.parent / "run.json").read_text())["run_id"]
+        assert tracking.logged_steps(url, run_id, "epoch") == list(range(epochs))  # no epoch lost
+        assert tracking.client(url).get_run(run_id).info.status == "FINISHED"
+        print(f"rerun with the server back: run {run_id} FINISHED, epochs 0-{epochs - 1} logged")
+    assert json.loads((tmp_path / "results" / "mlp.json").read_text())["seeds"][0]["run_id"] == run_id
+    figures["faults injected"] += 1
+    figures["runs checked"] += 1

@@ -7,6 +7,7 @@ bad-input errors answer at once. ``BadInput`` anywhere becomes a one-paragraph m
 
 from __future__ import annotations
 
+import re
 import signal
 import sys
 from pathlib import Path
@@ -604,6 +605,16 @@ def main() -> None:
         sys.exit(2)
     except ServiceUnavailable as exc:
         typer.echo(f"error: {exc}", err=True)
+        sys.exit(ServiceUnavailable.EXIT_CODE)
+    except Exception as exc:
+        from sounding import tracking
+
+        if not tracking.unreachable(exc):
+            raise
+        # A request of this process to a server that stopped answering (after MLflow's bounded retries)
+        found = re.search(r"API request to (\S+?)/api/", str(exc))
+        uri = found.group(1) if found else "(the tracking server)"
+        typer.echo(f"error: {tracking.lost_store(uri, tracking.lost_reason(exc))}", err=True)
         sys.exit(ServiceUnavailable.EXIT_CODE)
 
 

@@ -180,6 +180,38 @@ def check_store(t: Any) -> None:
         check_database(uri, t.timeout_s, "tracking database", "tracking.uri")
 
 
+def unreachable(exc: BaseException) -> bool:
+    """Whether ``exc`` (or an error it was raised from) says that a tracking server did not answer:
+    connection refused or reset, or no answer in time, as opposed to an answer refusing the request."""
+    import requests
+
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, (requests.exceptions.ConnectionError, requests.exceptions.Timeout)):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    # MLflow's REST client reports a request that failed on every retry as an MlflowException
+    return "Max retries exceeded" in str(exc)
+
+
+def lost_reason(exc: BaseException) -> str:
+    """A few words on why a store did not answer (``unreachable(exc)``)."""
+    text = str(exc)
+    for marker, reason in (("refused", "connection refused"), ("timed out", "no answer in time")):
+        if marker in text:
+            return reason
+    return text.splitlines()[0][:120] if text else type(exc).__name__
+
+
+def lost_store(uri: str, reason: str) -> str:
+    """What to do when the tracking store ``uri`` stopped answering in the middle of a command."""
+    return (
+        f"tracking server {uri} stopped answering during the run ({reason}); training went on and its "
+        "checkpoints hold every epoch: once the server answers, rerun the same command, which re-attaches "
+        "to the same MLflow run and logs the epochs it lacks"
+    )
+
+
 def check_database(url: str, timeout_s: float, what: str, setting: str) -> None:
     """``ServiceUnavailable`` naming ``what`` (password masked) when a PostgreSQL ``url`` does not accept a
     connection within ``timeout_s``."""
@@ -318,7 +350,11 @@ def _run_exists(uri: str, run_id: str) -> bool:
 
 def _end(c: Any, run_id: str, status: str) -> None:
     """End a run once the writer has stored what it was sent: MLflow refuses a run's metrics after its end,
-    and a parent run (a study's) ends after its children's ends."""
+    and a parent run (a study's) ends after its children's ends. When the store stopped answering, the run
+    is left as it is there (RUNNING) rather than asked again: a rerun re-attaches to it."""
+    failing = sys.exc_info()[1]
+    if failing is not None and unreachable(failing):
+        return
     try:
         wait_sent()
     except RuntimeError as exc:
@@ -382,6 +418,10 @@ def log_steps(uri: str, run_id: str, rows: list[tuple[int, dict[str, float]]]) -
         client(uri).log_batch(run_id, metrics=batch[start : start + 1000])
 
 
+LOST = "lost "
+"""The writer's answer for an item not written because its store stopped answering: ``lost [URI, REASON]``."""
+
+
 class TrackingWriter:
     """Writes to MLflow from a child process, so the training process only hands things over.
 
@@ -406,6 +446,7 @@ class TrackingWriter:
         )
         self._sent: deque[str] = deque()  # the run id of each item not yet answered, in order
         self._errors: list[str] = []
+        self._lost: dict[str, str] = {}  # stores that stopped answering: uri -> reason
         self._lock = threading.Lock()  # lines and answers stay paired when threads share the writer
 
     def send(self, op: str, uri: str, run_id: str, payload: Any) -> None:
@@ -432,8 +473,17 @@ class TrackingWriter:
                     "item(s) unwritten"
                 )
             self._sent.popleft()
-            if answer.strip():
+            if answer.startswith(LOST):
+                uri, reason = json.loads(answer.removeprefix(LOST))
+                self._lost.setdefault(uri, reason)
+            elif answer.strip():
                 self._errors.append(answer.strip())
+        if self._lost:  # what the writer could not store is in the checkpoints: a rerun logs it
+            from sounding.errors import ServiceUnavailable
+
+            uri, reason = next(iter(self._lost.items()))
+            self._lost, self._errors = {}, []
+            raise ServiceUnavailable(lost_store(uri, reason))
         if self._errors:
             errors, self._errors = self._errors, []
             raise RuntimeError("logging to MLflow failed: " + "; ".join(errors))

@@ -7,7 +7,10 @@ stdin and answers each with one line on stdout: empty when written, else the err
 - ``end``: payload the run's final status. A run whose metrics or params failed to write ends FAILED, not
   FINISHED.
 
-Lines are handled in order, so a run ends after everything sent for it before. The process exits when
+Lines are handled in order, so a run ends after everything sent for it before. Once a store stops
+answering (``tracking.unreachable``: after MLflow's bounded retries), every later item for it is answered
+``lost`` at once, unwritten, instead of waiting out the retries of each in turn: the parent then reports
+the store lost (exit 69), and the checkpoints, which hold every epoch, let a rerun log what is missing. The process exits when
 stdin closes, which happens when its parent exits or is killed: what it was sent is written first.
 """
 
@@ -17,7 +20,7 @@ import json
 import signal
 import sys
 
-from sounding.tracking import client, log_steps
+from sounding.tracking import LOST, client, log_steps, lost_reason, unreachable
 
 
 def handle(op: str, uri: str, run_id: str, payload, failed: set[str]) -> None:
@@ -46,12 +49,19 @@ def main() -> None:
     # and exits when the parent closes its end.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     failed: set[str] = set()
+    lost: dict[str, str] = {}  # stores that stopped answering: uri -> reason
     for line in sys.stdin:
+        op, uri, run_id, payload = json.loads(line)
         try:
-            handle(*json.loads(line), failed)
-            answer = ""
+            if uri not in lost:
+                handle(op, uri, run_id, payload, failed)
+            answer = "" if uri not in lost else LOST + json.dumps([uri, lost[uri]])
         except Exception as exc:  # reported to the parent, which raises it
-            answer = f"{type(exc).__name__}: {exc}".replace("\n", " ")
+            if unreachable(exc):
+                lost[uri] = lost_reason(exc)
+                answer = LOST + json.dumps([uri, lost[uri]])
+            else:
+                answer = f"{type(exc).__name__}: {exc}".replace("\n", " ")
         sys.stdout.write(answer + "\n")
         sys.stdout.flush()
 
