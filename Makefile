@@ -37,11 +37,13 @@ run: $(STAMP) ## Reproduce the whole pipeline from params.yaml (dvc repro; refus
 
 # One pytest worker per core, both tiers in one session (no tier waits for the other's last test). Whole
 # files go to workers (--dist loadfile): a module's end-to-end fixture (one `dvc repro`) is built once,
-# not once per worker; tests/conftest.py starts the slow tier's files first.
+# not once per worker; tests/conftest.py starts the slow tier's files first, and --no-loadscope-reorder
+# keeps that order (xdist would start the files with the most tests first: the long end-to-end files,
+# which hold few tests each, then ran last, one worker waiting for the other).
 TEST_WORKERS ?= auto
 
 test: $(STAMP) ## Run the whole test suite: the fast tier and the slow end-to-end tier, in one session
-	$(BIN)/pytest -q -m "slow or not slow" -n $(TEST_WORKERS) --dist loadfile
+	$(BIN)/pytest -q -m "slow or not slow" -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 test-fast: $(STAMP) ## Run the fast tier only
 	$(BIN)/pytest -q -n $(TEST_WORKERS)
