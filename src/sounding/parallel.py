@@ -13,7 +13,7 @@ import multiprocessing
 import os
 import signal
 from collections.abc import Callable, Sequence
-from concurrent.futures import FIRST_EXCEPTION, Future, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from typing import Any, TypeVar
 
 from sounding.config import Params
@@ -177,8 +177,8 @@ class Workers:
         futures: list[Future] = [self._pool.submit(_call, fn, job) for job in jobs]
         try:
             pending = set(futures)
-            while pending:
-                done, pending = wait(pending, return_when=FIRST_EXCEPTION)
+            while pending:  # each result as it comes (FIRST_EXCEPTION would wait for all but a failure)
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
                 for future in done:
                     if future.exception() is not None:
                         self._stop.set()  # jobs not started yet do not start; those running finish

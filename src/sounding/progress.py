@@ -5,7 +5,7 @@ batches. Off one (a log file, cron, CI, ``| tee``, a Prefect flow run's log, whe
 line by line) a bar redrawn with ``\\r`` is a wall of noise, so tqdm and Lightning's bars are off there,
 and the same work prints a whole line every ``SOUNDING_PROGRESS_S`` seconds (30 by default) and when it
 ends: what is done of how much, the elapsed and remaining time, e.g.
-``tune cnn: 12/40 trials [02:01<04:43, best val/acc 0.953]``.
+``tune cnn: 4/10 trials [01:00<01:30, best val/acc 0.955]``.
 """
 
 from __future__ import annotations
