@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Train the CNN and the GRU with bf16-mixed on one GPU; print samples/s against the CPU and achieved
+# Train the CNN, the GRU and the FCN with bf16-mixed on one GPU; print samples/s against the CPU and achieved
 # TFLOP/s against the GPU's peak. Options: see `benchmarks/gpu_check.sh --help`.
 # Needs a CUDA build of torch 2.13.0 in the environment (the project's .venv holds the CPU wheel):
 #   PYTHON=/path/to/cuda-venv/bin/python benchmarks/gpu_check.sh
