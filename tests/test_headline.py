@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from sounding import headline
 
 
@@ -18,14 +20,32 @@ def test_studies_give_their_headline_or_nothing_when_skipped() -> None:
         "frechet": 85.0,
     }
     configs = [{"test_acc": 0.5, "diverged": False}, {"test_acc": 0.1, "diverged": True}]
-    assert headline.depth({"configs": configs, "n_diverged": 1}) == {"n_diverged": 1, "best_test_acc": 0.5}
-    all_diverged = headline.depth({"configs": configs[1:], "n_diverged": 1})
-    assert all_diverged == {"n_diverged": 1}
+    assert headline.depth({"configs": configs, "n_diverged": 1}) == {"test_acc": 0.5}
+    assert headline.depth({"configs": configs[1:], "n_diverged": 1}) == {}
     transfer = {
         "budgets": [0.01, 1.0],
         "results": {"mlp": {"finetune": {"0.01": {"gain": 0.4}, "1": {"gain": 0.0}}}},
     }
-    assert headline.transfer(transfer) == {"finetune_gain": {"mlp": 0.4}}
+    assert headline.transfer(transfer) == {"mlp": {"finetune_gain": 0.4}}
     assert headline.transfer({"budgets": [0.01], "results": {}, "skipped": {"mlp": "no fit"}}) == {}
-    baselines = {"baselines": {"logreg": {"test_acc": 0.3, "run_id": "r"}, "1nn": {"test_acc": 0.5}}}
-    assert headline.baselines(baselines) == {"logreg": {"test_acc": 0.3}, "1nn": {"test_acc": 0.5}}
+    baselines = {
+        "baselines": {
+            "logreg": {"test_acc": 0.3, "test_f1_macro": 0.25, "run_id": "r"},
+            "1nn": {"test_acc": 0.5, "test_f1_macro": 0.5},
+        }
+    }
+    assert headline.baselines(baselines) == {
+        "logreg": {"test_acc": 0.3, "test_f1_macro": 0.25},
+        "1nn": {"test_acc": 0.5, "test_f1_macro": 0.5},
+    }
+
+
+def test_a_metrics_folder_holds_exactly_the_models_of_its_last_run(tmp_path) -> None:
+    from sounding.files import write_json_folder
+
+    folder = tmp_path / "metrics" / "transfer"
+    write_json_folder(folder, {"cnn": {"finetune_gain": 0.6}, "mlp": {"finetune_gain": 0.3}})
+    (folder / "notes.txt").write_text("kept")
+    write_json_folder(folder, {"mlp": {"finetune_gain": 0.2}})
+    assert sorted(p.name for p in folder.iterdir()) == ["mlp.json", "notes.txt"]
+    assert json.loads((folder / "mlp.json").read_text()) == {"finetune_gain": 0.2}

@@ -91,6 +91,30 @@ def test_repro_writes_every_output(repo: Path) -> None:
     assert (repo / "models" / "gan" / "generator.safetensors").is_file()
 
 
+def test_dvc_metrics_show_is_one_row_per_model_in_a_120_column_terminal(repo: Path) -> None:
+    shown = run_dvc("metrics", "show", "--precision", "3", cwd=repo)
+    assert shown.returncode == 0, shown.stderr
+    lines = shown.stdout.splitlines()
+    assert max(map(len, lines)) <= 120, shown.stdout
+    header = lines[0].split()
+    assert header == [
+        "Path",
+        "finetune_gain",
+        "frechet",
+        "judge_acc",
+        "test_acc",
+        "test_acc_std",
+        "test_f1_macro",
+    ]
+    rows = {line.split()[0] for line in lines[1:]}
+    assert {f"metrics/{arch}.json" for arch in ARCHS} <= rows
+    assert {
+        "metrics/baselines/logreg.json",
+        "metrics/baselines/1nn.json",
+        "metrics/transfer/mlp.json",
+    } <= rows
+
+
 def test_the_pipeline_log_holds_no_library_noise(repo: Path) -> None:
     log = (repo.parent / "repro.log").read_text()
     assert "Running stage 'register'" in log

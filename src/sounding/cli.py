@@ -17,7 +17,7 @@ import typer
 
 from sounding.config import ARCHS, Params, load_params
 from sounding.errors import BadInput, ServiceUnavailable
-from sounding.files import check_writable, write_json
+from sounding.files import check_writable, write_json, write_json_folder
 
 app = typer.Typer(
     help="Sounding: train, tune, compare and ship neural-network architectures reproducibly.",
@@ -32,6 +32,7 @@ SetOpt = Annotated[
 ]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
 HEADLINE = "Headline metrics JSON (DVC's metrics file: a few numbers)."
+HEADLINE_FOLDER = "Headline metrics folder (DVC's metrics output): MODEL.json, a few numbers each."
 RESULTS = "Full results JSON (per seed, run ids, hashes), read by report and register."
 
 
@@ -166,7 +167,7 @@ def train(
 @app.command()
 def baselines(
     data: Annotated[Path, typer.Option(help="Prepared data folder.")] = Path("data/prepared"),
-    metrics: Annotated[Path, typer.Option(help=HEADLINE)] = Path("metrics/baselines.json"),
+    metrics: Annotated[Path, typer.Option(help=HEADLINE_FOLDER)] = Path("metrics/baselines"),
     results: Annotated[Path, typer.Option(help=RESULTS)] = Path("results/baselines.json"),
     params_path: ParamsOpt = Path("params.yaml"),
     overrides: SetOpt = None,
@@ -180,7 +181,7 @@ def baselines(
     from sounding.baselines import run_baselines
 
     summary = run_baselines(params, data, results)
-    write_json(metrics, headline.baselines(summary))
+    write_json_folder(metrics, headline.baselines(summary))
     for r in summary["baselines"].values():
         typer.echo(
             f"{r['label']}: test accuracy {r['test_acc']:.4f}, macro-F1 {r['test_f1_macro']:.4f}, "
@@ -334,7 +335,7 @@ def transfer(
     pretrained: Annotated[
         Path, typer.Option(help="Models of `sounding pretrain` (transfer.source: pretrain).")
     ] = Path("models/pretrained"),
-    metrics: Annotated[Path, typer.Option(help=HEADLINE)] = Path("metrics/transfer.json"),
+    metrics: Annotated[Path, typer.Option(help=HEADLINE_FOLDER)] = Path("metrics/transfer"),
     results: Annotated[Path, typer.Option(help=RESULTS)] = Path("results/transfer.json"),
     plots: Annotated[Path, typer.Option(help="Plots folder.")] = Path("plots/transfer"),
     params_path: ParamsOpt = Path("params.yaml"),
@@ -349,7 +350,7 @@ def transfer(
     from sounding.transfer import run_transfer
 
     s = run_transfer(params, data, pretrained, results, plots, progress=not quiet)
-    write_json(metrics, headline.transfer(s))
+    write_json_folder(metrics, headline.transfer(s))
     for arch, why in s["skipped"].items():
         typer.echo(f"transfer {arch}: skipped, the pretrained network does not fit this data: {why}")
     if not s["results"]:

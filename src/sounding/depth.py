@@ -102,9 +102,8 @@ def run_depth_study(
     ]
     if parallel.n_workers(params, len(jobs)) > 1:  # the experiment exists before the workers meet it
         tracking.experiment_id(params.tracking.uri, experiment(params))
-    bar = progress_.bar(len(jobs), "depth study", "config", enabled=progress)
-    rows = parallel.run_jobs(params, train_config, jobs, on_done=lambda _: bar.update(1))
-    bar.close()
+    with progress_.bar(len(jobs), "depth study", "config", enabled=progress) as bar:
+        rows = parallel.run_jobs(params, train_config, jobs, on_done=lambda _: bar.update(1))
     plots.depth_summary(rows, plots_dir / "accuracy_vs_depth.png")
     plots.depth_ratio_summary(rows, plots_dir / "init_gradient_ratio.png")
     summary = {"configs": rows, "n_diverged": sum(r["diverged"] for r in rows)}

@@ -89,6 +89,18 @@ def write_json(path: str | Path, payload: Any) -> Path:
     return atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
+def write_json_folder(folder: str | Path, payloads: dict[str, Any]) -> Path:
+    """Write ``folder/NAME.json`` for each of ``payloads`` (each atomically) and remove the folder's other
+    ``.json`` files, so the folder holds exactly this run's files."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, payload in payloads.items():
+        write_json(folder / f"{name}.json", payload)
+    for stale in set(folder.glob("*.json")) - {folder / f"{name}.json" for name in payloads}:
+        stale.unlink()
+    return folder
+
+
 def write_text(path: str | Path, text: str) -> Path:
     return atomic_write(path, lambda tmp: tmp.write_text(text))
 

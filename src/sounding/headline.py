@@ -1,8 +1,10 @@
 """The headline numbers of each stage: what its DVC ``metrics:`` file holds, so that ``dvc metrics show``,
 ``dvc exp show`` and ``dvc metrics diff`` compare a handful of numbers per stage.
 
-Numbers only, under names shared across files so that the table's columns line up (every architecture's
-``test_acc`` in one column). The stage's full record (per-seed values, run ids, hashes, URIs, per-budget
+Numbers only, under names shared across files so that the table's columns line up and stay few: every
+network's and baseline's ``test_acc`` in one column, so ``dvc metrics show`` fits a 120-column terminal. A
+stage that scores several models (``baselines``, ``transfer``) writes one file per model in a folder (its
+``metrics:`` output), so a model is a row, not a column. The stage's full record (per-seed values, run ids, hashes, URIs, per-budget
 tables) is its ``results/`` JSON, which the report and the registry read.
 """
 
@@ -30,8 +32,9 @@ def train(record: dict) -> dict[str, float]:
 
 
 def baselines(record: dict) -> dict[str, dict[str, float]]:
-    """Each classical baseline's test accuracy: ``logreg.test_acc``, ``1nn.test_acc``."""
-    return _numbers({name: {"test_acc": r["test_acc"]} for name, r in record["baselines"].items()})
+    """Each classical baseline's test accuracy and macro-F1, by baseline (``logreg``, ``1nn``): one file each."""
+    keys = ("test_acc", "test_f1_macro")
+    return {name: _numbers({k: r[k] for k in keys}) for name, r in record["baselines"].items()}
 
 
 def gan(record: dict) -> dict[str, float]:
@@ -41,16 +44,17 @@ def gan(record: dict) -> dict[str, float]:
 
 
 def depth(record: dict) -> dict[str, float]:
-    """How many configurations diverged, and the best test accuracy of the others."""
+    """The test accuracy of the study's best configuration (of those that did not diverge; how many did is in
+    the results and the plot)."""
     trained = [c["test_acc"] for c in record["configs"] if not c["diverged"]]
-    return _numbers({"n_diverged": record["n_diverged"], "best_test_acc": max(trained, default=None)})
+    return _numbers({"test_acc": max(trained, default=None)})
 
 
 def transfer(record: dict) -> dict[str, dict[str, float]]:
-    """Fine-tuning's gain over training from scratch at the smallest label budget, by architecture:
-    ``finetune_gain.mlp``; nothing for a study skipped on this data."""
-    if not record["results"]:
-        return {}
+    """Fine-tuning's gain over training from scratch at the smallest label budget, by architecture (one file
+    each); none for an architecture skipped on this data."""
     smallest = f"{record['budgets'][0]:g}"
-    gains = {arch: r["finetune"][smallest]["gain"] for arch, r in record["results"].items()}
-    return _numbers({"finetune_gain": gains})
+    return {
+        arch: _numbers({"finetune_gain": r["finetune"][smallest]["gain"]})
+        for arch, r in record["results"].items()
+    }

@@ -42,7 +42,7 @@ def on_terminal(stream: TextIO | None = None) -> bool:
 def bar(total: int, desc: str, unit: str, enabled: bool = True, leave: bool = True) -> Any:
     """A progress bar over ``total`` units of work: tqdm's on a terminal, ``Lines`` off one, a bar that
     shows nothing when not ``enabled`` (``--quiet``). Every kind takes ``update(n)``, ``n``,
-    ``set_postfix(dict)`` and ``close()``."""
+    ``set_postfix(dict)`` and ``close()``, and closes at the end of a ``with`` block."""
     if enabled and not on_terminal():
         return Lines(total, desc, unit)
     return tqdm(total=total, desc=desc, unit=unit, leave=leave, disable=None if enabled else True)

@@ -96,12 +96,11 @@ def train_architecture(
         )
         for i, seed in enumerate(seeds)
     ]
-    bar = progress_.bar(len(jobs), f"{stage} {arch}", "seed", enabled=side_by_side and progress)
-    if processes > 1:  # every rank trains every seed together with the others
-        per_seed = [train_seed(job) for job in jobs]
-    else:
-        per_seed = parallel.run_jobs(params, train_seed, jobs, on_done=lambda _: bar.update(1))
-    bar.close()
+    with progress_.bar(len(jobs), f"{stage} {arch}", "seed", enabled=side_by_side and progress) as bar:
+        if processes > 1:  # every rank trains every seed together with the others
+            per_seed = [train_seed(job) for job in jobs]
+        else:
+            per_seed = parallel.run_jobs(params, train_seed, jobs, on_done=lambda _: bar.update(1))
     model_uri = per_seed[0].pop("model_uri")
     for row in per_seed[1:]:
         row.pop("model_uri")

@@ -10,8 +10,9 @@ stdin and answers each with one line on stdout: empty when written, else the err
 Lines are handled in order, so a run ends after everything sent for it before. Once a store stops
 answering (``tracking.unreachable``: after MLflow's bounded retries), every later item for it is answered
 ``lost`` at once, unwritten, instead of waiting out the retries of each in turn: the parent then reports
-the store lost (exit 69), and the checkpoints, which hold every epoch, let a rerun log what is missing. The process exits when
-stdin closes, which happens when its parent exits or is killed: what it was sent is written first.
+the store lost (exit 69), and the checkpoints, which hold every epoch, let a rerun log what is missing.
+The process exits when stdin closes, which happens when its parent exits or is killed: what it was sent
+is written first.
 """
 
 from __future__ import annotations
@@ -52,16 +53,17 @@ def main() -> None:
     lost: dict[str, str] = {}  # stores that stopped answering: uri -> reason
     for line in sys.stdin:
         op, uri, run_id, payload = json.loads(line)
+        answer = ""
         try:
             if uri not in lost:
                 handle(op, uri, run_id, payload, failed)
-            answer = "" if uri not in lost else LOST + json.dumps([uri, lost[uri]])
         except Exception as exc:  # reported to the parent, which raises it
             if unreachable(exc):
                 lost[uri] = lost_reason(exc)
-                answer = LOST + json.dumps([uri, lost[uri]])
             else:
                 answer = f"{type(exc).__name__}: {exc}".replace("\n", " ")
+        if uri in lost:
+            answer = LOST + json.dumps([uri, lost[uri]])
         sys.stdout.write(answer + "\n")
         sys.stdout.flush()
 
