@@ -36,13 +36,18 @@ def timed(fn: Callable[[], object]) -> float:
 
 
 def interleaved(
-    a: Callable[[], object], b: Callable[[], object], pairs: int, min_seconds: float = 0.0
+    a: Callable[[], object],
+    b: Callable[[], object],
+    pairs: int,
+    min_seconds: float = 0.0,
+    warm_up: bool = True,
 ) -> tuple[list[float], list[float]]:
-    """Time ``a`` and ``b`` alternately, ``pairs`` times each (after one untimed warm-up of each), or as
-    many more pairs (up to 15) as fill ``min_seconds``: on a shared machine, the median of 3 pairs of
-    sub-second runs moved by ±5% from one run to the next."""
-    warm_up = timed(a) + timed(b)
-    pairs = max(pairs, min(15, math.ceil(min_seconds / warm_up)))
+    """Time ``a`` and ``b`` alternately, ``pairs`` times each (after one untimed warm-up of each, unless
+    not ``warm_up``: runs of whole pipelines, minutes each, have nothing to warm), or as many more pairs
+    (up to 15) as fill ``min_seconds``: on a shared machine, the median of 3 pairs of sub-second runs
+    moved by ±5% from one run to the next."""
+    if warm_up:
+        pairs = max(pairs, min(15, math.ceil(min_seconds / (timed(a) + timed(b)))))
     times_a, times_b = [], []
     for i in range(pairs):
         first, second = (a, b) if i % 2 == 0 else (b, a)  # alternate the order too

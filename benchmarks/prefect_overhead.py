@@ -79,6 +79,7 @@ def measure(pairs: int = 1, small: bool = False, epochs: int = 150) -> list[Figu
             lambda: _run(root / "flow", str(BIN / "sounding"), "retrain", "--force"),
             lambda: _run(root / "dvc", str(BIN / "dvc"), "repro", "--force"),
             pairs,
+            warm_up=False,  # a whole pipeline a side: a warm-up pair would double the minutes for nothing
         )
     r = ratio(flow_t, dvc_t)
     what = (
