@@ -50,6 +50,14 @@ def test_reattaching_continues_the_same_run(params: Params) -> None:
     assert _run(params, run_id).data.tags["resumed"] == "1"
 
 
+def test_section_params_keep_the_named_sections_under_their_full_names(params: Params) -> None:
+    picked = tracking.section_params(params, "seed", "train", "models.rnn")
+    flat = tracking.flatten(picked)
+    assert flat["seed"] == str(params.seed) and flat["train.lr"] == str(params.train.lr)
+    assert {k.split(".")[1] for k in flat if k.startswith("models.")} == {"rnn"}
+    assert not any(k.startswith(("data.", "tune.", "compute.")) for k in flat)
+
+
 def test_flatten() -> None:
     assert tracking.flatten({"a": {"b": 1, "c": [1, 2]}, "d": {}}) == {"a.b": "1", "a.c": "[1, 2]", "d": "{}"}
 

@@ -277,6 +277,15 @@ def test_train_with_tuned_values_logs_them_and_refuses_another_dataset(prepared:
     assert "| tuned: dropout 0.25 |" in leaderboard([metrics], "mnist1d")
     run = tracking.client(params.tracking.uri).get_run(metrics["seeds"][0]["run_id"])
     assert run.data.params["models.mlp.dropout"] == "0.25"
+    # What shaped the run, and nothing of the other architectures; the data as the run's dataset input.
+    assert {k.split(".")[1] for k in run.data.params if k.startswith("models.")} == {"mlp"}
+    assert {k.split(".")[0] for k in run.data.params} == {"seed", "data", "train", "models", "compute"}
+    (dataset,) = run.inputs.dataset_inputs
+    assert (
+        dataset.dataset.digest == metrics["data_sha256"][:36] and dataset.dataset.name == params.data.source
+    )
+    assert dataset.dataset.source == str(Path(prepared).resolve())
+    assert [(t.key, t.value) for t in dataset.tags] == [("mlflow.data.context", "train")]
 
     Path("other.json").write_text(json.dumps({**best, "data_sha256": "0" * 64}))
     with pytest.raises(BadInput, match="tuned on other data"):

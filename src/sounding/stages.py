@@ -164,9 +164,20 @@ def train_seed(job: SeedJob) -> dict[str, Any]:
     run_dir = Path(job.checkpoints) / arch / fingerprint(params, arch, seed, data.sha256)
     tags = {"stage": job.stage, "arch": arch, "seed": str(seed), "data_sha256": data.sha256}
     # Other ranks take part in training and testing (collective calls) but create no run.
-    run = tracking.resumable_run(params, run_dir, f"{arch}-seed{seed}", tags) if job.rank == 0 else None
+    # The run's params are what shaped it: seed, data, training, compute and this architecture's network.
+    logged = tracking.section_params(params, "seed", "data", "train", f"models.{arch}", "compute")
+    run = (
+        tracking.resumable_run(params, run_dir, f"{arch}-seed{seed}", tags, logged_params=logged)
+        if job.rank == 0
+        else None
+    )
     model_uri = None
     with run or nullcontext(None) as run_id:
+        if run_id is not None:
+            source = str(Path(job.data_dir).resolve())
+            tracking.log_dataset(
+                params.tracking.uri, run_id, params.data.source, data.sha256, source, "train"
+            )
         result = fit(params, arch, seed, data, run_dir, run_id=run_id, progress=job.progress)
         final = {k: v for k, v in result.metrics.items() if k.startswith("test/")}
         final.update(

@@ -125,6 +125,29 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, str]:
     return flat
 
 
+def section_params(params: Params, *sections: str) -> dict[str, Any]:
+    """The params under ``sections`` (dotted paths: ``train``, ``models.cnn``), nested as in ``Params``, for
+    ``logged_params``: a run shows what shaped it, not every other architecture's keys."""
+    dumped, picked = params.model_dump(mode="json"), {}
+    for section in sections:
+        node, target = dumped, picked
+        *parents, last = section.split(".")
+        for part in parents:
+            node, target = node[part], target.setdefault(part, {})
+        target[last] = node[last]
+    return picked
+
+
+def log_dataset(uri: str, run_id: str, name: str, sha256: str, source: str, context: str) -> None:
+    """Record the prepared data as the run's MLflow dataset input (the UI's Dataset column): ``name``, the
+    data's sha256 as digest (its first 36 characters: MLflow's column length), ``source`` its folder."""
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+
+    dataset = Dataset(name=name, digest=sha256[:36], source_type="local", source=source)
+    tags = [InputTag("mlflow.data.context", context)]
+    client(uri).log_inputs(run_id, datasets=[DatasetInput(dataset, tags)])
+
+
 def resolve_uri(uri: str) -> str:
     """A relative sqlite path resolved against ``workspace_root()``. MLflow caches stores by URI string, so
     an unresolved relative URI could reach another folder's store after a change of folder."""
