@@ -175,6 +175,10 @@ def test_tune_writes_best_params_counts_plots_and_nested_mlflow_runs(prepared: P
     complete = next(c for c in children if c.data.tags["trial_state"] == "COMPLETE")
     steps = tracking.logged_steps(params.tracking.uri, complete.info.run_id, "val/acc")
     assert steps == [0, 1, 2], (complete.info, complete.data.metrics, complete.data.tags)  # per-epoch metrics
+    # Each complete trial's row holds the value Optuna was told; the best of them is the study's best.
+    values = {c.data.metrics.get("objective") for c in children if c.data.tags["trial_state"] == "COMPLETE"}
+    assert best["value"] in values and None not in values
+    assert all("objective" not in c.data.metrics for c in children if c.data.tags["trial_state"] == "PRUNED")
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "tuning")}
     assert {"tuning/history.png", "tuning/best.json"} <= artifacts
 

@@ -394,6 +394,9 @@ def run_trial(job: TrialJob) -> dict[str, Any]:
             try:
                 pruning = PyTorchLightningPruningCallback(trial, monitor="val/acc")
                 outcome["value"] = _val_acc(p, job.arch, data, run_dir, run_id, [pruning])
+                # The value Optuna maximised (the selected epoch's val/acc, not the last epoch's), so the
+                # study's best shows in its trial's row of the MLflow UI.
+                tracking.send_steps(p.tracking.uri, run_id, [(0, {"objective": outcome["value"]})])
             except optuna.TrialPruned:
                 outcome["state"] = "PRUNED"
             except Exception:
