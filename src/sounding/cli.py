@@ -350,7 +350,8 @@ def transfer(
     from sounding.transfer import run_transfer
 
     s = run_transfer(params, data, pretrained, results, plots, progress=not quiet)
-    write_json_folder(metrics, headline.transfer(s))
+    # Every architecture skipped (no backbone fits this data): no headline, and the summary has no budgets.
+    write_json_folder(metrics, headline.transfer(s) if s["results"] else {})
     for arch, why in s["skipped"].items():
         typer.echo(f"transfer {arch}: skipped, the pretrained network does not fit this data: {why}")
     if not s["results"]:
