@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -23,29 +24,25 @@ pytestmark = pytest.mark.slow
 BIN = str(Path(sys.executable).parent)
 ARCHS = ("mlp", "cnn", "fcn")
 """The architectures the pipeline trains here."""
+OVERRIDES = {
+    # Three architectures (each has its own fast tests): the CNN judges the GAN, the FCN takes any length.
+    "train.archs": list(ARCHS),
+    "train.epochs": 2,
+    "train.n_seeds": 2,
+    "depth.depths": [2, 4],
+    "depth.inits": ["default", "kaiming"],
+    "depth.epochs": 1,
+    "gan.epochs": 2,
+    "gan.samples_per_class": 5,
+}
+"""The tiny params the pipeline runs on here (2 epochs, 2 seeds, 600 samples)."""
 
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The project's pipeline reproduced once on tiny params (2 epochs, 2 seeds, 600 samples)."""
     root = copy_repo(tmp_path_factory.mktemp("repo"))
-    write_params(
-        root / "params.yaml",
-        tiny_params(
-            **{
-                # Three architectures (each has its own fast tests): the CNN judges the GAN, the FCN
-                # takes any length.
-                "train.archs": list(ARCHS),
-                "train.epochs": 2,
-                "train.n_seeds": 2,
-                "depth.depths": [2, 4],
-                "depth.inits": ["default", "kaiming"],
-                "depth.epochs": 1,
-                "gan.epochs": 2,
-                "gan.samples_per_class": 5,
-            }
-        ),
-    )
+    write_params(root / "params.yaml", tiny_params(**OVERRIDES))
     # Every Python process of every stage lists what it imports on stderr (PYTHONPROFILEIMPORTTIME), in
     # one stream with DVC's "Running stage" lines: which package modules each stage's code used.
     env = dict(os.environ, PATH=f"{BIN}:{os.environ['PATH']}", PYTHONPROFILEIMPORTTIME="1")
@@ -184,6 +181,41 @@ def test_second_repro_is_a_noop(repo: Path) -> None:
     result = run_dvc("repro", cwd=repo)
     assert result.returncode == 0 and "Running stage" not in result.stdout
     assert run_dvc("status", cwd=repo).stdout.strip().startswith("Data and pipelines are up to date")
+
+
+def test_the_retraining_flow_and_dvc_repro_each_find_nothing_to_do_after_the_other(
+    repo: Path, tmp_path: Path, prefect_harness: None
+) -> None:
+    """The Prefect flow (pipelines/retrain.py) and `dvc repro` agree on what is stale, both ways: after
+    `dvc repro`, a flow run skips every stage; after a change of the CNN's params, a flow run runs the
+    stages that read them (and no other architecture's), its runs carry the flow run's id, and `dvc status`
+    and `dvc repro` then find nothing to do."""
+    from pipelines import retrain as pipeline
+
+    root = tmp_path / "repo"
+    shutil.copytree(repo, root, symlinks=True)
+    params_path = str(root / "params.yaml")
+    stages = [s.name for s in pipeline.pipeline(root)]
+    assert pipeline.retrain(params_path) == dict.fromkeys(stages, "Skipped")
+
+    write_params(root / "params.yaml", tiny_params(**OVERRIDES, **{"models.cnn.dropout": 0.1}))
+    run = pipeline.retrain(params_path, return_state=True)
+    states = run.result()
+    print("flow run after models.cnn.dropout changed:", states)
+    ran = {stage for stage, state in states.items() if state == "Completed"}
+    assert set(states.values()) == {"Completed", "Skipped"} and {"tune@cnn", "train@cnn"} <= ran
+    assert not ran & {f"{stage}@{arch}" for stage in ("tune", "train") for arch in ARCHS if arch != "cnn"}
+    status = run_dvc("status", cwd=root)
+    assert "Data and pipelines are up to date" in status.stdout, status.stdout + status.stderr
+    again = run_dvc("repro", cwd=root)
+    assert again.returncode == 0 and "Running stage" not in again.stdout, again.stdout + again.stderr
+    c = tracking.client(f"sqlite:///{root / 'mlflow.db'}")
+    runs = c.search_runs([e.experiment_id for e in c.search_experiments()], max_results=10_000)
+    flow_run_id = str(run.state_details.flow_run_id)
+    by_flow = {
+        r.data.tags["dvc.stage"] for r in runs if r.data.tags.get("prefect.flow_run_id") == flow_run_id
+    }
+    assert {"tune@cnn", "train@cnn"} <= by_flow <= ran
 
 
 def test_every_architecture_run_has_the_same_metric_keys_and_tags(repo: Path) -> None:

@@ -138,6 +138,37 @@ def test_an_experiment_created_meanwhile_by_another_process_is_reused(
     assert tracking.experiment_id(params.tracking.uri, "raced") == existing
 
 
+def test_a_dataset_inserted_meanwhile_by_another_run_is_linked_not_an_error(
+    params: Params, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Four trainings against one server logged the same data at once; the loser of the store's insert race
+    crashed on the unique key (found by tests/test_concurrency_slow.py in CI)."""
+    from mlflow.exceptions import MlflowException
+
+    with tracking.tracked_run(params, "a", {}) as run_id:
+        pass
+    c = tracking.client(params.tracking.uri)
+    log_inputs, calls = type(c).log_inputs, []
+
+    def lose_the_race_once(self, *args, **kwargs):
+        calls.append(args)
+        if len(calls) == 1:
+            raise MlflowException("(sqlite3.IntegrityError) UNIQUE constraint failed: datasets.digest")
+        return log_inputs(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(c), "log_inputs", lose_the_race_once)
+    tracking.log_dataset(params.tracking.uri, run_id, "mnist1d", "ab" * 32, "/data", "train")
+    (logged,) = _run(params, run_id).inputs.dataset_inputs
+    assert (len(calls), logged.dataset.name, logged.dataset.digest) == (2, "mnist1d", ("ab" * 32)[:36])
+
+    def refuse(self, *args, **kwargs):
+        raise MlflowException("RESOURCE_DOES_NOT_EXIST: run not found")
+
+    monkeypatch.setattr(type(c), "log_inputs", refuse)
+    with pytest.raises(MlflowException, match="run not found"):  # any other error is not retried
+        tracking.log_dataset(params.tracking.uri, run_id, "mnist1d", "cd" * 32, "/data", "train")
+
+
 def _missing_once(lookup):
     calls = []
 

@@ -142,10 +142,21 @@ def log_dataset(uri: str, run_id: str, name: str, sha256: str, source: str, cont
     """Record the prepared data as the run's MLflow dataset input (the UI's Dataset column): ``name``, the
     data's sha256 as digest (its first 36 characters: MLflow's column length), ``source`` its folder."""
     from mlflow.entities import Dataset, DatasetInput, InputTag
+    from mlflow.exceptions import MlflowException
 
     dataset = Dataset(name=name, digest=sha256[:36], source_type="local", source=source)
     tags = [InputTag("mlflow.data.context", context)]
-    client(uri).log_inputs(run_id, datasets=[DatasetInput(dataset, tags)])
+    for attempt in range(3):
+        try:
+            client(uri).log_inputs(run_id, datasets=[DatasetInput(dataset, tags)])
+            return
+        except MlflowException as error:
+            # MLflow's store looks the dataset up and inserts it when missing: runs logging the same data
+            # at once (seeds side by side on one server) race, and the later insert breaks the store's
+            # unique key (sqlite: "UNIQUE constraint failed"; PostgreSQL: "violates unique constraint").
+            # The whole call rolled back; a retry finds the other run's row and links it.
+            if "unique constraint" not in str(error).lower() or attempt == 2:
+                raise
 
 
 def resolve_uri(uri: str) -> str:

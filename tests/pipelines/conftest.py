@@ -1,5 +1,5 @@
-"""One Prefect test server for the whole session, the tiny params the flow runs on, small DVC
-repositories whose stages are shell one-liners, and a webhook receiver."""
+"""The tiny params the flow runs on, small DVC repositories whose stages are shell one-liners, and a
+webhook receiver (the Prefect test server is tests/conftest.py's ``prefect_harness``)."""
 
 from __future__ import annotations
 
@@ -15,15 +15,6 @@ import yaml
 
 from sounding.config import Params
 from tests.conftest import REPO, tiny_params, write_params
-
-
-@pytest.fixture(scope="session")
-def prefect_harness():
-    """A temporary Prefect server and database for every flow run of the session (started once: ~10 s)."""
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=90):
-        yield
 
 
 def flow_params(**overrides: object) -> Params:

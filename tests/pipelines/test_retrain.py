@@ -2,7 +2,7 @@
 says a service did not answer is retried and nothing else is, and a run past its timeout is stopped.
 
 The flow runs here on small DVC repositories whose stages are shell one-liners (seconds); the whole
-project pipeline runs in ``test_retrain_slow.py``.
+project pipeline runs in ``tests/test_pipeline_slow.py``.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """A real Prefect server on a free loopback port, the deployment served by `sounding schedule`, and runs
 triggered with `prefect deployment run`: two at once run one after the other; a run past its timeout ends
 failed, its notification is sent, and the run queued behind it starts. (The flow on the project's own
-pipeline, and the Prefect tags of its MLflow runs, are in test_retrain_slow.py.)"""
+pipeline, and the Prefect tags of its MLflow runs, are in tests/test_pipeline_slow.py.)"""
 
 from __future__ import annotations
 
