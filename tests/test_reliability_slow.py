@@ -29,7 +29,7 @@ def test_repeated_kill_9_never_leaves_a_torn_checkpoint_and_training_still_compl
     params = write_params(tmp_path / "params.yaml", tiny_params(**{"train.epochs": epochs}))
     run_cli("prepare", "--params", str(params), cwd=tmp_path, check=True)
     rng, kills, last_epoch, last_write = random.Random(0), 0, -1, 0
-    for _ in range(6):
+    for _ in range(4):
         proc = subprocess.Popen([SOUNDING, "train", "mlp", "-q"], cwd=tmp_path, stdout=subprocess.DEVNULL)
         deadline = time.time() + 120
         while time.time() < deadline and proc.poll() is None:  # until this process writes a checkpoint
@@ -46,7 +46,7 @@ def test_repeated_kill_9_never_leaves_a_torn_checkpoint_and_training_still_compl
             epoch = torch.load(ckpt, weights_only=True, map_location="cpu")["epoch"]
             assert epoch >= last_epoch  # never rolled back
             last_epoch, last_write = epoch, ckpt.stat().st_mtime_ns
-    assert kills >= 4 and last_epoch >= 0
+    assert kills >= 3 and last_epoch >= 0
 
     run_cli("train", "mlp", "-q", cwd=tmp_path, check=True)
     (ckpt,) = tmp_path.glob("checkpoints/mlp/*/last.ckpt")

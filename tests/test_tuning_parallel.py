@@ -140,7 +140,7 @@ def test_an_interrupted_tune_reruns_into_the_same_study_keeping_its_completed_tr
     # surely COMPLETE): two trials of the same length are still to run when the Ctrl-C arrives, however
     # loaded the machine.
     n = 4
-    root = _setup(tmp_path, **{"tune.n_trials": n, "tune.epochs": 400, "tune.pruner": "none"})
+    root = _setup(tmp_path, **{"tune.n_trials": n, "tune.epochs": 200, "tune.pruner": "none"})
     first = _tune(root)
     deadline = time.time() + 300
     while (
