@@ -88,3 +88,25 @@ def test_a_folder_without_write_permission_is_named(tmp_path: Path, monkeypatch)
     with pytest.raises(BadInput, match="no permission to write in .*metrics$"):
         check_writable(tmp_path / "metrics" / "cnn.json")
     check_writable(tmp_path / "results" / "cnn.json")  # a folder to create, in one that may be written
+
+
+def test_a_full_disk_exits_74_with_one_line_naming_the_file(tmp_path: Path, monkeypatch, capsys) -> None:
+    import errno
+
+    import pytest
+
+    from sounding import cli, stages
+    from tests.conftest import tiny_params, write_params
+
+    write_params(tmp_path / "params.yaml", tiny_params())
+
+    def disk_full(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device", "metrics/.mlp.json.partial")
+
+    monkeypatch.setattr(stages, "train_architecture", disk_full)
+    monkeypatch.setattr(sys, "argv", ["sounding", "train", "mlp", "-q"])
+    with pytest.raises(SystemExit) as exited:
+        cli.main()
+    err = capsys.readouterr().err
+    assert exited.value.code == cli.EXIT_NO_SPACE == 74 and err.count("\n") == 1, err
+    assert err.startswith("error: no space left on the device writing metrics/.mlp.json.partial: free space")

@@ -197,3 +197,52 @@ def test_denormals_are_flushed_inside_a_fit_and_the_caller_s_arithmetic_is_left_
     fit(params, "mlp", 0, load_prepared(prepared), tmp_path / "run", progress=False)
     assert (torch.tensor([tiny]) * torch.tensor([1.0])).item() != 0.0
     assert np.float64(5e-324) * 1.0 != 0.0  # numpy's subnormals too
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_a_disk_full_after_training_publishes_nothing_fails_the_runs_and_a_rerun_publishes(
+    params: Params, prepared: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, figures: Counter[str]
+) -> None:
+    """The stage's four outputs come from one run or the other, never a mix; a seed's run is FINISHED only
+    once they are published."""
+    import errno
+
+    from sounding import stages, tracking
+
+    out = tmp_path / "out"
+    paths = {
+        "model_dir": out / "models/mlp",
+        "results_path": out / "results/mlp.json",
+        "plots_dir": out / "plots/mlp",
+        "metrics_path": out / "metrics/mlp.json",
+    }
+    stages.train_architecture(params, "mlp", prepared, progress=False, **paths)
+    before = _tree(out)
+    real = stages.write_json
+
+    def disk_full_at_the_headline(path: Path, payload: object) -> Path:
+        if Path(path).name == ".mlp.json.partial" and Path(path).parent.name == "metrics":
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real(path, payload)
+
+    other = params.with_overrides({"train.epochs": 2})  # another model: new runs
+    with monkeypatch.context() as patched, pytest.raises(OSError, match="No space left on device"):
+        patched.setattr(stages, "write_json", disk_full_at_the_headline)
+        stages.train_architecture(other, "mlp", prepared, progress=False, **paths)
+    assert _tree(out) == before  # the old run's outputs, all of them, and no stand-in left
+    c = tracking.client(params.tracking.uri)
+    runs = c.search_runs([c.get_experiment_by_name(params.tracking.experiment).experiment_id])
+    failed = [r for r in runs if r.info.status == "FAILED"]
+    assert len(failed) == len(other.seeds()) and len(runs) == 2 * len(other.seeds())
+    assert all("No space left on device" in r.data.tags["sounding.unpublished"] for r in failed)
+
+    # Space is back: the rerun resumes the same runs and publishes.
+    metrics = stages.train_architecture(other, "mlp", prepared, progress=False, **paths)
+    assert {s["run_id"] for s in metrics["seeds"]} == {r.info.run_id for r in failed}
+    assert all(c.get_run(r.info.run_id).info.status == "FINISHED" for r in failed)
+    assert metrics["epochs"] == 2 and _tree(out) != before
+    figures["faults injected"] += 1
+    figures["runs checked"] += len(runs)

@@ -7,6 +7,7 @@ bad-input errors answer at once. ``BadInput`` anywhere becomes a one-paragraph m
 
 from __future__ import annotations
 
+import errno
 import re
 import signal
 import sys
@@ -17,7 +18,7 @@ import typer
 
 from sounding.config import ARCHS, Params, load_params
 from sounding.errors import BadInput, ServiceUnavailable
-from sounding.files import check_writable, write_json, write_json_folder
+from sounding.files import check_writable, published_together, write_json, write_json_folder
 
 app = typer.Typer(
     help="Sounding: train, tune, compare and ship neural-network architectures reproducibly.",
@@ -133,7 +134,7 @@ def train(
     check_writable(model_dir, metrics, results, plots)
     extra = [f"train.n_seeds={seeds}"] if seeds is not None else []
     params = _params(params_path, (overrides or []) + extra)
-    from sounding import headline, stages
+    from sounding import stages
 
     result = stages.train_architecture(
         params,
@@ -144,9 +145,8 @@ def train(
         plots,
         progress=not quiet,
         tuned=tuned,
+        metrics_path=metrics,
     )
-    if result["rank"] == 0:
-        write_json(metrics, headline.train(result))
     applied = ", ".join(f"{k}={v:.3g}" for k, v in result["tuned"].items())
     # Under several processes every rank reports the metrics it holds (synchronised: they must agree).
     rank = f"[rank {result['rank']}/{result['processes']}] " if result["processes"] > 1 else ""
@@ -180,8 +180,9 @@ def baselines(
     from sounding import headline
     from sounding.baselines import run_baselines
 
-    summary = run_baselines(params, data, results)
-    write_json_folder(metrics, headline.baselines(summary))
+    with published_together(metrics, results) as (metrics_out, results_out):
+        summary = run_baselines(params, data, results_out)
+        write_json_folder(metrics_out, headline.baselines(summary))
     for r in summary["baselines"].values():
         typer.echo(
             f"{r['label']}: test accuracy {r['test_acc']:.4f}, macro-F1 {r['test_f1_macro']:.4f}, "
@@ -258,8 +259,9 @@ def depth(
     from sounding import headline
     from sounding.depth import run_depth_study
 
-    summary = run_depth_study(params, data, results, plots, progress=not quiet)
-    write_json(metrics, headline.depth(summary))
+    with published_together(metrics, results, plots) as (metrics_out, results_out, plots_out):
+        summary = run_depth_study(params, data, results_out, plots_out, progress=not quiet)
+        write_json(metrics_out, headline.depth(summary))
     typer.echo(
         f"depth study: {len(summary['configs'])} configurations, {summary['n_diverged']} diverged; "
         f"see {plots}/accuracy_vs_depth.png"
@@ -289,8 +291,14 @@ def gan(
     from sounding import headline
     from sounding.generative import train_gan
 
-    s = train_gan(params, data, judge, model_dir, results, plots, progress=not quiet)
-    write_json(metrics, headline.gan(s))
+    with published_together(model_dir, metrics, results, plots) as (
+        model_out,
+        metrics_out,
+        results_out,
+        plots_out,
+    ):
+        s = train_gan(params, data, judge, model_out, results_out, plots_out, progress=not quiet)
+        write_json(metrics_out, headline.gan(s))
     if "skipped" in s:
         typer.echo(f"gan: skipped: {s['skipped']}")
         return
@@ -322,7 +330,9 @@ def pretrain(
     params = _params(params_path, overrides)
     from sounding.transfer import pretrain as run_pretrain
 
-    pretrained = run_pretrain(params, data, model_dir, results, plots, progress=not quiet)
+    # The source data is written in place: the runs record its folder as their dataset's source.
+    with published_together(model_dir, results, plots) as staged:
+        pretrained = run_pretrain(params, data, *staged, progress=not quiet)
     for arch, m in pretrained.items():
         typer.echo(
             f"pretrained {arch}: source test accuracy {m['test_acc']:.4f}, model in {model_dir / arch}"
@@ -349,9 +359,10 @@ def transfer(
     from sounding import headline
     from sounding.transfer import run_transfer
 
-    s = run_transfer(params, data, pretrained, results, plots, progress=not quiet)
-    # Every architecture skipped (no backbone fits this data): no headline, and the summary has no budgets.
-    write_json_folder(metrics, headline.transfer(s) if s["results"] else {})
+    with published_together(metrics, results, plots) as (metrics_out, results_out, plots_out):
+        s = run_transfer(params, data, pretrained, results_out, plots_out, progress=not quiet)
+        # Every architecture skipped (no backbone fits this data): no headline, and the summary has no budgets.
+        write_json_folder(metrics_out, headline.transfer(s) if s["results"] else {})
     for arch, why in s["skipped"].items():
         typer.echo(f"transfer {arch}: skipped, the pretrained network does not fit this data: {why}")
     if not s["results"]:
@@ -596,9 +607,14 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
+EXIT_NO_SPACE = 74
+"""sysexits' EX_IOERR: a disk (or quota) filled up. Neither bad input (2) nor a service to retry (69):
+someone must free space first."""
+
+
 def main() -> None:
-    """Console entry point: run the app, turning bad input into exit code 2 and a service that does not
-    answer into 69."""
+    """Console entry point: run the app, turning bad input into exit code 2, a service that does not
+    answer into 69 and a full disk into 74."""
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         app()  # click's standalone mode: usage errors exit 2, Ctrl-C exits 1 ("Aborted!")
@@ -608,6 +624,16 @@ def main() -> None:
     except ServiceUnavailable as exc:
         typer.echo(f"error: {exc}", err=True)
         sys.exit(ServiceUnavailable.EXIT_CODE)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        typer.echo(
+            f"error: no space left on the device writing {exc.filename or 'an output'}: free space, then "
+            "rerun the same command (it resumes from its checkpoints; outputs published together are as "
+            "the last complete run left them)",
+            err=True,
+        )
+        sys.exit(EXIT_NO_SPACE)
     except Exception as exc:
         from sounding import tracking
 

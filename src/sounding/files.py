@@ -1,7 +1,9 @@
-"""Small file helpers: content hashes, atomic writes, and reading the stages' results.
+"""Small file helpers: content hashes, atomic writes, outputs published together, and reading the stages'
+results.
 
 Every output is written to a temporary file in the same folder and renamed into place, so a process
-killed mid-write leaves either the old file or the new one, never a truncated file.
+killed mid-write leaves either the old file or the new one, never a truncated file; a stage's several
+outputs are written beside them and swapped in together (``published_together``).
 """
 
 from __future__ import annotations
@@ -9,8 +11,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +71,58 @@ def atomic_write(path: str | Path, write: Callable[[Path], None], fsync: bool = 
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+@contextmanager
+def published_together(*outputs: str | Path, enabled: bool = True) -> Iterator[tuple[Path, ...]]:
+    """Stand-ins for ``outputs`` (files or folders), to be written instead of them and published together.
+
+    When the block ends without error, each output is replaced by its stand-in (removed when nothing was
+    written there), by renames within its own folder; when the block raises (a full disk, a failed write,
+    Ctrl-C) or a rename fails, the stand-ins are removed and every output is left as it was: nobody finds
+    one output from a new run beside another from an old one. Stand-ins are ``.NAME.partial`` beside each
+    output (the workspace has one writer: ``repro.hold``); one a killed process left is removed by the next.
+    ``enabled=False``, for a process that writes nothing (a DDP rank other than zero), yields the outputs
+    themselves and publishes nothing.
+    """
+    paths = tuple(Path(p) for p in outputs)
+    if not enabled:
+        yield paths
+        return
+    partial = tuple(p.parent / f".{p.name}.partial" for p in paths)
+    previous = tuple(p.parent / f".{p.name}.previous" for p in paths)
+    for leftover in (*partial, *previous):
+        _remove(leftover)
+    try:
+        yield partial
+        swapped: list[tuple[Path, Path, bool]] = []
+        try:
+            for out, new, old in zip(paths, partial, previous, strict=True):
+                out.parent.mkdir(parents=True, exist_ok=True)
+                existed = os.path.lexists(out)
+                if existed:
+                    os.rename(out, old)
+                swapped.append((out, old, existed))
+                if os.path.lexists(new):
+                    os.rename(new, out)
+        except BaseException:
+            for out, old, existed in reversed(swapped):  # put the old outputs back
+                _remove(out)
+                if existed:
+                    os.rename(old, out)
+            raise
+    finally:
+        for leftover in partial:
+            _remove(leftover)
+    for old in previous:
+        _remove(old)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif os.path.lexists(path):
+        path.unlink()
 
 
 def _umask() -> int:

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from sounding.config import Params
-from sounding.files import atomic_write, write_json, write_text
+from sounding.files import atomic_write, published_together, write_json, write_text
 
 
 def prepare(params: Params, out_dir: str | Path) -> dict:
@@ -40,12 +40,15 @@ def train_architecture(
     progress: bool = True,
     tuned: str | Path | None = None,
     stage: str = "train",
+    metrics_path: str | Path | None = None,
 ) -> dict[str, Any]:
     """Stage ``train@ARCH``: train every seed, evaluate on test, write model, metrics and plots.
 
     ``model_dir`` gets the first seed's model (``model.ckpt``, ``model.safetensors``, ``config.json``);
     ``results_path`` the test metrics as mean ± std over seeds; ``plots_dir`` learning-curve and
-    confusion-matrix CSVs for ``dvc plots`` plus PNGs. Each seed is one MLflow run ``ARCH-seedN`` tagged
+    confusion-matrix CSVs for ``dvc plots`` plus PNGs; ``metrics_path`` the headline metrics for DVC. The
+    outputs are published together once all is written, or not at all (``files.published_together``); the
+    seeds' runs end FAILED when they are not. Each seed is one MLflow run ``ARCH-seedN`` tagged
     with ``stage`` (the ``pretrain`` stage trains through here too). ``tuned`` is a ``sounding tune``
     result (``best.json``) whose values replace those of params. The seeds train side by side in
     ``compute.workers`` processes (``parallel.run_jobs``).
@@ -54,10 +57,10 @@ def train_architecture(
     another, every rank trains and tests, and only rank zero creates the MLflow runs and writes files;
     every rank returns the same metrics (synchronised across ranks), with ``rank`` and ``processes``.
     """
-    from sounding import parallel, tracking
+    from sounding import headline, parallel, tracking
     from sounding import progress as progress_
     from sounding.data.prepare import load_prepared
-    from sounding.training import build_system, passes_per_epoch, process_rank, selection
+    from sounding.training import build_system, process_rank, selection
 
     data = load_prepared(data_dir)
     tuned_values: dict[str, Any] = {}
@@ -80,33 +83,66 @@ def train_architecture(
     side_by_side = processes == 1 and parallel.n_workers(params, len(seeds)) > 1
     if side_by_side:  # the store and experiment exist before the workers meet them: two creating one race
         tracking.experiment_id(params.tracking.uri, params.tracking.experiment)
-    jobs = [
-        SeedJob(
-            params.model_dump_json(),
-            arch,
-            seed,
-            i == 0,
-            rank,
-            str(data_dir),
-            str(model_dir),
-            str(plots_dir),
-            str(checkpoints),
-            stage,
-            progress and not side_by_side,  # one bar per fit in a single process, one over seeds otherwise
-        )
-        for i, seed in enumerate(seeds)
-    ]
-    with progress_.bar(len(jobs), f"{stage} {arch}", "seed", enabled=side_by_side and progress) as bar:
-        if processes > 1:  # every rank trains every seed together with the others
-            per_seed = [train_seed(job) for job in jobs]
-        else:
-            per_seed = parallel.run_jobs(params, train_seed, jobs, on_done=lambda _: bar.update(1))
+    outputs = (model_dir, results_path, plots_dir, *([metrics_path] if metrics_path else []))
+    run_ids: list[str] = []
+    try:
+        with published_together(*outputs, enabled=rank == 0) as staged:
+            model_out, results_out, plots_out, *headline_out = staged
+            jobs = [
+                SeedJob(
+                    params.model_dump_json(),
+                    arch,
+                    seed,
+                    i == 0,
+                    rank,
+                    str(data_dir),
+                    str(model_out),
+                    str(plots_out),
+                    str(checkpoints),
+                    stage,
+                    progress and not side_by_side,  # a bar per fit in one process, one over seeds otherwise
+                )
+                for i, seed in enumerate(seeds)
+            ]
+            with progress_.bar(
+                len(jobs), f"{stage} {arch}", "seed", enabled=side_by_side and progress
+            ) as bar:
+                if processes > 1:  # every rank trains every seed together with the others
+                    per_seed = [train_seed(job) for job in jobs]
+                else:
+                    per_seed = parallel.run_jobs(params, train_seed, jobs, on_done=lambda _: bar.update(1))
+            run_ids = [s["run_id"] for s in per_seed if s["run_id"]]
+            metrics = _summary(params, arch, data, per_seed, processes, select, tuned_values, adopted)
+            if rank == 0:
+                write_json(results_out, metrics)
+                for path in headline_out:
+                    write_json(path, headline.train(metrics))
+    except BaseException as error:
+        # A seed's run is FINISHED only once the stage's outputs are published: not when they are not.
+        tracking.fail_unpublished(params.tracking.uri, run_ids, error)
+        raise
+    return {**metrics, "rank": rank}
+
+
+def _summary(
+    params: Params,
+    arch: str,
+    data: Any,
+    per_seed: list[dict[str, Any]],
+    processes: int,
+    select: str,
+    tuned_values: dict[str, Any],
+    adopted: str | None,
+) -> dict[str, Any]:
+    """``train_architecture``'s results: test metrics as mean ± std over seeds, and each seed's row."""
+    from sounding.training import passes_per_epoch
+
     model_uri = per_seed[0].pop("model_uri")
     for row in per_seed[1:]:
         row.pop("model_uri")
     acc_mean, acc_std = _mean_std([s["test/acc"] for s in per_seed])
     f1_mean, f1_std = _mean_std([s["test/f1_macro"] for s in per_seed])
-    metrics = {
+    return {
         "arch": arch,
         "test_acc": acc_mean,
         "test_acc_std": acc_std,
@@ -127,9 +163,6 @@ def train_architecture(
         "adopted": adopted,
         "seeds": per_seed,
     }
-    if rank == 0:
-        write_json(results_path, metrics)
-    return {**metrics, "rank": rank}
 
 
 @dataclass(frozen=True)

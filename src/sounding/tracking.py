@@ -370,6 +370,21 @@ def tracked_run(
             _end(c, run_id, status)
 
 
+def fail_unpublished(uri: str, run_ids: list[str], error: BaseException) -> None:
+    """End ``run_ids`` FAILED (KILLED on Ctrl-C), tagged ``sounding.unpublished`` with the error that kept
+    their stage's outputs from being published: a run is FINISHED only when what it made is where the
+    pipeline reads it. A rerun re-attaches to these runs (their checkpoints name them) and ends them
+    FINISHED. Best effort: the user must see the error that stopped the stage, not one of the store's."""
+    from contextlib import suppress
+
+    status = STATUS_ON_INTERRUPT if isinstance(error, KeyboardInterrupt) else "FAILED"
+    for run_id in run_ids:
+        with suppress(Exception):
+            c = client(uri)
+            c.set_tag(run_id, "sounding.unpublished", f"{type(error).__name__}: {error}"[:5000])
+            c.set_terminated(run_id, status)
+
+
 def _run_exists(uri: str, run_id: str) -> bool:
     from mlflow.exceptions import MlflowException
 
