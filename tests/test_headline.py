@@ -28,6 +28,7 @@ def test_studies_give_their_headline_or_nothing_when_skipped() -> None:
     }
     assert headline.transfer(transfer) == {"mlp": {"finetune_gain": 0.4}}
     assert headline.transfer({"budgets": [0.01], "results": {}, "skipped": {"mlp": "no fit"}}) == {}
+    assert headline.transfer({"results": {}, "skipped": {"mlp": "no fit"}}) == {}  # all skipped: no budgets
     baselines = {
         "baselines": {
             "logreg": {"test_acc": 0.3, "test_f1_macro": 0.25, "run_id": "r"},

@@ -361,8 +361,7 @@ def transfer(
 
     with published_together(metrics, results, plots) as (metrics_out, results_out, plots_out):
         s = run_transfer(params, data, pretrained, results_out, plots_out, progress=not quiet)
-        # Every architecture skipped (no backbone fits this data): no headline, and the summary has no budgets.
-        write_json_folder(metrics_out, headline.transfer(s) if s["results"] else {})
+        write_json_folder(metrics_out, headline.transfer(s))
     for arch, why in s["skipped"].items():
         typer.echo(f"transfer {arch}: skipped, the pretrained network does not fit this data: {why}")
     if not s["results"]:

@@ -4,8 +4,8 @@
 Numbers only, under names shared across files so that the table's columns line up and stay few: every
 network's and baseline's ``test_acc`` in one column, so ``dvc metrics show`` fits a 120-column terminal. A
 stage that scores several models (``baselines``, ``transfer``) writes one file per model in a folder (its
-``metrics:`` output), so a model is a row, not a column. The stage's full record (per-seed values, run ids, hashes, URIs, per-budget
-tables) is its ``results/`` JSON, which the report and the registry read.
+``metrics:`` output), so a model is a row, not a column. The stage's full record (per-seed values, run ids,
+hashes, URIs, per-budget tables) is its ``results/`` JSON, which the report and the registry read.
 """
 
 from __future__ import annotations
@@ -52,7 +52,10 @@ def depth(record: dict) -> dict[str, float]:
 
 def transfer(record: dict) -> dict[str, dict[str, float]]:
     """Fine-tuning's gain over training from scratch at the smallest label budget, by architecture (one file
-    each); none for an architecture skipped on this data."""
+    each); none for an architecture skipped on this data, nothing when every one was (the record then has
+    no budgets)."""
+    if not record["results"]:
+        return {}
     smallest = f"{record['budgets'][0]:g}"
     return {
         arch: _numbers({"finetune_gain": r["finetune"][smallest]["gain"]})
