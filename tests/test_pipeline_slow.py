@@ -22,10 +22,10 @@ from tests.conftest import copy_repo, run_cli, run_dvc, tiny_params, write_param
 
 pytestmark = pytest.mark.slow
 BIN = str(Path(sys.executable).parent)
-ARCHS = ("mlp", "cnn", "fcn")
+ARCHS = ("cnn", "fcn")
 """The architectures the pipeline trains here."""
 OVERRIDES = {
-    # Three architectures (each has its own fast tests): the CNN judges the GAN, the FCN takes any length.
+    # Two architectures (each has its own fast tests): the CNN judges the GAN, the FCN takes any length.
     "train.archs": list(ARCHS),
     "train.epochs": 2,
     "train.n_seeds": 2,
@@ -86,6 +86,26 @@ def test_repro_writes_every_output(repo: Path) -> None:
     sha = json.loads((repo / "data" / "prepared" / "manifest.json").read_text())["sha256"]
     assert baselines["data_sha256"] == sha and set(baselines["baselines"]) == {"logreg", "1nn"}
     assert (repo / "models" / "gan" / "generator.safetensors").is_file()
+
+
+def test_transfer_reports_every_budget_with_zero_shot_and_tracks_each_fit(repo: Path) -> None:
+    from sounding.transfer import ROWS
+
+    for arch in ("cnn", "mlp"):  # transfer.archs
+        assert (repo / "models" / "pretrained" / arch / "model.safetensors").is_file()
+        assert (repo / "plots" / "transfer" / f"{arch}.csv").is_file()
+    summary = json.loads((repo / "results" / "transfer.json").read_text())
+    assert list(summary["labels"]) == ["0.01", "0.05", "0.2", "1"] and summary["seeds"] == [42, 43]
+    board = (repo / "reports" / "leaderboard.md").read_text()
+    section = board.split("## Transfer")[1]
+    rows = [line.split(" | ") for line in section.splitlines() if line.startswith(("| cnn | ", "| mlp | "))]
+    assert len(rows) == 8 and all(0 <= float(row[3]) <= 1 for row in rows)  # the zero-shot column
+    uri = f"sqlite:///{repo / 'mlflow.db'}"
+    runs = tracking.client(uri).search_runs(
+        [tracking.experiment_id(uri, "sounding-transfer")], max_results=100
+    )
+    stages = sorted(r.data.tags["stage"] for r in runs)
+    assert stages.count("pretrain") == 2 and stages.count("transfer") == 1 + 2 * len(ROWS) * 4
 
 
 def test_dvc_metrics_show_is_one_row_per_model_in_a_120_column_terminal(repo: Path) -> None:

@@ -127,3 +127,40 @@ def test_a_tracking_server_lost_mid_training_exits_69_and_a_rerun_once_it_is_bac
     assert json.loads((tmp_path / "results" / "mlp.json").read_text())["seeds"][0]["run_id"] == run_id
     figures["faults injected"] += 1
     figures["runs checked"] += 1
+
+
+def test_a_disk_that_fills_up_after_training_exits_74_and_leaves_the_last_outputs_whole(
+    tmp_path: Path, figures: Counter[str]
+) -> None:
+    """The outputs live on a small tmpfs (checkpoints and the store elsewhere); a file fills it between two
+    trainings. The second ends with exit 74 and one line, its outputs unpublished: the first run's model,
+    metrics, results and plots are left whole, no stand-in is left, and the new seeds' runs are FAILED."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(disk)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"a tmpfs cannot be mounted here: {mounted.stderr.decode().strip()}")
+    try:
+        write_params(tmp_path / "params.yaml", tiny_params(**{"train.n_seeds": 1}))
+        run_cli("prepare", cwd=tmp_path, check=True)
+        outputs = ["--model-dir", "disk/models/mlp", "--metrics", "disk/metrics/mlp.json",
+                   "--results", "disk/results/mlp.json", "--plots", "disk/plots/mlp"]  # fmt: skip
+        run_cli("train", "mlp", "-q", *outputs, cwd=tmp_path, check=True)
+        before = {p: p.read_bytes() for p in sorted(disk.rglob("*")) if p.is_file()}
+        free = os.statvfs(disk).f_bavail * os.statvfs(disk).f_frsize
+        (disk / "filler").write_bytes(b"\0" * (free - 16_384))  # 16 KiB left: less than a model
+        result = run_cli("train", "mlp", "-q", *outputs, "-S", "train.epochs=2", cwd=tmp_path)
+        assert result.returncode == 74, result.stdout + result.stderr[-3000:]
+        assert result.stderr.startswith("error: no space left on the device writing ")
+        assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr, result.stderr
+        (disk / "filler").unlink()
+        assert {p: p.read_bytes() for p in sorted(disk.rglob("*")) if p.is_file()} == before
+        c = tracking.client(f"sqlite:///{tmp_path / 'mlflow.db'}")
+        runs = c.search_runs([c.get_experiment_by_name("sounding").experiment_id])
+        assert sorted(r.info.status for r in runs) == ["FAILED", "FINISHED"]
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
+    figures["faults injected"] += 1
+    figures["runs checked"] += len(runs)

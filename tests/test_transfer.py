@@ -360,39 +360,3 @@ def test_cli_refuses_a_bad_source_before_any_work(prepared: Path, tmp_path: Path
     assert result.returncode == 2 and "run `sounding pretrain` first" in result.stderr
     assert (tmp_path / "results" / "transfer.json").read_text() == "{}"
     assert not (tmp_path / "plots").exists()
-
-
-@pytest.mark.slow
-def test_cli_pretrain_transfer_and_leaderboard(tmp_path: Path) -> None:
-    from sounding import tracking
-
-    write_params(
-        tmp_path / "params.yaml",
-        tiny_params(**{"train.archs": ["mlp"], "gan.judge": "mlp", "train.n_seeds": 2}),
-    )
-    steps = (
-        ["prepare"],
-        ["pretrain", "-q"],
-        ["transfer", "-q"],
-        ["train", "mlp", "-q"],
-        ["baselines"],
-        ["report"],
-    )
-    for args in steps:
-        result = run_cli(*args, "--params", "params.yaml", cwd=tmp_path)
-        assert result.returncode == 0, result.stdout + result.stderr
-    for arch in ("cnn", "mlp"):
-        assert (tmp_path / "models" / "pretrained" / arch / "model.safetensors").is_file()
-        assert (tmp_path / "plots" / "transfer" / f"{arch}.csv").is_file()
-    summary = json.loads((tmp_path / "results" / "transfer.json").read_text())
-    assert list(summary["labels"]) == ["0.01", "0.05", "0.2", "1"] and summary["seeds"] == [42, 43]
-    board = (tmp_path / "reports" / "leaderboard.md").read_text()
-    section = board.split("## Transfer")[1]
-    rows = [line.split(" | ") for line in section.splitlines() if line.startswith(("| cnn | ", "| mlp | "))]
-    assert len(rows) == 8 and all(0 <= float(row[3]) <= 1 for row in rows)  # the zero-shot column
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    runs = tracking.client(uri).search_runs(
-        [tracking.experiment_id(uri, "sounding-transfer")], max_results=100
-    )
-    stages = sorted(r.data.tags["stage"] for r in runs)
-    assert stages.count("pretrain") == 2 and stages.count("transfer") == 1 + 2 * len(ROWS) * 4

@@ -54,3 +54,35 @@ def test_a_service_that_does_not_answer_exits_69_naming_it(
     assert "secret" not in result.stderr
     assert time.perf_counter() - start < 60  # bounded by tracking.timeout_s, not MLflow's minutes of retries
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before  # nothing written
+
+
+def test_ctrl_c_while_a_server_never_answers_stops_the_command_within_seconds(tmp_path: Path) -> None:
+    """A server that accepts the connection and never answers holds a request for up to
+    ``tracking.timeout_s``; Ctrl-C does not wait for it."""
+    import signal
+    import subprocess
+
+    from tests.conftest import SOUNDING
+
+    write_params(tmp_path / "params.yaml", tiny_params())
+    assert run_cli("prepare", "--out", "data/prepared", cwd=tmp_path).returncode == 0
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        uri = f"tracking.uri=http://127.0.0.1:{silent.getsockname()[1]}"
+        command = subprocess.Popen(
+            [SOUNDING, "train", "mlp", "-q", "-S", uri, "-S", "tracking.timeout_s=120"],
+            cwd=tmp_path,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        silent.settimeout(120)
+        connection, _ = silent.accept()  # the command's request has reached the server, which never answers
+        with connection:
+            time.sleep(1.0)
+            start = time.perf_counter()
+            command.send_signal(signal.SIGINT)
+            _, err = command.communicate(timeout=60)
+            stopped_after = time.perf_counter() - start
+    assert command.returncode == 130 and "Traceback" not in err, err
+    assert stopped_after < 10, stopped_after  # not the 120 s the request could still wait
