@@ -84,7 +84,7 @@ def test_a_tracking_server_lost_mid_training_exits_69_and_a_rerun_once_it_is_bac
     its last epoch, the command ends within the bound with exit 69 and one line saying what to do (no
     twelve-minute wait while the writer retries each queued batch in turn); once the server is back, the
     same command re-attaches to the run and logs the epochs it lacks, from the checkpoints."""
-    epochs, port = 300, free_port()
+    epochs, port = 150, free_port()
     backend = f"sqlite:///{tmp_path / 'server.db'}"
     url = f"http://127.0.0.1:{port}"
     write_params(tmp_path / "params.yaml", tiny_params(**{"tracking.uri": url, "train.epochs": epochs}))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -23,6 +24,7 @@ pytestmark = pytest.mark.slow
 
 
 def _setup(tmp_path: Path, **overrides: object) -> Path:
+    tmp_path.mkdir(parents=True, exist_ok=True)
     settings = {"tune.startup_trials": 2, "tune.warmup_epochs": 2, "tune.heartbeat_s": 1, "tune.grace_s": 3}
     write_params(tmp_path / "params.yaml", tiny_params(**{**settings, **overrides}))
     assert run_cli("prepare", "--out", "data/prepared", cwd=tmp_path).returncode == 0
@@ -73,10 +75,11 @@ def test_a_batch_trained_in_two_processes_gives_the_study_of_one_process(tmp_pat
         "tune.warmup_epochs": 1,
         "tune.space.lr": {"low": 1e-5, "high": 3e-2, "log": True},
     }
-    studies = []
+    studies, first = [], _setup(tmp_path / "workers1", **overrides)
     for workers in (1, 2):
-        (tmp_path / f"workers{workers}").mkdir()
-        root = _setup(tmp_path / f"workers{workers}", **overrides)
+        root = tmp_path / f"workers{workers}"
+        if workers > 1:  # the same params and prepared data, in a folder of its own
+            shutil.copytree(first, root, ignore=shutil.ignore_patterns("tuning"))
         result = run_cli("tune", "mlp", "-q", "--workers", str(workers), cwd=root)
         assert result.returncode == 0, result.stdout + result.stderr
         assert "database is locked" not in result.stderr  # two processes on the default sqlite study
@@ -89,12 +92,12 @@ def test_a_batch_trained_in_two_processes_gives_the_study_of_one_process(tmp_pat
 
 
 def test_two_worker_processes_on_postgres_run_exactly_n_trials(tmp_path: Path, postgres_url: str) -> None:
-    root = _setup(tmp_path, **{"tune.n_trials": 8, "tune.epochs": 30})
+    root = _setup(tmp_path, **{"tune.n_trials": 6, "tune.epochs": 15})
     procs = [_tune(root, "--storage", postgres_url) for _ in range(2)]
     for proc in procs:
         out, _ = proc.communicate(timeout=300)
         assert proc.returncode == 0, out
-    trials = _assert_exact(_study(root, "mlp", postgres_url), 8)
+    trials = _assert_exact(_study(root, "mlp", postgres_url), 6)
     assert len({t.user_attrs["worker"] for t in trials}) == 2
 
 
