@@ -25,9 +25,9 @@ help: ## List the targets
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	@echo "installing into $(VENV) (torch 2.13.0 CPU first; a minute or two on a fresh machine)"
+	@echo "installing into $(VENV) (torch 2.13.0 CPU first; about 2 minutes on a fresh machine)"
 	@# Some pip configurations print one line per missing local index; keep the log readable.
-	@$(BIN)/pip install -q --no-compile --disable-pip-version-check -e '.[dev]' 2>&1 | { grep -v 'is ignored: it is neither' || true; }
+	@$(BIN)/pip install -q --disable-pip-version-check -e '.[dev]' 2>&1 | { grep -v 'is ignored: it is neither' || true; }
 	@touch $(STAMP)
 
 venv: $(STAMP) ## Create or update the virtual environment
