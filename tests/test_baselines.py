@@ -106,3 +106,35 @@ def test_cli_without_prepared_data_exits_2_and_writes_nothing(tmp_path: Path, pa
     result = run_cli("baselines", cwd=tmp_path)
     assert result.returncode == 2 and "run `sounding prepare` first" in result.stderr
     assert not (tmp_path / "metrics").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+def test_baselines_whose_outputs_cannot_be_written_leave_the_old_ones_and_their_runs_failed(
+    tmp_path: Path, params, prepared: Path, monkeypatch, capsys
+) -> None:
+    """A full disk while the stage writes: exit 74, the last outputs as they were, and the new runs FAILED
+    with the reason (``sounding.unpublished``), not FINISHED as if what they made were published."""
+    import errno
+    import sys
+
+    import pytest
+
+    from sounding import cli
+
+    write_params(tmp_path / "params.yaml", params)
+    results = tmp_path / "results" / "baselines.json"
+    results.parent.mkdir()
+    results.write_text("{}")
+
+    def disk_full(folder: Path, files: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device", str(folder))
+
+    monkeypatch.setattr(cli, "write_json_folder", disk_full)
+    monkeypatch.setattr(sys, "argv", ["sounding", "baselines", "--data", str(prepared)])
+    with pytest.raises(SystemExit) as exited:
+        cli.main()
+    assert exited.value.code == cli.EXIT_NO_SPACE, capsys.readouterr().err
+    assert results.read_text() == "{}" and not (tmp_path / "metrics").exists()
+    c = tracking.client(params.tracking.uri)
+    runs = c.search_runs([c.get_experiment_by_name(params.tracking.experiment).experiment_id])
+    assert len(runs) == 2 and all(r.info.status == "FAILED" for r in runs)
+    assert all("No space left" in r.data.tags[tracking.UNPUBLISHED_TAG] for r in runs)

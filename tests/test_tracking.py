@@ -180,10 +180,10 @@ def _missing_once(lookup):
 
 
 def _tags(_: object) -> dict[str, str]:
-    return tracking.orchestration_tags()
+    return tracking.context_tags()
 
 
-def test_worker_processes_carry_the_orchestration_tags_of_the_process_that_started_them(
+def test_worker_processes_carry_the_context_tags_of_the_process_that_started_them(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from sounding import parallel
@@ -200,7 +200,7 @@ def test_a_stage_command_started_by_a_flow_carries_the_tags_the_flow_passed(
 
     flow = {"prefect.flow_run_id": "0f5e", "prefect.deployment": "nightly"}
     monkeypatch.setenv(tracking.ORCHESTRATION_TAGS_ENV, json.dumps(flow))  # as pipelines/retrain.py sets it
-    assert tracking.orchestration_tags() == flow
+    assert tracking.context_tags() == flow
 
 
 def test_runs_carry_mlflows_source_tags_and_the_dvc_stage(
@@ -250,3 +250,49 @@ def test_a_relative_store_is_anchored_on_the_workspace_even_from_dvcs_experiment
     outside.mkdir()
     monkeypatch.chdir(outside)
     assert tracking.resolve_uri("sqlite:///mlflow.db") == f"sqlite:///{outside / 'mlflow.db'}"
+
+
+def _held_run(uri: str) -> str:
+    """A worker's job: one run that succeeds."""
+    with tracking.tracked_run(
+        tiny_params(**{"tracking.uri": uri}), "held", {}, end_in_background=True
+    ) as run_id:
+        return run_id
+
+
+def test_runs_held_until_published_end_finished_with_the_block_or_failed_and_tagged_without_it(
+    params: Params, figures: Counter[str]
+) -> None:
+    """The runs of a stage that publishes outputs (here: one in this process, two in worker processes)
+    stay RUNNING until the outputs are published, and end FAILED with the reason when they are not; a run
+    re-attached later (a resumed seed) joins the next publication and loses the old reason."""
+    from sounding import parallel
+
+    uri = params.tracking.uri
+    two = params.with_overrides({"compute.workers": 2})
+    with tracking.held_until_published(uri):
+        with tracking.tracked_run(params, "here", {}) as here:
+            pass
+        there = parallel.run_jobs(two, _held_run, [uri, uri])
+        held = [here, *there]
+        assert [_run(params, r).info.status for r in held] == ["RUNNING"] * 3
+        assert len({_run(params, r).data.tags[tracking.PUBLICATION_TAG] for r in held}) == 1
+        tracking.client(uri).set_terminated(here, "KILLED")  # as `runs cleanup` closes a silent run
+    assert [_run(params, r).info.status for r in held] == ["FINISHED"] * 3
+
+    with pytest.raises(OSError), tracking.held_until_published(uri):
+        with tracking.tracked_run(params, "unpublished", {}) as unpublished:
+            pass
+        raise OSError(28, "No space left on device")
+    run = _run(params, unpublished)
+    assert run.info.status == "FAILED" and "No space left" in run.data.tags[tracking.UNPUBLISHED_TAG]
+    assert all(_run(params, r).info.status == "FINISHED" for r in held)  # another publication's runs
+
+    with tracking.held_until_published(uri):
+        with tracking.tracked_run(params, "unpublished", {}, run_id=unpublished):
+            pass
+        assert _run(params, unpublished).info.status == "RUNNING"
+    run = _run(params, unpublished)
+    assert run.info.status == "FINISHED" and tracking.UNPUBLISHED_TAG not in run.data.tags
+    figures["faults injected"] += 1
+    figures["runs checked"] += 4

@@ -219,9 +219,23 @@ def test_a_disk_full_after_training_publishes_nothing_fails_the_runs_and_a_rerun
         "plots_dir": out / "plots/mlp",
         "metrics_path": out / "metrics/mlp.json",
     }
-    stages.train_architecture(params, "mlp", prepared, progress=False, **paths)
-    before = _tree(out)
     real = stages.write_json
+    c = tracking.client(params.tracking.uri)
+    seen: list[str] = []
+
+    def statuses_at_the_headline(path: Path, payload: object) -> Path:
+        if Path(path).parent.name == "metrics":  # the last output written before they are published
+            seen.extend(
+                r.info.status
+                for r in c.search_runs([c.get_experiment_by_name(params.tracking.experiment).experiment_id])
+            )
+        return real(path, payload)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(stages, "write_json", statuses_at_the_headline)
+        stages.train_architecture(params, "mlp", prepared, progress=False, **paths)
+    assert seen == ["RUNNING"] * len(params.seeds())  # not FINISHED before what they made is published
+    before = _tree(out)
 
     def disk_full_at_the_headline(path: Path, payload: object) -> Path:
         if Path(path).name == ".mlp.json.partial" and Path(path).parent.name == "metrics":
@@ -233,7 +247,6 @@ def test_a_disk_full_after_training_publishes_nothing_fails_the_runs_and_a_rerun
         patched.setattr(stages, "write_json", disk_full_at_the_headline)
         stages.train_architecture(other, "mlp", prepared, progress=False, **paths)
     assert _tree(out) == before  # the old run's outputs, all of them, and no stand-in left
-    c = tracking.client(params.tracking.uri)
     runs = c.search_runs([c.get_experiment_by_name(params.tracking.experiment).experiment_id])
     failed = [r for r in runs if r.info.status == "FAILED"]
     assert len(failed) == len(other.seeds()) and len(runs) == 2 * len(other.seeds())
@@ -242,7 +255,8 @@ def test_a_disk_full_after_training_publishes_nothing_fails_the_runs_and_a_rerun
     # Space is back: the rerun resumes the same runs and publishes.
     metrics = stages.train_architecture(other, "mlp", prepared, progress=False, **paths)
     assert {s["run_id"] for s in metrics["seeds"]} == {r.info.run_id for r in failed}
-    assert all(c.get_run(r.info.run_id).info.status == "FINISHED" for r in failed)
+    again = [c.get_run(r.info.run_id) for r in failed]
+    assert all(r.info.status == "FINISHED" and tracking.UNPUBLISHED_TAG not in r.data.tags for r in again)
     assert metrics["epochs"] == 2 and _tree(out) != before
     figures["faults injected"] += 1
     figures["runs checked"] += len(runs)

@@ -101,9 +101,12 @@ def test_two_worker_processes_on_postgres_run_exactly_n_trials(tmp_path: Path, p
     assert len({t.user_attrs["worker"] for t in trials}) == 2
 
 
-def test_a_killed_worker_s_trial_fails_is_retried_from_its_checkpoint_and_the_count_stays_exact(
+def test_a_worker_killed_in_the_baseline_trial_fails_it_the_retry_resumes_it_and_it_decides_adoption(
     tmp_path: Path, postgres_url: str, figures: Counter[str]
 ) -> None:
+    """Fault 5 of docs/reliability.md: ``kill -9`` of the worker running the baseline trial (trial 0, the
+    params' own values). The trial becomes FAIL, is retried with the same values from its checkpoint, the
+    study ends with exactly ``tune.n_trials`` trials, and the result compares the best with that retry."""
     # A checkpoint every epoch: the retry then resumes at the epoch after the last one reported.
     overrides = {"tune.n_trials": 4, "tune.epochs": 40, "tune.pruner": "none"}
     root = _setup(tmp_path, **overrides)
@@ -122,6 +125,7 @@ def test_a_killed_worker_s_trial_fails_is_retried_from_its_checkpoint_and_the_co
     victim.send_signal(signal.SIGKILL)
     victim.wait()
     killed = running[0].number
+    assert killed == 0 and running[0].user_attrs["baseline"]  # the worker died in the baseline trial
 
     survivor = _tune(root, "--storage", postgres_url)
     out, _ = survivor.communicate(timeout=300)
@@ -132,6 +136,9 @@ def test_a_killed_worker_s_trial_fails_is_retried_from_its_checkpoint_and_the_co
     assert retry.state.name == "COMPLETE" and retry.params == trials[killed].params
     # The retry resumed the dead trial's checkpoint: it reported no epoch before the one it resumed at.
     assert min(retry.intermediate_values) >= 3
+    best = json.loads((root / "tuning/mlp/best.json").read_text())
+    assert best["baseline_value"] == retry.value and best["baseline_state"] == "complete"
+    assert best["adopted"] in ("baseline", "tuned")
     figures["faults injected"] += 1
     figures["trials checked"] += len(trials)
 

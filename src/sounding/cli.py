@@ -19,6 +19,7 @@ import typer
 from sounding.config import ARCHS, Params, load_params
 from sounding.errors import BadInput, ServiceUnavailable
 from sounding.files import check_writable, published_together, write_json, write_json_folder
+from sounding.tracking import held_until_published
 
 app = typer.Typer(
     help="Sounding: train, tune, compare and ship neural-network architectures reproducibly.",
@@ -180,7 +181,10 @@ def baselines(
     from sounding import headline
     from sounding.baselines import run_baselines
 
-    with published_together(metrics, results) as (metrics_out, results_out):
+    with (
+        held_until_published(params.tracking.uri),
+        published_together(metrics, results) as (metrics_out, results_out),
+    ):
         summary = run_baselines(params, data, results_out)
         write_json_folder(metrics_out, headline.baselines(summary))
     for r in summary["baselines"].values():
@@ -259,7 +263,10 @@ def depth(
     from sounding import headline
     from sounding.depth import run_depth_study
 
-    with published_together(metrics, results, plots) as (metrics_out, results_out, plots_out):
+    with (
+        held_until_published(params.tracking.uri),
+        published_together(metrics, results, plots) as (metrics_out, results_out, plots_out),
+    ):
         summary = run_depth_study(params, data, results_out, plots_out, progress=not quiet)
         write_json(metrics_out, headline.depth(summary))
     typer.echo(
@@ -291,11 +298,14 @@ def gan(
     from sounding import headline
     from sounding.generative import train_gan
 
-    with published_together(model_dir, metrics, results, plots) as (
-        model_out,
-        metrics_out,
-        results_out,
-        plots_out,
+    with (
+        held_until_published(params.tracking.uri),
+        published_together(model_dir, metrics, results, plots) as (
+            model_out,
+            metrics_out,
+            results_out,
+            plots_out,
+        ),
     ):
         s = train_gan(params, data, judge, model_out, results_out, plots_out, progress=not quiet)
         write_json(metrics_out, headline.gan(s))
@@ -331,7 +341,7 @@ def pretrain(
     from sounding.transfer import pretrain as run_pretrain
 
     # The source data is written in place: the runs record its folder as their dataset's source.
-    with published_together(model_dir, results, plots) as staged:
+    with held_until_published(params.tracking.uri), published_together(model_dir, results, plots) as staged:
         pretrained = run_pretrain(params, data, *staged, progress=not quiet)
     for arch, m in pretrained.items():
         typer.echo(
@@ -359,7 +369,10 @@ def transfer(
     from sounding import headline
     from sounding.transfer import run_transfer
 
-    with published_together(metrics, results, plots) as (metrics_out, results_out, plots_out):
+    with (
+        held_until_published(params.tracking.uri),
+        published_together(metrics, results, plots) as (metrics_out, results_out, plots_out),
+    ):
         s = run_transfer(params, data, pretrained, results_out, plots_out, progress=not quiet)
         write_json_folder(metrics_out, headline.transfer(s))
     for arch, why in s["skipped"].items():

@@ -65,8 +65,9 @@ _busy = False  # whether this worker is running a job
 
 
 def _init_worker(gpus: Any, stop: Any, threads: int, tags: dict[str, str]) -> None:
-    """A worker process: its GPU, its thread count, the orchestration tags of its parent (its MLflow runs
-    belong to the same Prefect flow run), and interrupts that stop a running job only.
+    """A worker process: its GPU, its thread count, the context tags of its parent (its MLflow runs
+    belong to the same Prefect flow run and wait for the same publication), and interrupts that stop a
+    running job only.
 
     SIGTERM (from ``run_jobs``) and SIGINT (Ctrl-C reaches the whole process group) raise
     KeyboardInterrupt inside a running job, whose MLflow run then ends KILLED; an idle worker ignores
@@ -82,7 +83,7 @@ def _init_worker(gpus: Any, stop: Any, threads: int, tags: dict[str, str]) -> No
 
     from sounding import tracking
 
-    tracking.inherit_orchestration_tags(tags)
+    tracking.inherit_context_tags(tags)
     torch.set_num_threads(threads)
     signal.signal(signal.SIGTERM, _interrupt)
     signal.signal(signal.SIGINT, _interrupt)
@@ -146,7 +147,7 @@ class Workers:
                 self.size,
                 mp_context=ctx,
                 initializer=_init_worker,
-                initargs=(gpus, self._stop, self.params.compute.threads, tracking.orchestration_tags()),
+                initargs=(gpus, self._stop, self.params.compute.threads, tracking.context_tags()),
             )
         return self
 

@@ -55,7 +55,7 @@ with warnings.catch_warnings(record=True):
 def log_pyfunc(run_id: str, uri: str, model_dir: Path, example: np.ndarray) -> str:
     """Log ``model_dir/{model.safetensors, config.json}`` as a pyfunc model of the run; return its URI."""
     import mlflow
-    from mlflow.models import infer_signature
+    from mlflow.models import Model, infer_signature
 
     from sounding import tracking
     from sounding.models import factory
@@ -67,18 +67,26 @@ def log_pyfunc(run_id: str, uri: str, model_dir: Path, example: np.ndarray) -> s
         output = net(torch.as_tensor(example)).softmax(-1).numpy()
     tracking.use_store(uri)
     entry = Path(__file__).parent / "models" / "pyfunc_entry.py"
-    with mlflow.start_run(run_id=run_id):
-        info = mlflow.pyfunc.log_model(
-            name="model",
-            python_model=str(entry),
-            artifacts={
-                "weights": str(model_dir / "model.safetensors"),
-                "config": str(model_dir / "config.json"),
-            },
-            signature=infer_signature(example, output),
-            input_example=example,
-            pip_requirements=PIP_REQUIREMENTS,
-        )
+    # ``Model.log`` with the run's id, as ``mlflow.pyfunc.log_model`` calls it, rather than that function
+    # under ``mlflow.start_run(run_id=…)``: leaving that block ends the run FINISHED, and the run's end is
+    # ``tracking.tracked_run``'s to decide (not before its stage's outputs are published). With no active
+    # run, the logged model goes to the active experiment: the run's.
+    mlflow.set_experiment(experiment_id=mlflow.MlflowClient().get_run(run_id).info.experiment_id)
+    info = Model.log(
+        artifact_path=None,  # MLflow 3 names a model (``name``), not a path
+        name="model",
+        flavor=mlflow.pyfunc,
+        python_model=str(entry),
+        artifacts={
+            "weights": str(model_dir / "model.safetensors"),
+            "config": str(model_dir / "config.json"),
+        },
+        signature=infer_signature(example, output),
+        input_example=example,
+        pip_requirements=PIP_REQUIREMENTS,
+        flavor_name="pyfunc.ModelFromCode",  # what ``log_model`` passes for a model from code
+        run_id=run_id,
+    )
     return info.model_uri
 
 

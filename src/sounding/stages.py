@@ -48,8 +48,8 @@ def train_architecture(
     ``results_path`` the test metrics as mean ± std over seeds; ``plots_dir`` learning-curve and
     confusion-matrix CSVs for ``dvc plots`` plus PNGs; ``metrics_path`` the headline metrics for DVC. The
     outputs are published together once all is written, or not at all (``files.published_together``); the
-    seeds' runs end FAILED when they are not. Each seed is one MLflow run ``ARCH-seedN`` tagged
-    with ``stage`` (the ``pretrain`` stage trains through here too). ``tuned`` is a ``sounding tune``
+    seeds' runs end FINISHED when they are, FAILED when they are not (``tracking.held_until_published``).
+    Each seed is one MLflow run ``ARCH-seedN`` tagged with ``stage`` (the ``pretrain`` stage trains through here too). ``tuned`` is a ``sounding tune``
     result (``best.json``) whose values replace those of params. The seeds train side by side in
     ``compute.workers`` processes (``parallel.run_jobs``).
 
@@ -84,43 +84,38 @@ def train_architecture(
     if side_by_side:  # the store and experiment exist before the workers meet them: two creating one race
         tracking.experiment_id(params.tracking.uri, params.tracking.experiment)
     outputs = (model_dir, results_path, plots_dir, *([metrics_path] if metrics_path else []))
-    run_ids: list[str] = []
-    try:
-        with published_together(*outputs, enabled=rank == 0) as staged:
-            model_out, results_out, plots_out, *headline_out = staged
-            jobs = [
-                SeedJob(
-                    params.model_dump_json(),
-                    arch,
-                    seed,
-                    i == 0,
-                    rank,
-                    str(data_dir),
-                    str(model_out),
-                    str(plots_out),
-                    str(checkpoints),
-                    stage,
-                    progress and not side_by_side,  # a bar per fit in one process, one over seeds otherwise
-                )
-                for i, seed in enumerate(seeds)
-            ]
-            with progress_.bar(
-                len(jobs), f"{stage} {arch}", "seed", enabled=side_by_side and progress
-            ) as bar:
-                if processes > 1:  # every rank trains every seed together with the others
-                    per_seed = [train_seed(job) for job in jobs]
-                else:
-                    per_seed = parallel.run_jobs(params, train_seed, jobs, on_done=lambda _: bar.update(1))
-            run_ids = [s["run_id"] for s in per_seed if s["run_id"]]
-            metrics = _summary(params, arch, data, per_seed, processes, select, tuned_values, adopted)
-            if rank == 0:
-                write_json(results_out, metrics)
-                for path in headline_out:
-                    write_json(path, headline.train(metrics))
-    except BaseException as error:
-        # A seed's run is FINISHED only once the stage's outputs are published: not when they are not.
-        tracking.fail_unpublished(params.tracking.uri, run_ids, error)
-        raise
+    # A seed's run is FINISHED only once the stage's outputs are published; FAILED when they are not.
+    with (
+        tracking.held_until_published(params.tracking.uri, enabled=rank == 0),
+        published_together(*outputs, enabled=rank == 0) as staged,
+    ):
+        model_out, results_out, plots_out, *headline_out = staged
+        jobs = [
+            SeedJob(
+                params.model_dump_json(),
+                arch,
+                seed,
+                i == 0,
+                rank,
+                str(data_dir),
+                str(model_out),
+                str(plots_out),
+                str(checkpoints),
+                stage,
+                progress and not side_by_side,  # a bar per fit in one process, one over seeds otherwise
+            )
+            for i, seed in enumerate(seeds)
+        ]
+        with progress_.bar(len(jobs), f"{stage} {arch}", "seed", enabled=side_by_side and progress) as bar:
+            if processes > 1:  # every rank trains every seed together with the others
+                per_seed = [train_seed(job) for job in jobs]
+            else:
+                per_seed = parallel.run_jobs(params, train_seed, jobs, on_done=lambda _: bar.update(1))
+        metrics = _summary(params, arch, data, per_seed, processes, select, tuned_values, adopted)
+        if rank == 0:
+            write_json(results_out, metrics)
+            for path in headline_out:
+                write_json(path, headline.train(metrics))
     return {**metrics, "rank": rank}
 
 

@@ -78,6 +78,11 @@ def source_tags() -> dict[str, str]:
 
 
 _inherited_tags: dict[str, str] | None = None  # a worker process's: those of the process that started it
+_publication: str | None = None  # what this process's runs wait for (``held_until_published``)
+PUBLICATION_TAG = "sounding.publication"
+"""Tag of a run whose stage publishes outputs (``held_until_published``): the id of that publication."""
+UNPUBLISHED_TAG = "sounding.unpublished"
+"""Tag of a run whose stage's outputs were not published: the error that kept them from it."""
 ORCHESTRATION_TAGS_ENV = "SOUNDING_ORCHESTRATION_TAGS"
 """Environment variable holding, as JSON, the orchestration tags of the flow run that started this command
 (the retraining flow runs each stage's command as a process of its own, outside the flow's context)."""
@@ -85,10 +90,7 @@ ORCHESTRATION_TAGS_ENV = "SOUNDING_ORCHESTRATION_TAGS"
 
 def orchestration_tags() -> dict[str, str]:
     """``prefect.flow_run_id`` and ``prefect.deployment`` of the Prefect flow run this code runs in, if any
-    (in a worker process of ``parallel``: those of the process that started it; in a stage command the
-    flow started: those it passed in ``SOUNDING_ORCHESTRATION_TAGS``)."""
-    if _inherited_tags is not None:
-        return dict(_inherited_tags)
+    (in a stage command the flow started: those it passed in ``SOUNDING_ORCHESTRATION_TAGS``)."""
     if os.environ.get(ORCHESTRATION_TAGS_ENV):
         return json.loads(os.environ[ORCHESTRATION_TAGS_ENV])
     if "prefect" not in sys.modules:  # not under Prefect; importing it would cost a second for nothing
@@ -98,8 +100,17 @@ def orchestration_tags() -> dict[str, str]:
     return _flow_run_tags(flow_run.id) if flow_run.id else {}
 
 
-def inherit_orchestration_tags(tags: dict[str, str]) -> None:
-    """Make ``tags`` this process's orchestration tags (a worker process runs outside the flow's context)."""
+def context_tags() -> dict[str, str]:
+    """The tags every run started here carries from its context: the ``orchestration_tags``, and
+    ``sounding.publication`` while a stage holds its runs until its outputs are published
+    (``held_until_published``). In a worker process of ``parallel``: those of the process that started it."""
+    if _inherited_tags is not None:
+        return dict(_inherited_tags)
+    return {**orchestration_tags(), **({PUBLICATION_TAG: _publication} if _publication else {})}
+
+
+def inherit_context_tags(tags: dict[str, str]) -> None:
+    """Make ``tags`` this process's context tags (a worker process runs outside the flow's context)."""
     global _inherited_tags
     _inherited_tags = dict(tags)
 
@@ -324,7 +335,8 @@ def tracked_run(
     """Create (or re-attach to ``run_id``) an MLflow run and yield its id.
 
     The run ends FINISHED on success, KILLED on Ctrl-C or SIGTERM (raised as KeyboardInterrupt by the
-    CLI), FAILED on any other exception. Params are the flattened ``Params``, or ``logged_params`` when
+    CLI), FAILED on any other exception; inside ``held_until_published``, a run that succeeds stays RUNNING
+    until its stage's outputs are published (or end FAILED when they are not). Params are the flattened ``Params``, or ``logged_params`` when
     given (a tuning trial logs what it varies; its parent run holds the rest), written by the writer
     process like the metrics. The run ends once its params and metrics are stored; ``end_in_background``
     leaves that to the writer process, which ends it after them (FAILED if they failed), so the caller
@@ -339,7 +351,7 @@ def tracked_run(
             **source_tags(),
             "git_sha": git_sha(),
             "mlflow.runName": run_name,
-            **orchestration_tags(),
+            **context_tags(),
             **tags,
         }
         if parent_run_id:
@@ -355,7 +367,10 @@ def tracked_run(
         _unstepped.add(run_id)
     else:
         c.update_run(run_id, status="RUNNING")
-        c.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+        publication = {k: v for k, v in context_tags().items() if k == PUBLICATION_TAG}
+        c.log_batch(run_id, tags=[RunTag(k, v) for k, v in {**tags, **publication}.items()])
+        if UNPUBLISHED_TAG in c.get_run(run_id).data.tags:  # this time its stage may publish
+            c.delete_tag(run_id, UNPUBLISHED_TAG)
     status = "FAILED"
     try:
         yield run_id
@@ -364,25 +379,80 @@ def tracked_run(
         status = STATUS_ON_INTERRUPT
         raise
     finally:
+        if status == "FINISHED" and PUBLICATION_TAG in context_tags():
+            status = HELD
         if end_in_background:
             _send("end", uri, run_id, status)
         else:
             _end(c, run_id, status)
 
 
-def fail_unpublished(uri: str, run_ids: list[str], error: BaseException) -> None:
-    """End ``run_ids`` FAILED (KILLED on Ctrl-C), tagged ``sounding.unpublished`` with the error that kept
-    their stage's outputs from being published: a run is FINISHED only when what it made is where the
-    pipeline reads it. A rerun re-attaches to these runs (their checkpoints name them) and ends them
-    FINISHED. Best effort: the user must see the error that stopped the stage, not one of the store's."""
-    from contextlib import suppress
+HELD = "HELD"
+"""The end a successful run gets inside ``held_until_published``: none yet (it stays RUNNING), unless
+writing its metrics or params failed (FAILED)."""
 
-    status = STATUS_ON_INTERRUPT if isinstance(error, KeyboardInterrupt) else "FAILED"
-    for run_id in run_ids:
-        with suppress(Exception):
-            c = client(uri)
-            c.set_tag(run_id, "sounding.unpublished", f"{type(error).__name__}: {error}"[:5000])
-            c.set_terminated(run_id, status)
+
+@contextmanager
+def held_until_published(uri: str, enabled: bool = True) -> Iterator[None]:
+    """Hold the runs started inside (in this process and its ``parallel`` workers) RUNNING until the block
+    ends: FINISHED when it ends normally, FAILED (KILLED on Ctrl-C) and tagged ``sounding.unpublished``
+    with the error when it raises. Wrapped around ``files.published_together``, a run is FINISHED only
+    when what it made is where the pipeline reads it. Inside another such block, it joins that one (the
+    outer stage publishes). Runs are found by their ``sounding.publication`` tag, so runs a rerun
+    re-attaches to (a seed resumed from its checkpoint) are held too."""
+    global _publication
+    if not enabled or _publication is not None or _inherited_tags is not None:
+        yield
+        return
+    import uuid
+
+    _publication = uuid.uuid4().hex
+    try:
+        yield
+    except BaseException as error:
+        _end_held(uri, _publication, error)
+        raise
+    else:
+        _end_held(uri, _publication, None)
+    finally:
+        _publication = None
+
+
+def _end_held(uri: str, publication: str, error: BaseException | None) -> None:
+    """End the runs of ``publication``: FINISHED without ``error``; else those still RUNNING as it says. After an
+    error this is best effort (the user must see the error that stopped the stage, not one of the store's),
+    and skipped when that error is the store's own: its runs stay RUNNING, for a rerun to re-attach."""
+    from sounding.errors import ServiceUnavailable
+
+    if error is not None and (isinstance(error, ServiceUnavailable) or unreachable(error)):
+        return
+    resolved = resolve_uri(uri)
+    if resolved.startswith("sqlite:///") and not Path(resolved.removeprefix("sqlite:///")).exists():
+        return  # a store never created holds no run (bad input stopped the stage first): do not create it
+    try:
+        wait_sent()  # this process's runs' last writes (and a failed write's FAILED) are in
+        c = client(uri)
+        # Published, every run of the publication succeeded: one closed meanwhile by ``runs cleanup`` (held
+        # runs are silent until the stage ends) ends FINISHED too, as a run it closed does when it finishes.
+        state = "attributes.status != 'FINISHED'" if error is None else "attributes.status = 'RUNNING'"
+        held = c.search_runs(
+            [e.experiment_id for e in c.search_experiments()],
+            f"tags.`{PUBLICATION_TAG}` = '{publication}' and {state}",
+            max_results=50000,
+        )
+        for run in held:
+            if error is None:
+                c.set_terminated(run.info.run_id, "FINISHED")
+            else:
+                c.set_tag(run.info.run_id, UNPUBLISHED_TAG, f"{type(error).__name__}: {error}"[:5000])
+                status = STATUS_ON_INTERRUPT if isinstance(error, KeyboardInterrupt) else "FAILED"
+                c.set_terminated(run.info.run_id, status)
+    except Exception:
+        if error is None:
+            raise
+        logging.getLogger(__name__).warning(
+            "could not end the runs of the unpublished outputs", exc_info=True
+        )
 
 
 def _run_exists(uri: str, run_id: str) -> bool:
@@ -407,12 +477,13 @@ def _end(c: Any, run_id: str, status: str) -> None:
     try:
         wait_sent()
     except RuntimeError as exc:
-        if status == "FINISHED":
+        if status in ("FINISHED", HELD):
             c.set_terminated(run_id, "FAILED")
             raise
         # The run already failed or was interrupted: that error is the one to report.
         logging.getLogger(__name__).warning("%s", exc)
-    c.set_terminated(run_id, status)
+    if status != HELD:
+        c.set_terminated(run_id, status)
 
 
 @contextmanager

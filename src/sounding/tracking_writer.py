@@ -5,7 +5,7 @@ stdin and answers each with one line on stdout: empty when written, else the err
 - ``params``: payload ``{key: value}``, the run's params (logged once, at its start);
 - ``tags``: payload ``{key: value}``;
 - ``end``: payload the run's final status. A run whose metrics or params failed to write ends FAILED, not
-  FINISHED.
+  FINISHED; a ``HELD`` run (``tracking.held_until_published``) that did not fail stays RUNNING.
 
 Lines are handled in order, so a run ends after everything sent for it before. Once a store stops
 answering (``tracking.unreachable``: after MLflow's bounded retries), every later item for it is answered
@@ -21,7 +21,7 @@ import json
 import signal
 import sys
 
-from sounding.tracking import LOST, client, log_steps, lost_reason, unreachable
+from sounding.tracking import HELD, LOST, client, log_steps, lost_reason, unreachable
 
 
 def handle(op: str, uri: str, run_id: str, payload, failed: set[str]) -> None:
@@ -39,8 +39,9 @@ def handle(op: str, uri: str, run_id: str, payload, failed: set[str]) -> None:
     elif op == "tags":
         client(uri).log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in payload.items()])
     elif op == "end":
-        status = "FAILED" if payload == "FINISHED" and run_id in failed else payload
-        client(uri).set_terminated(run_id, status)
+        status = "FAILED" if payload in ("FINISHED", HELD) and run_id in failed else payload
+        if status != HELD:  # a held run ends when its stage's outputs are published
+            client(uri).set_terminated(run_id, status)
     else:
         raise ValueError(f"unknown op {op!r}; allowed: metrics, params, tags, end")
 
