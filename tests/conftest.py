@@ -82,7 +82,7 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
 def tiny_params(**overrides: object) -> Params:
     """Defaults shrunk to seconds: a 600-sample MNIST-1D, 3 epochs of batches of 100 (no step minimum), one seed, a local sqlite
     store, weights selected and trials ranked on its 48 validation samples; tuning
-    runs 3 trials of 3 epochs; transfer pretrains 2 epochs on 600 source samples and each fit is 6 steps;
+    runs 3 trials of 3 epochs and confirms nothing on fresh seeds; transfer pretrains 2 epochs on 600 source samples and each fit is 6 steps;
     one process (the tests of fits side by side ask for more: tests/test_parallel_slow.py)."""
     base = {
         "compute.workers": 1,
@@ -100,6 +100,7 @@ def tiny_params(**overrides: object) -> Params:
         "tune.n_trials": 3,
         "tune.epochs": 3,
         "tune.epochs_by_arch": {},
+        "tune.confirm_seeds": 0,  # adopt on the study alone (tests/test_tuning.py checks the confirmation)
     }
     base.update(overrides)
     return Params().with_overrides(base)

@@ -43,7 +43,10 @@ def test_a_best_trial_gaining_less_than_min_gain_leaves_the_params_values(prepar
         progress=False,
         tuned="tuning/mlp/best.json",
     )
-    assert metrics["adopted"] == "baseline" and "| baseline kept |" in leaderboard([metrics], "mnist1d")
+    assert metrics["adopted"] == "baseline" and "| baseline kept | same |" in leaderboard(
+        [metrics], "mnist1d"
+    )
+    assert metrics["untuned"]["gain"] == 0 and not metrics["untuned"]["trained"]  # what trained is untuned
 
 
 def test_a_baseline_outside_the_search_space_is_trained_beside_the_study(prepared: Path) -> None:
@@ -130,6 +133,44 @@ def test_min_gain_is_counted_in_validation_samples_at_its_boundary(best_correct:
     assert summary["overrides"] == (
         {} if adopted == "baseline" else {"models.mlp.dropout": best_correct / 1000}
     )
+
+
+def test_a_best_trial_is_adopted_only_if_its_gain_holds_on_fresh_seeds(prepared: Path) -> None:
+    """The best trial (which passed ``min_gain``) and the baseline are trained again on fresh seeds, paired;
+    the decision follows their mean gain in validation samples, and each fit is an MLflow run."""
+    params = tune_params(**{"tune.min_gain": 0.0, "tune.confirm_seeds": 2, "train.n_seeds": 3})
+    summary = tune(params, "mlp", prepared, "tuning/mlp", progress=False)
+    c = summary["confirm"]
+    assert c["seeds"] == [params.seed + 3, params.seed + 4]  # after the training seeds
+    n_val = summary["val_samples"]
+    assert c["gain_samples"] == [
+        round((b - a) * n_val) for a, b in zip(c["baseline"], c["best"], strict=True)
+    ]
+    assert summary["adopted"] == ("tuned" if c["mean_gain_samples"] >= 0 else "baseline")
+    assert bool(summary["overrides"]) == (summary["adopted"] == "tuned")
+    client = tracking.client(params.tracking.uri)
+    runs = client.search_runs(
+        [client.get_experiment_by_name("sounding-tuning").experiment_id], "tags.confirm != ''"
+    )
+    fits = sorted((r.data.tags["confirm"], int(r.data.params["seed"])) for r in runs)
+    assert fits == sorted((role, s) for role in ("baseline", "best") for s in c["seeds"])
+    assert {r.info.status for r in runs} == {"FINISHED"}
+
+
+@pytest.mark.parametrize(("best", "adopted"), [((22, 20), "tuned"), ((22, 17), "baseline")])
+def test_the_fresh_seeds_decide_on_the_mean_paired_gain(
+    prepared: Path, monkeypatch: pytest.MonkeyPatch, best: tuple, adopted: str
+) -> None:
+    """With min_gain 0 the best trial always passes the study's gate; on the fresh seeds, gains of +2 and
+    0 samples (mean +1) adopt it, +2 and −3 (mean −0.5) do not."""
+    from sounding import tuning
+
+    fits = {"baseline": [20, 20], "best": list(best)}
+    monkeypatch.setattr(tuning, "run_check", lambda job: fits[job.role].pop(0) / 48)
+    params = tune_params(**{"tune.min_gain": 0.0, "tune.confirm_seeds": 2})
+    summary = tune(params, "mlp", prepared, "tuning/mlp", progress=False)
+    assert summary["val_samples"] == 48 and summary["confirm"]["gain_samples"] == [2, best[1] - 20]
+    assert summary["adopted"] == adopted and bool(summary["overrides"]) == (adopted == "tuned")
 
 
 def _study(params, arch: str, prepared: Path) -> optuna.Study:
@@ -276,9 +317,23 @@ def test_train_with_tuned_values_logs_them_and_refuses_another_dataset(prepared:
         "plots/mlp",
         progress=False,
         tuned="best.json",
+        metrics_path="metrics.json",
     )
     assert metrics["tuned"] == {"models.mlp.dropout": 0.25}
-    assert "| tuned: dropout 0.25 |" in leaderboard([metrics], "mnist1d")
+    # The params' own values (dropout 0) trained beside them on the same seed: the paired gain on test.
+    untuned = metrics["untuned"]
+    (reference,) = untuned["seeds"]
+    assert untuned["trained"] and reference["seed"] == metrics["seeds"][0]["seed"]
+    assert untuned["gain"] == pytest.approx(metrics["test_acc"] - reference["test/acc"])
+    row = (
+        f"| tuned: dropout 0.25 | {untuned['test_acc']:.3f} ± 0.000, {100 * untuned['gain']:+.1f} ± 0.0 pp |"
+    )
+    assert row in leaderboard([metrics], "mnist1d")
+    ref = tracking.client(params.tracking.uri).get_run(reference["run_id"])
+    assert ref.info.run_name == "mlp-seed42-untuned" and ref.data.tags["reference"] == "untuned"
+    assert ref.data.params["models.mlp.dropout"] == "0.0" and ref.info.status == "FINISHED"
+    assert ref.data.metrics["test/acc"] == reference["test/acc"]
+    assert json.loads(Path("metrics.json").read_text())["tuning_gain"] == round(untuned["gain"], 6)
     run = tracking.client(params.tracking.uri).get_run(metrics["seeds"][0]["run_id"])
     assert run.data.params["models.mlp.dropout"] == "0.25"
     # What shaped the run, and nothing of the other architectures; the data as the run's dataset input.

@@ -156,6 +156,13 @@ def train(
         + f"{rank}{arch}: test accuracy {result['test_acc']:.4f} ± {result['test_acc_std']:.4f} "
         f"over {len(result['seeds'])} seed(s)"
     )
+    untuned = result.get("untuned") or {}
+    if untuned.get("trained"):
+        typer.echo(
+            f"{rank}{arch}: untuned (the params' values, same seeds) {untuned['test_acc']:.4f} ± "
+            f"{untuned['test_acc_std']:.4f}; tuning gains {untuned['gain']:+.4f} ± {untuned['gain_sem']:.4f} "
+            "(paired by seed, ± its standard error)"
+        )
     if rank:
         for s in result["seeds"]:
             keys = ("test/acc", "test/loss", "val/acc", "train/loss")
@@ -238,11 +245,19 @@ def tune(
         f"{c['complete']} complete, {c['pruned']} pruned, {c['failed']} failed; "
         f"{s['epochs_run']}/{s['epochs_budget']} epochs in {s['wall_s']:.1f} s"
     )
-    if s["adopted"] == "baseline":
+    needed = f"tune.min_gain={params.tune.min_gain} ({s['min_gain_samples']} samples)"
+    if "confirm" in s:
+        c = s["confirm"]
+        typer.echo(
+            f"{arch}: on fresh seeds {', '.join(map(str, c['seeds']))} the best trial's values gain "
+            f"{', '.join(f'{g:+d}' for g in c['gain_samples'])} of {s['val_samples']} validation samples over the "
+            f"baseline's (mean {c['mean_gain_samples']:+.1f}; {needed} needed): "
+            + ("train adopts them" if s["adopted"] == "tuned" else "train keeps the params' values")
+        )
+    elif s["adopted"] == "baseline":
         typer.echo(
             f"{arch}: the best trial gains {s['gain_samples']} of {s['val_samples']} validation samples over "
-            f"the baseline, fewer than tune.min_gain={params.tune.min_gain} ({s['min_gain_samples']} samples): "
-            "train keeps the params' values"
+            f"the baseline, fewer than {needed}: train keeps the params' values"
         )
 
 

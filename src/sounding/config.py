@@ -432,6 +432,12 @@ class TuneParams(Section):
     keeps the params' values. The validation split is small (400 samples by default: one
     sample is 0.25 pp) and a study's best is the maximum of many noisy values, so smaller gains are
     mostly luck and did not carry over to the test set."""
+    confirm_seeds: Annotated[int, Field(ge=0)] = 2
+    """Fresh seeds on which a best trial that passed ``min_gain`` is checked before adoption: its values and
+    the baseline's are trained again on seeds ``seed + train.n_seeds``, … (as long as a trial, judged on
+    validation), and are adopted only if their mean gain over the baseline, paired seed by seed, still
+    reaches ``min_gain``. The study's best won a selection among many noisy scores; these fits did not.
+    A fit that fails counts as accuracy 0. 0 adopts on the study's best alone."""
     storage: str | None = None
     """Optuna storage URL. Default: ``sqlite:///tuning/optuna.db``. PostgreSQL for ``sounding tune`` on
     several machines sharing one study."""

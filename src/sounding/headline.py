@@ -25,10 +25,12 @@ def _numbers(values: dict[str, Any]) -> dict[str, Any]:
 
 
 def train(record: dict) -> dict[str, float]:
-    """An architecture's test accuracy and macro-F1 (mean over seeds) and the accuracy's spread. No timing:
+    """An architecture's test accuracy and macro-F1 (mean over seeds), the accuracy's spread and, after
+    tuning, what it gained over the params' own values on the same seeds (``tuning_gain``). No timing:
     the same params give the same numbers, so a diff shows only what changed (times are in the results)."""
     keys = ("test_acc", "test_acc_std", "test_f1_macro")
-    return _numbers({k: record[k] for k in keys})
+    gain = (record.get("untuned") or {}).get("gain")
+    return _numbers({**{k: record[k] for k in keys}, "tuning_gain": gain})
 
 
 def baselines(record: dict) -> dict[str, dict[str, float]]:

@@ -1,14 +1,17 @@
-"""One library function per pipeline stage. The CLI (and so ``dvc.yaml``) and the Prefect flows call these.
+"""The ``prepare`` and ``train`` stages (``pretrain`` trains through ``train_architecture`` too). The other
+stages have a module each (``baselines``, ``tuning``, ``depth``, ``generative``, ``transfer``,
+``registry``, ``report``); the CLI, and so ``dvc.yaml`` and the retraining flow, calls them.
 
-Each stage reads its inputs, verifies them, does its work and writes its outputs atomically.
+Each stage reads its inputs, verifies them, does its work and publishes its outputs together.
 """
 
 from __future__ import annotations
 
+import math
 import shutil
 import statistics
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +68,7 @@ def train_architecture(
     data = load_prepared(data_dir)
     tuned_values: dict[str, Any] = {}
     adopted = None  # no tuning result given
+    untuned = params
     if tuned is not None:
         from sounding.tuning import tuned as apply_tuned
 
@@ -80,7 +84,9 @@ def train_architecture(
             file=sys.stderr,
         )
     seeds = params.seeds()
-    side_by_side = processes == 1 and parallel.n_workers(params, len(seeds)) > 1
+    # Tuned values are trained beside the untuned ones on the same seeds: what tuning gained on test, paired.
+    references = seeds if tuned_values else []
+    side_by_side = processes == 1 and parallel.n_workers(params, len(seeds) + len(references)) > 1
     if side_by_side:  # the store and experiment exist before the workers meet them: two creating one race
         tracking.experiment_id(params.tracking.uri, params.tracking.experiment)
     outputs = (model_dir, results_path, plots_dir, *([metrics_path] if metrics_path else []))
@@ -106,12 +112,19 @@ def train_architecture(
             )
             for i, seed in enumerate(seeds)
         ]
+        jobs += [
+            replace(jobs[i], params_json=untuned.model_dump_json(), first=False, untuned=True)
+            for i in range(len(references))
+        ]
         with progress_.bar(len(jobs), f"{stage} {arch}", "seed", enabled=side_by_side and progress) as bar:
             if processes > 1:  # every rank trains every seed together with the others
                 per_seed = [train_seed(job) for job in jobs]
             else:
                 per_seed = parallel.run_jobs(params, train_seed, jobs, on_done=lambda _: bar.update(1))
+        per_seed, per_reference = per_seed[: len(seeds)], per_seed[len(seeds) :]
         metrics = _summary(params, arch, data, per_seed, processes, select, tuned_values, adopted)
+        if adopted is not None:
+            metrics["untuned"] = _untuned(per_seed, per_reference)
         if rank == 0:
             write_json(results_out, metrics)
             for path in headline_out:
@@ -160,6 +173,24 @@ def _summary(
     }
 
 
+def _untuned(per_seed: list[dict[str, Any]], per_reference: list[dict[str, Any]]) -> dict[str, Any]:
+    """The params' own values beside the trained ones: their test accuracy over the same seeds and the
+    gain of the trained values, seed by seed (``gain_sem``: its standard error). When tuning kept the
+    params' values, what trained is the untuned model (``trained: false``, gain 0)."""
+    rows = per_reference or per_seed
+    acc, acc_std = _mean_std([r["test/acc"] for r in rows])
+    gains = [t["test/acc"] - r["test/acc"] for t, r in zip(per_seed, rows, strict=True)]
+    gain, gain_std = _mean_std(gains)
+    return {
+        "test_acc": acc,
+        "test_acc_std": acc_std,
+        "gain": gain,
+        "gain_sem": gain_std / math.sqrt(len(gains)),
+        "trained": bool(per_reference),
+        "seeds": [{k: r[k] for k in ("seed", "run_id", "test/acc")} for r in per_reference],
+    }
+
+
 @dataclass(frozen=True)
 class SeedJob:
     """One seed of ``train_architecture`` (picklable: it may run in a worker process)."""
@@ -176,6 +207,9 @@ class SeedJob:
     checkpoints: str
     stage: str
     progress: bool
+    untuned: bool = False
+    """The params' own values, trained beside tuned ones to compare with: tested and tracked (run
+    ``ARCH-seedN-untuned``, tag ``reference: untuned``), nothing written."""
 
 
 def train_seed(job: SeedJob) -> dict[str, Any]:
@@ -191,11 +225,18 @@ def train_seed(job: SeedJob) -> dict[str, Any]:
     data = load_prepared(job.data_dir)
     run_dir = Path(job.checkpoints) / arch / fingerprint(params, arch, seed, data.sha256)
     tags = {"stage": job.stage, "arch": arch, "seed": str(seed), "data_sha256": data.sha256}
+    tags.update({"reference": "untuned"} if job.untuned else {})
     # Other ranks take part in training and testing (collective calls) but create no run.
     # The run's params are what shaped it: seed, data, training, compute and this architecture's network.
     logged = tracking.section_params(params, "seed", "data", "train", f"models.{arch}", "compute")
     run = (
-        tracking.resumable_run(params, run_dir, f"{arch}-seed{seed}", tags, logged_params=logged)
+        tracking.resumable_run(
+            params,
+            run_dir,
+            f"{arch}-seed{seed}" + ("-untuned" if job.untuned else ""),
+            tags,
+            logged_params=logged,
+        )
         if job.rank == 0
         else None
     )
@@ -211,7 +252,9 @@ def train_seed(job: SeedJob) -> dict[str, Any]:
         final.update(
             n_params=result.n_params, train_time_s=result.train_time_s, samples_per_s=result.samples_per_s
         )
-        if job.rank == 0:
+        if job.rank == 0 and job.untuned:
+            tracking.log_metrics(params.tracking.uri, run_id, final, step=len(result.history))
+        elif job.rank == 0:
             model_uri = _publish_seed(
                 params, arch, seed, data, result, final, Path(job.model_dir), Path(job.plots_dir), job.first
             )

@@ -23,6 +23,7 @@ import logging
 import math
 import os
 import socket
+import statistics
 import time
 import warnings
 from collections import Counter
@@ -428,36 +429,74 @@ def _val_acc(
     return value
 
 
-def run_reference(job: TrialJob) -> float | None:
-    """Train the params' own values once, as a trial would (same length, seed and data), outside the
-    study: the baseline when those values lie outside the search space (``weight_decay: 0`` under a log
-    range), where a trial cannot hold them. Its validation accuracy, or ``None`` when it failed (logged)."""
+@dataclass(frozen=True)
+class CheckJob:
+    """One fit of given values outside the study (picklable): ``role`` ``baseline`` (the params' values)
+    or ``best`` (the best trial's ``overrides``), at ``seed``."""
+
+    trial: TrialJob
+    role: str
+    overrides: dict[str, Any]
+    seed: int
+
+
+def run_check(job: CheckJob) -> float | None:
+    """Train ``job``'s values as a trial would (same length and data), at its seed, outside the study: the
+    baseline when the params' values lie outside the search space (``weight_decay: 0`` under a log range,
+    where a trial cannot hold them), and the fits on fresh seeds that confirm a best trial (``confirm``).
+    Its validation accuracy, or ``None`` when it failed (logged)."""
     from sounding import tracking
     from sounding.data.prepare import load_prepared
     from sounding.training import fingerprint
 
-    params = job.params
-    p = trial_params(params, job.arch, {})
-    data = load_prepared(job.data_dir)
+    params, arch = job.trial.params, job.trial.arch
+    p = trial_params(params, arch, job.overrides).with_overrides({"seed": job.seed})
+    data = load_prepared(job.trial.data_dir)
+    study = job.trial.study
     run_dir = (
-        Path(job.out_dir) / "trials" / job.study / f"baseline-{fingerprint(p, job.arch, p.seed, data.sha256)}"
+        Path(job.trial.out_dir) / "trials" / study / f"{job.role}-{fingerprint(p, arch, p.seed, data.sha256)}"
     )
-    tags = {"stage": "tune", "arch": job.arch, "study": job.study, "baseline": "reference fit"}
-    logged = {name: _current(p, key) for name, (key, _) in search_space(params, job.arch).items()}
+    fresh = job.seed != params.seed
+    tags = {"stage": "tune", "arch": arch, "study": study}
+    tags.update({"confirm": job.role} if fresh else {"baseline": "reference fit"})
+    logged = {name: _current(p, key) for name, (key, _) in search_space(params, arch).items()}
     try:
         with tracking.resumable_run(
             p,
             run_dir,
-            f"{job.arch}-baseline",
+            f"{arch}-{job.role}-seed{p.seed}" if fresh else f"{arch}-baseline",
             tags,
             experiment=experiment(p),
-            parent_run_id=job.parent_run_id,
+            parent_run_id=job.trial.parent_run_id,
             logged_params={**logged, "epochs": p.train.epochs, "seed": p.seed},
         ) as run_id:
-            return _val_acc(p, job.arch, data, run_dir, run_id)
+            return _val_acc(p, arch, data, run_dir, run_id)
     except Exception as exc:
-        logging.getLogger(__name__).warning("the baseline reference fit failed: %r", exc, exc_info=True)
+        logging.getLogger(__name__).warning(
+            "the %s fit at seed %d failed: %r", job.role, p.seed, exc, exc_info=True
+        )
         return None
+
+
+def confirm(params: Params, job: TrialJob, overrides: dict[str, Any], n_val: int) -> dict[str, Any]:
+    """The best trial's values (``overrides``) and the baseline's, trained again side by side on
+    ``tune.confirm_seeds`` fresh seeds; the validation samples the best gains on each, paired by seed."""
+    seeds = [params.seed + params.train.n_seeds + i for i in range(params.tune.confirm_seeds)]
+    jobs = [
+        CheckJob(job, role, values, s)
+        for s in seeds
+        for role, values in (("baseline", {}), ("best", overrides))
+    ]
+    values = [v if v is not None else 0.0 for v in parallel.run_jobs(params, run_check, jobs)]
+    baseline, best = values[0::2], values[1::2]
+    gains = [samples_gained(b, a, n_val) for a, b in zip(baseline, best, strict=True)]
+    return {
+        "seeds": seeds,
+        "baseline": baseline,
+        "best": best,
+        "gain_samples": gains,
+        "mean_gain_samples": statistics.fmean(gains),
+    }
 
 
 def _states(study: Any) -> Counter[str]:
@@ -667,11 +706,22 @@ def tune(
         if params.tune.baseline and not inside and "baseline_value" not in study.user_attrs:
             # Outside the search space the params' values cannot be a trial (a log range has no 0): they
             # are trained once beside the study, and remembered with it for a rerun.
-            study.set_user_attr("baseline_value", run_reference(job))
+            study.set_user_attr("baseline_value", run_check(CheckJob(job, "baseline", {}, params.seed)))
         run_study(params, arch, study, storage, job, deadline, progress)
         wall_s = time.perf_counter() - start
         study = optuna.load_study(study_name=name, storage=storage)
         summary = _summarise(params, arch, data, study, space, done_before, wall_s)
+        if (
+            summary["adopted"] == "tuned"
+            and summary["baseline_value"] is not None
+            and params.tune.confirm_seeds
+        ):
+            # The best won a selection among noisy scores: adopt it only if its gain holds on fresh seeds.
+            began = time.perf_counter()
+            checked = confirm(params, job, _overrides(space, summary["params"]), summary["val_samples"])
+            if checked["mean_gain_samples"] < summary["min_gain_samples"]:
+                summary.update(adopted="baseline", overrides={})
+            summary["confirm"] = {**checked, "wall_s": time.perf_counter() - began}
         summary["storage"] = public_url(url)
         write_json(out_dir / "best.json", summary)
         pngs = _plots(study, out_dir / "plots")
@@ -699,7 +749,7 @@ def _summarise(
 ) -> dict[str, Any]:
     """best.json: the best trial; the values ``train`` applies as dotted overrides (the best trial's when
     ``adopted`` is ``tuned``; none, the params' own values, when the best gains less than ``tune.min_gain``
-    over the baseline: ``adopted: baseline``); the baseline's value and state; trial counts, epochs, and the time this
+    over the baseline: ``adopted: baseline``; ``tune`` then checks a ``tuned`` on fresh seeds, ``confirm``); the baseline's value and state; trial counts, epochs, and the time this
     call spent outside training (``wall_s`` vs ``fit_s`` of the trials it ran: those not in ``done_before``)."""
     from optuna.trial import TrialState
 
@@ -733,7 +783,7 @@ def _summarise(
         "value": best.value,
         "trial": best.number,
         "params": best.params,
-        "overrides": {space[n][0]: v for n, v in best.params.items()} if adopted == "tuned" else {},
+        "overrides": _overrides(space, best.params) if adopted == "tuned" else {},
         "adopted": adopted,
         "baseline_value": baseline_value,
         "baseline_state": baseline_state,
@@ -750,6 +800,11 @@ def _summarise(
         "processes": processes,
         "bookkeeping_fraction": (wall_s - fit_s) / wall_s if processes == 1 and fit_s else None,
     }
+
+
+def _overrides(space: dict, values: dict[str, Any]) -> dict[str, Any]:
+    """A trial's values as the dotted params keys they set."""
+    return {space[n][0]: v for n, v in values.items()}
 
 
 def _baseline(params: Params, study: Any) -> tuple[float | None, str, str | None]:
