@@ -149,6 +149,10 @@ def test_a_best_trial_is_adopted_only_if_its_gain_holds_on_fresh_seeds(prepared:
     assert summary["adopted"] == ("tuned" if c["mean_gain_samples"] >= 0 else "baseline")
     assert bool(summary["overrides"]) == (summary["adopted"] == "tuned")
     client = tracking.client(params.tracking.uri)
+    parent = client.get_run(_study(params, "mlp", prepared).user_attrs["mlflow_run_id"])
+    assert parent.data.tags["adopted"] == summary["adopted"]
+    assert parent.data.metrics["confirm_mean_gain_samples"] == c["mean_gain_samples"]
+    assert parent.data.metrics["baseline_val_acc"] == pytest.approx(summary["baseline_value"])
     runs = client.search_runs(
         [client.get_experiment_by_name("sounding-tuning").experiment_id], "tags.confirm != ''"
     )

@@ -729,9 +729,23 @@ def tune(
         tracking.log_metrics(
             params.tracking.uri,
             parent,
-            {"best_val_acc": summary["value"], **{f"trials_{k}": v for k, v in summary["counts"].items()}},
+            {
+                "best_val_acc": summary["value"],
+                **(
+                    {"baseline_val_acc": summary["baseline_value"]}
+                    if summary["baseline_value"] is not None
+                    else {}
+                ),
+                **(
+                    {"confirm_mean_gain_samples": summary["confirm"]["mean_gain_samples"]}
+                    if "confirm" in summary
+                    else {}
+                ),
+                **{f"trials_{k}": v for k, v in summary["counts"].items()},
+            },
             step=0,
         )
+        c.set_tag(parent, "adopted", summary["adopted"])  # tuned, or baseline: the params' values kept
         for name_, value in summary["params"].items():
             c.set_tag(parent, f"best.{name_}", str(value))
         tracking.log_artifacts(params.tracking.uri, parent, [*pngs, out_dir / "best.json"], "tuning")
