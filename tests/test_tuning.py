@@ -330,7 +330,7 @@ def test_train_with_tuned_values_logs_them_and_refuses_another_dataset(prepared:
     assert untuned["trained"] and reference["seed"] == metrics["seeds"][0]["seed"]
     assert untuned["gain"] == pytest.approx(metrics["test_acc"] - reference["test/acc"])
     row = (
-        f"| tuned: dropout 0.25 | {untuned['test_acc']:.3f} ± 0.000, {100 * untuned['gain']:+.1f} ± 0.0 pp |"
+        f"| tuned: dropout 0.25 | {untuned['test_acc']:.3f} ± 0.000, {100 * untuned['gain']:+.2f} ± 0.00 pp |"
     )
     assert row in leaderboard([metrics], "mnist1d")
     ref = tracking.client(params.tracking.uri).get_run(reference["run_id"])

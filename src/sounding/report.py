@@ -124,14 +124,14 @@ def verdict(rows: list[dict], classical: list[dict]) -> str:
 
 def _untuned(row: dict) -> str:
     """The params' own values on the same seeds, and what the trained values gain over them (mean of the
-    per-seed differences ± its standard error, in points): ``0.954 ± 0.004, −0.6 ± 0.3 pp``; ``same`` when
+    per-seed differences ± its standard error, in points): ``0.954 ± 0.004, −0.60 ± 0.30 pp``; ``same`` when
     tuning kept them; ``–`` without a tuning result."""
     u = row.get("untuned")
     if not u:
         return "–"
     if not u["trained"]:
         return "same"
-    return f"{u['test_acc']:.3f} ± {u['test_acc_std']:.3f}, {100 * u['gain']:+.1f} ± {100 * u['gain_sem']:.1f} pp"
+    return f"{u['test_acc']:.3f} ± {u['test_acc_std']:.3f}, {100 * u['gain']:+.2f} ± {100 * u['gain_sem']:.2f} pp"
 
 
 def _tuned(row: dict) -> str:
