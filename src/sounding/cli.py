@@ -251,7 +251,8 @@ def tune(
         typer.echo(
             f"{arch}: on fresh seeds {', '.join(map(str, c['seeds']))} the best trial's values gain "
             f"{', '.join(f'{g:+d}' for g in c['gain_samples'])} of {s['val_samples']} validation samples over the "
-            f"baseline's (mean {c['mean_gain_samples']:+.1f}; {needed} needed): "
+            f"baseline's (mean {c['mean_gain_samples']:+.1f} ± {c['sem_gain_samples']:.1f}; mean less its standard "
+            f"error {c['lower_gain_samples']:+.1f}, {needed} needed): "
             + ("train adopts them" if s["adopted"] == "tuned" else "train keeps the params' values")
         )
     elif s["adopted"] == "baseline":

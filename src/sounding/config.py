@@ -435,9 +435,10 @@ class TuneParams(Section):
     confirm_seeds: Annotated[int, Field(ge=0)] = 2
     """Fresh seeds on which a best trial that passed ``min_gain`` is checked before adoption: its values and
     the baseline's are trained again on seeds ``seed + train.n_seeds``, … (as long as a trial, judged on
-    validation), and are adopted only if their mean gain over the baseline, paired seed by seed, still
-    reaches ``min_gain``. The study's best won a selection among many noisy scores; these fits did not.
-    A fit that fails counts as accuracy 0. 0 adopts on the study's best alone."""
+    validation), and are adopted only if their gain over the baseline, paired seed by seed, still reaches
+    ``min_gain`` less noise: its mean less one standard error (with two seeds, the smaller gain). The
+    study's best won a selection among many noisy scores; these fits did not. A fit that fails counts as
+    accuracy 0. 0 adopts on the study's best alone."""
     storage: str | None = None
     """Optuna storage URL. Default: ``sqlite:///tuning/optuna.db``. PostgreSQL for ``sounding tune`` on
     several machines sharing one study."""

@@ -480,7 +480,9 @@ def run_check(job: CheckJob) -> float | None:
 
 def confirm(params: Params, job: TrialJob, overrides: dict[str, Any], n_val: int) -> dict[str, Any]:
     """The best trial's values (``overrides``) and the baseline's, trained again side by side on
-    ``tune.confirm_seeds`` fresh seeds; the validation samples the best gains on each, paired by seed."""
+    ``tune.confirm_seeds`` fresh seeds; the validation samples the best gains on each, paired by seed, their
+    mean, its standard error, and the mean less one standard error (``lower_gain_samples``: with two seeds,
+    the smaller gain), which decides."""
     seeds = [params.seed + params.train.n_seeds + i for i in range(params.tune.confirm_seeds)]
     jobs = [
         CheckJob(job, role, values, s)
@@ -490,12 +492,16 @@ def confirm(params: Params, job: TrialJob, overrides: dict[str, Any], n_val: int
     values = [v if v is not None else 0.0 for v in parallel.run_jobs(params, run_check, jobs)]
     baseline, best = values[0::2], values[1::2]
     gains = [samples_gained(b, a, n_val) for a, b in zip(baseline, best, strict=True)]
+    mean = statistics.fmean(gains)
+    sem = statistics.stdev(gains) / math.sqrt(len(gains)) if len(gains) > 1 else 0.0
     return {
         "seeds": seeds,
         "baseline": baseline,
         "best": best,
         "gain_samples": gains,
-        "mean_gain_samples": statistics.fmean(gains),
+        "mean_gain_samples": mean,
+        "sem_gain_samples": sem,
+        "lower_gain_samples": mean - sem,
     }
 
 
@@ -719,7 +725,7 @@ def tune(
             # The best won a selection among noisy scores: adopt it only if its gain holds on fresh seeds.
             began = time.perf_counter()
             checked = confirm(params, job, _overrides(space, summary["params"]), summary["val_samples"])
-            if checked["mean_gain_samples"] < summary["min_gain_samples"]:
+            if checked["lower_gain_samples"] < summary["min_gain_samples"]:
                 summary.update(adopted="baseline", overrides={})
             summary["confirm"] = {**checked, "wall_s": time.perf_counter() - began}
         summary["storage"] = public_url(url)
@@ -737,7 +743,7 @@ def tune(
                     else {}
                 ),
                 **(
-                    {"confirm_mean_gain_samples": summary["confirm"]["mean_gain_samples"]}
+                    {"confirm_lower_gain_samples": summary["confirm"]["lower_gain_samples"]}
                     if "confirm" in summary
                     else {}
                 ),
