@@ -19,7 +19,6 @@ import typer
 from sounding.config import ARCHS, Params, load_params
 from sounding.errors import BadInput, ServiceUnavailable
 from sounding.files import check_writable, published_together, write_json, write_json_folder
-from sounding.tracking import held_until_published
 
 app = typer.Typer(
     help="Sounding: train, tune, compare and ship neural-network architectures reproducibly.",
@@ -187,6 +186,7 @@ def baselines(
     params = _params(params_path, overrides)
     from sounding import headline
     from sounding.baselines import run_baselines
+    from sounding.tracking import held_until_published
 
     with (
         held_until_published(params.tracking.uri),
@@ -278,6 +278,7 @@ def depth(
     params = _params(params_path, overrides)
     from sounding import headline
     from sounding.depth import run_depth_study
+    from sounding.tracking import held_until_published
 
     with (
         held_until_published(params.tracking.uri),
@@ -313,6 +314,7 @@ def gan(
     judge = judge or Path("models") / params.gan.judge
     from sounding import headline
     from sounding.generative import train_gan
+    from sounding.tracking import held_until_published
 
     with (
         held_until_published(params.tracking.uri),
@@ -354,6 +356,7 @@ def pretrain(
     _hold("sounding pretrain")
     check_writable(data, model_dir, results, plots)
     params = _params(params_path, overrides)
+    from sounding.tracking import held_until_published
     from sounding.transfer import pretrain as run_pretrain
 
     # The source data is written in place: the runs record its folder as their dataset's source.
@@ -383,6 +386,7 @@ def transfer(
     check_writable(metrics, results, plots)
     params = _params(params_path, overrides)
     from sounding import headline
+    from sounding.tracking import held_until_published
     from sounding.transfer import run_transfer
 
     with (
