@@ -134,8 +134,10 @@ def test_a_worker_killed_in_the_baseline_trial_fails_it_the_retry_resumes_it_and
     assert trials[killed].state.name == "FAIL"
     retry = next(t for t in trials if RetryHeartbeatStaleTrialCallback.retried_trial_number(t) == killed)
     assert retry.state.name == "COMPLETE" and retry.params == trials[killed].params
-    # The retry resumed the dead trial's checkpoint: it reported no epoch before the one it resumed at.
-    assert min(retry.intermediate_values) >= 3
+    # The retry resumed the dead trial's checkpoint, not epoch 0: the victim was killed once it had reported
+    # three epochs (0–2), and the checkpoint can trail the last report by one (a kill between the two), so
+    # the retry reports from epoch 2 at the earliest (a CI run under load resumed there).
+    assert min(retry.intermediate_values) >= 2
     best = json.loads((root / "tuning/mlp/best.json").read_text())
     assert best["baseline_value"] == retry.value and best["baseline_state"] == "complete"
     assert best["adopted"] in ("baseline", "tuned")
