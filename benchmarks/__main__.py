@@ -30,12 +30,13 @@ SUITE = [
 """Modules in the order of the figures they produce; each has ``measure() -> list[Figure]``."""
 
 
-def kept_rows(out: Path, remeasured: set[int]) -> list[str]:
-    """Rows of an existing results table whose figures were not measured again (for ``--update``); each
-    keeps the time of the run that measured it."""
+def kept_rows(out: Path, remeasured: set[tuple[int, str]]) -> list[str]:
+    """Rows of an existing results table whose figures (number and name: one number can name rows of
+    several benchmarks) were not measured again (for ``--update``); each keeps the time of the run that
+    measured it."""
     lines = out.read_text().splitlines() if out.is_file() else []
     rows = [line for line in lines if line.startswith("| ") and line[2:3].isdigit()]
-    return [row for row in rows if int(row.split("|")[1]) not in remeasured]
+    return [row for row in rows if (int(row.split("|")[1]), row.split("|")[2].strip()) not in remeasured]
 
 
 def write_results(figures: list[Figure], started: str, out: Path, kept: list[str] = ()) -> str:
@@ -80,7 +81,7 @@ def main() -> None:
         print(f"== {name}", flush=True)
         figures += importlib.import_module(f"benchmarks.{name}").measure()
     out = Path(__file__).parent / "results.md"
-    kept = kept_rows(out, {f.number for f in figures}) if args.update else []
+    kept = kept_rows(out, {(f.number, f.name) for f in figures}) if args.update else []
     print(write_results(figures, started, out, kept))
     print(f"written to {out} (load average now {', '.join(f'{x:.2f}' for x in os.getloadavg())})")
 

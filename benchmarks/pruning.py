@@ -1,11 +1,11 @@
 """Does pruning pay? The same study (arch, sampler seed, trial count) run pruned and unpruned.
 
-Figure: epochs the pruned study spends ÷ epochs the unpruned one spends, provided the pruned study reaches
-the unpruned study's best ``val/acc`` within 0.5 pp (target ≤ 0.40). Also printed: epochs each study
-needed to first reach that level. Epochs are counted from the trials' reported ``val/acc`` values, so the
-figure is exact and machine-independent. One pair of studies is a single draw of noisy trial values
-(the unpruned best is the maximum of all its trials'), so the figure is the median over pairs seeded
-``seed``, ``seed + 1``, … (TPE, splits, initialisation; the MNIST-1D data stay the published ones).
+Figure 3, judged pair by pair: a pair passes when its pruned study reaches the unpruned study's best
+``val/acc`` within 0.5 pp with at most 0.40 of its epochs (target: at least 5 of 7 pairs). One pair of
+studies is a single draw of noisy trial values (the unpruned best is the maximum of all its trials'), so
+the studies are paired over seeds ``seed``, ``seed + 1``, … (TPE, splits, initialisation; the MNIST-1D data
+stay the published ones). Epochs are counted from the trials' reported ``val/acc`` values, so the figure
+is exact and machine-independent. Also printed: epochs each study needed to first reach that level.
 
     python -m benchmarks.pruning [--arch mlp] [--trials 30] [--pruner median] [--pairs 7]
 """
@@ -25,6 +25,11 @@ from sounding.config import Params
 from sounding.data.prepare import prepare
 
 TOLERANCE = 0.005
+"""How far below the unpruned best a pruned study may end, in val/acc (0.5 pp: 2 of 400 samples)."""
+MAX_EPOCHS = 0.40
+"""Epochs a pruned study may spend, as a share of the unpruned one's."""
+MIN_PASSING = 5 / 7
+"""Share of the pairs that must pass both (5 of 7)."""
 
 
 def run_study(params: Params, arch: str, data: Path, root: Path) -> tuple[dict, list[tuple[int, float]]]:
@@ -52,12 +57,15 @@ def epochs_to_reach(curve: list[tuple[int, float]], level: float) -> int | None:
 def measure(
     arch: str = "mlp", trials: int = 30, pruner: str | None = None, overrides: list[str] = (), pairs: int = 7
 ) -> list[Figure]:
-    """Figure 3: epochs of the pruned study ÷ the unpruned one, if it reaches the unpruned best; the median
-    over ``pairs`` pairs of studies, seeded ``seed``, ``seed + 1``, … (TPE, splits and initialisation)."""
+    """Figure 3: pairs of studies, seeded ``seed``, ``seed + 1``, … (TPE, splits and initialisation), whose
+    pruned study reaches its unpruned twin's best within 0.5 pp with at most 0.40 of its epochs."""
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     # 30-epoch trials: the setting pruning is measured at (see docs/benchmarks.md for 150-epoch trials).
-    base = Params().with_overrides({"tune.n_trials": trials, "tune.epochs": 30, "compute.accelerator": "cpu"})
+    # No confirmation fits: they judge the study's best after it ends and add no trial or epoch to it.
+    base = Params().with_overrides(
+        {"tune.n_trials": trials, "tune.epochs": 30, "tune.confirm_seeds": 0, "compute.accelerator": "cpu"}
+    )
     base = base.with_overrides(list(overrides))
     torch.set_num_threads(base.compute.threads)
     pruner = pruner or base.tune.pruner
@@ -68,7 +76,7 @@ def measure(
     )
     print(
         f"{'seed':>5} {'unpruned':>9} {pruner:>10} {'gap pp':>7} {'epochs':>11} {'ratio':>6} "
-        f"{'to reach':>9}  {pruner} counts"
+        f"{'to reach':>9} {'pass':>4}  {pruner} counts"
     )
     rows = []
     for seed in range(base.seed, base.seed + pairs):
@@ -84,28 +92,26 @@ def measure(
             )
         level = full["value"] - TOLERANCE
         need_pruned, need_full = epochs_to_reach(pruned_curve, level), epochs_to_reach(full_curve, level)
-        row = {
-            "gap": pruned["value"] - full["value"],
-            "ratio": pruned["epochs_run"] / full["epochs_run"],
-            "pruned": pruned,
-            "full": full,
-        }
+        gap, ratio = pruned["value"] - full["value"], pruned["epochs_run"] / full["epochs_run"]
+        row = {"gap": gap, "ratio": ratio, "passed": gap >= -TOLERANCE - 1e-9 and ratio <= MAX_EPOCHS}
+        row |= {"pruned": pruned, "full": full}
         rows.append(row)
         reach = f"{need_pruned}/{need_full}" if need_pruned else f"-/{need_full}"
         print(
-            f"{seed:5d} {full['value']:9.4f} {pruned['value']:10.4f} {row['gap'] * 100:+7.2f} "
-            f"{pruned['epochs_run']:5d}/{full['epochs_run']:<5d} {row['ratio']:6.3f} {reach:>9}  "
-            f"{pruned['counts']}",
+            f"{seed:5d} {full['value']:9.4f} {pruned['value']:10.4f} {gap * 100:+7.2f} "
+            f"{pruned['epochs_run']:5d}/{full['epochs_run']:<5d} {ratio:6.3f} {reach:>9} "
+            f"{'yes' if row['passed'] else 'no':>4}  {pruned['counts']}",
             flush=True,
         )
+    passing = sum(r["passed"] for r in rows)
+    share = passing / len(rows)
+    passed = share >= MIN_PASSING - 1e-9
     gap = statistics.median(r["gap"] for r in rows)
     ratio = statistics.median(r["ratio"] for r in rows)
-    reached = gap >= -TOLERANCE - 1e-9
-    passed = reached and ratio <= 0.40
     print(
-        f"median gap to the unpruned best: {gap * 100:+.2f} pp (within {TOLERANCE * 100:.1f} pp: "
-        f"{'yes' if reached else 'NO'}); median epochs, pruned ÷ unpruned: {ratio:.3f}  target ≤ 0.40  "
-        f"{'pass' if passed else 'FALLS SHORT'}"
+        f"pairs within {TOLERANCE * 100:.1f} pp of the unpruned best with ≤ {MAX_EPOCHS:.2f} of its epochs: "
+        f"{passing} of {len(rows)} (target ≥ {MIN_PASSING * 7:.0f} of 7) {'pass' if passed else 'FALLS SHORT'}; "
+        f"median gap {gap * 100:+.2f} pp, median epochs {ratio:.3f}"
     )
     per_pair = "; ".join(
         f"{r['pruned']['value']:.4f} vs {r['full']['value']:.4f} with {r['ratio']:.2f} of the epochs"
@@ -114,11 +120,12 @@ def measure(
     figures = [
         Figure(
             3,
-            "pruned ÷ unpruned epochs (reaching the unpruned best ± 0.5 pp)",
-            ratio,
-            "≤ 0.40",
+            f"pairs whose pruned study reaches the unpruned best ± 0.5 pp with ≤ {MAX_EPOCHS:.2f} of the epochs",
+            share,
+            "≥ 5/7",
             passed,
-            f"{arch}, {trials} trials, {pruner}, median of {pairs} seeds: gap {gap * 100:+.2f} pp; {per_pair}",
+            f"{arch}, {trials} trials, {pruner} (warm-up {base.tune.warmup_epochs}): {passing} of {len(rows)}; "
+            f"median gap {gap * 100:+.2f} pp, median epochs {ratio:.2f}; {per_pair}",
         )
     ]
     studies = [r["pruned"] for r in rows if r["pruned"]["bookkeeping_fraction"] is not None]
