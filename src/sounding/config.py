@@ -417,10 +417,10 @@ class TuneParams(Section):
     is chosen for."""
     epochs_by_arch: dict[Arch, PositiveInt] = {"rnn": 30, "fcn": 30}
     """Exceptions to ``epochs``, for the architectures whose epochs cost the most on a CPU."""
-    pruner: Literal["median", "hyperband", "none"] = "median"
+    pruner: Literal["median", "hyperband", "none"] = "hyperband"
     """Stops unpromising trials on each epoch's ``val/acc`` (``hyperband``, ``median``) or never (``none``); what
     it saves and costs: figure 3 of docs/benchmarks.md."""
-    warmup_epochs: Annotated[int, Field(ge=0)] = 2
+    warmup_epochs: Annotated[int, Field(ge=0)] = 1
     """Epochs a trial always runs before it may be pruned (hyperband: its minimum resource, at least 1)."""
     startup_trials: PositiveInt = 4
     """Random trials before TPE models the space; also trials before the median pruner acts."""
