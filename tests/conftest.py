@@ -27,6 +27,14 @@ REPO = Path(__file__).resolve().parents[1]
 SOUNDING = str(Path(sys.executable).parent / "sounding")
 
 
+def ctrl_c_restored() -> None:
+    """``preexec_fn`` for a command a test interrupts with SIGINT. The test process may ignore SIGINT: started
+    in the background by a non-interactive shell, or after a fit in it was interrupted (Lightning's
+    ``_call_and_handle_interrupt`` then ignores SIGINT for good). Children inherit that, and Python then
+    never raises KeyboardInterrupt: the command would run on as if Ctrl-C had not been pressed."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 MLFLOW_VARIABLES = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MLFLOW_EXPERIMENT_NAME")
 """Variables that would replace the ``tracking.*`` params of a test's commands."""
 

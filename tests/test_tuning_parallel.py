@@ -18,7 +18,7 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback
 
 from sounding.config import load_params
 from sounding.tuning import storage_url, study_name
-from tests.conftest import SOUNDING, run_cli, tiny_params, write_params
+from tests.conftest import SOUNDING, ctrl_c_restored, run_cli, tiny_params, write_params
 
 pytestmark = pytest.mark.slow
 
@@ -48,9 +48,6 @@ def _assert_exact(study: optuna.Study, n: int) -> list[optuna.trial.FrozenTrial]
 
 
 def _tune(root: Path, *args: str) -> subprocess.Popen:
-    # Ctrl-C restored to its default in the worker: a test run started in the background by a
-    # non-interactive shell ignores SIGINT, children inherit that, and Python then never raises
-    # KeyboardInterrupt.
     return subprocess.Popen(
         [SOUNDING, "tune", "mlp", "-q", *args],
         cwd=root,
@@ -58,7 +55,7 @@ def _tune(root: Path, *args: str) -> subprocess.Popen:
         stderr=subprocess.STDOUT,
         text=True,
         env=dict(os.environ, PYTHONWARNINGS="ignore"),
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        preexec_fn=ctrl_c_restored,
     )
 
 

@@ -62,7 +62,7 @@ def test_ctrl_c_while_a_server_never_answers_stops_the_command_within_seconds(tm
     import signal
     import subprocess
 
-    from tests.conftest import SOUNDING
+    from tests.conftest import SOUNDING, ctrl_c_restored
 
     write_params(tmp_path / "params.yaml", tiny_params())
     assert run_cli("prepare", "--out", "data/prepared", cwd=tmp_path).returncode == 0
@@ -75,6 +75,7 @@ def test_ctrl_c_while_a_server_never_answers_stops_the_command_within_seconds(tm
             cwd=tmp_path,
             stderr=subprocess.PIPE,
             text=True,
+            preexec_fn=ctrl_c_restored,
         )
         silent.settimeout(120)
         connection, _ = silent.accept()  # the command's request has reached the server, which never answers
