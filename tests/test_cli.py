@@ -27,6 +27,42 @@ def test_help_lists_the_stage_commands() -> None:
         assert command in result.stdout
 
 
+def _options_by_command() -> dict[str, set[str]]:
+    import typer
+
+    from sounding.cli import app
+
+    found: dict[str, set[str]] = {}
+
+    def walk(group, prefix: str) -> None:
+        for name, command in group.commands.items():
+            if hasattr(command, "commands"):
+                walk(command, f"{prefix}{name} ")
+            else:
+                found[prefix + name] = {opt for param in command.params for opt in getattr(param, "opts", [])}
+
+    walk(typer.main.get_command(app), "")
+    return found
+
+
+def test_the_cli_reference_says_which_commands_take_params_and_overrides() -> None:
+    """docs/cli.md's first paragraph lists, in backticks, the commands taking ``--params`` and ``-S``, then
+    those taking ``--params`` only, then those taking neither: every command is in exactly its group."""
+    import re
+
+    text = (REPO / "docs" / "cli.md").read_text().split("\n\n")[1]
+    both, params_only, neither = (
+        set(re.findall(r"`([a-z][a-z -]*)`", part))
+        for part in re.split(r"overrides \(values.*?\)\. |take `--params` but no `-S`\. ", text)
+    )
+    neither -= {"dvc repro"}
+    options = _options_by_command()
+    assert both | params_only | neither == set(options)
+    assert all({"--params", "-S", "--set"} <= options[c] for c in both)
+    assert all("--params" in options[c] and "-S" not in options[c] for c in params_only)
+    assert all(not {"--params", "-S"} & options[c] for c in neither)
+
+
 def test_out_of_range_param_exits_2_naming_key_value_and_allowed(tmp_path: Path) -> None:
     result = run_cli(
         "prepare", "--params", str(REPO / "params.yaml"), "-S", "data.val_fraction=2", cwd=tmp_path

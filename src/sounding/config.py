@@ -259,11 +259,12 @@ class ComputeParams(Section):
     precision: Literal["32", "bf16-mixed", "16-mixed"] = "32"
     """``32``, or mixed precision on a GPU: ``bf16-mixed``, ``16-mixed``."""
     threads: PositiveInt = 1
-    """torch CPU threads per process. On small models 1 is faster than 2 (see docs/benchmarks.md)."""
+    """torch CPU threads per process. On these small models 2 are no faster than 1 but for the CNN (1.07×,
+    figure 8 of docs/benchmarks.md), while ``workers`` keep every core busy."""
     workers: PositiveInt | Literal["auto"] = "auto"
     """Processes that run independent fits side by side: the seeds of ``train``, the fits of ``transfer``,
     the configurations of ``depth``. ``auto``: one per GPU when training runs on GPUs, else one per core
-    this process may use. Results are those of a serial run (1)."""
+    this process may use. Seeds and depth configurations give the results of a serial run (1), as tested."""
 
 
 RESULT_COMPUTE = tuple(

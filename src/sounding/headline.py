@@ -25,8 +25,8 @@ def _numbers(values: dict[str, Any]) -> dict[str, Any]:
 
 
 def train(record: dict) -> dict[str, float]:
-    """An architecture's test accuracy and macro-F1 (mean over seeds) and the accuracy's spread. No timing:
-    the same params give the same numbers, so a diff shows only what changed (times are in the results).
+    """An architecture's test accuracy and macro-F1 (mean over seeds) and the accuracy's spread. No timing,
+    which differs on every run: a diff shows what changed (times are in the results).
     What tuning gained over the params' own values is in the results (``untuned``) and the leaderboard: one
     more column here would take ``dvc metrics show`` past 120 characters."""
     keys = ("test_acc", "test_acc_std", "test_f1_macro")

@@ -2,8 +2,8 @@
 
 Both are small 1-D convolutional networks. MNIST-1D signals are templates placed at random offsets, scaled
 and sheared: local shapes that move. Convolutions share weights across positions, so they learn a shape once
-wherever it sits; an MLP has to learn it at every offset. On the default run the MLP pair (hidden 256) got a
-judge accuracy of 0.55 after 300 epochs, the convolutional pair 0.80 after 150 (docs/gan.md).
+wherever it sits; an MLP has to learn it at every offset. In the runs of late November the MLP pair (hidden
+256) got a judge accuracy of 0.55 after 300 epochs, the convolutional pair 0.80 after 150 (docs/gan.md).
 
 The discriminator is conditioned by projection (Miyato & Koyama 2018): its logit is ``ψ(h) + ⟨embed(y), h⟩``
 for features ``h``, so matching the label is part of what it scores, not an extra input it may ignore.
