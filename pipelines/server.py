@@ -22,8 +22,17 @@ from pathlib import Path
 def prefect_server(port: int, home: Path | None = None, timeout_s: float = 90.0) -> Iterator[str]:
     """Run ``prefect server start`` on 127.0.0.1:``port`` (its database in ``home``, default
     ``PREFECT_HOME``) and yield its API URL once healthy; stop it on exit."""
-    env = dict(os.environ, PREFECT_SERVER_ANALYTICS_ENABLED="false", DO_NOT_TRACK="true")
+    # The UI finds the API through PREFECT_SERVER_API_HOST/PORT (its PREFECT_UI_API_URL default), which
+    # `--host`/`--port` do not set: on another port than 4200 the UI would call 4200 and show nothing.
+    env = dict(
+        os.environ,
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        DO_NOT_TRACK="true",
+        PREFECT_SERVER_API_HOST="127.0.0.1",
+        PREFECT_SERVER_API_PORT=str(port),
+    )
     env.pop("PREFECT_API_URL", None)
+    env.pop("PREFECT_UI_API_URL", None)
     if home is not None:
         home.mkdir(parents=True, exist_ok=True)
         env.update(

@@ -5,12 +5,14 @@ pipeline, and the Prefect tags of its MLflow runs, are in tests/test_pipeline_sl
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -65,6 +67,9 @@ def served(workspace: Path, tmp_path: Path, *args: str) -> Iterator[tuple[dict, 
                 stderr=subprocess.STDOUT,
             )
         try:
+            # The UI (`make scheduler PREFECT_PORT=…`) calls the API of this server, not the default port's.
+            with urllib.request.urlopen(url.removesuffix("/api") + "/ui-settings", timeout=10) as answer:
+                assert json.load(answer)["api_url"] == url
             yield env, url
             assert serving.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
         finally:
