@@ -95,7 +95,8 @@ def test_two_worker_processes_on_postgres_run_exactly_n_trials(tmp_path: Path, p
         out, _ = proc.communicate(timeout=300)
         assert proc.returncode == 0, out
     trials = _assert_exact(_study(root, "mlp", postgres_url), 6)
-    assert len({t.user_attrs["worker"] for t in trials}) == 2
+    # Exactly 6 between them; on a fast machine the first process may take all 6 before the second starts.
+    assert 1 <= len({t.user_attrs["worker"] for t in trials}) <= 2
 
 
 def test_a_worker_killed_in_the_baseline_trial_fails_it_the_retry_resumes_it_and_it_decides_adoption(
