@@ -4,19 +4,22 @@ and selection rules, the length-agnostic FCN, and the studies that skip what doe
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import optuna
 import pytest
 import torch
 
 from sounding import stages
 from sounding.config import Params
-from sounding.data.prepare import load_prepared, prepare
+from sounding.data.prepare import Split, load_prepared, prepare
 from sounding.errors import BadInput
 from sounding.models.factory import build_net, load_net
 from sounding.models.nets.base import Standardize
 from sounding.training import batch_size, passes_per_epoch, selection
+from sounding.tuning import folds
 from tests.conftest import run_cli, tiny_params, write_params
 
 
@@ -137,19 +140,24 @@ def test_the_fcn_takes_series_of_any_length_and_channels() -> None:
         Params().with_overrides({"models.fcn.kernels": [3]})
 
 
-def test_a_tiny_validation_part_selects_on_training_loss_and_skips_tuning(
+def test_a_tiny_validation_part_selects_on_training_loss_and_tunes_by_cross_validation(
     tmp_path: Path, monkeypatch
 ) -> None:
     monkeypatch.chdir(tmp_path)
     params, prepared = _own(
-        tmp_path, (1.0,), **{"train.min_val": 100, "train.epochs": 6}
-    )  # 12 validation series
+        tmp_path, (1.0,), **{"train.min_val": 100, "train.epochs": 6, "tune.folds": 3, "tune.n_trials": 2}
+    )  # 108 training and 12 validation series
     write_params(tmp_path / "params.yaml", params)
     result = run_cli("tune", "fcn", "--data", str(prepared), "--out", "tuning/fcn", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert "fcn: tuning skipped: the validation part holds 12 samples" in result.stdout
+    assert "each judged by 3-fold cross-validation on 120 samples (train.min_val is 100)" in result.stdout
     best = json.loads((tmp_path / "tuning/fcn/best.json").read_text())
-    assert best["adopted"] == "skipped" and best["overrides"] == {}
+    assert best["folds"] == 3 and best["val_samples"] == 120 and best["adopted"] in ("tuned", "baseline")
+    study = optuna.load_study(study_name=best["study"], storage=f"sqlite:///{tmp_path}/tuning/optuna.db")
+    # Each value counts the 120 pooled series, each held out by one fold; nothing was pruned.
+    assert {t.state.name for t in study.trials} == {"COMPLETE"}
+    assert all(round(t.value * 120, 6) == round(t.value * 120) for t in study.trials)
+    assert len(list((tmp_path / "tuning/fcn/trials").glob("*/*/fold[0-2]/model.ckpt"))) == 6
     metrics = stages.train_architecture(
         params,
         "fcn",
@@ -160,9 +168,30 @@ def test_a_tiny_validation_part_selects_on_training_loss_and_skips_tuning(
         progress=False,
         tuned=tmp_path / "tuning/fcn/best.json",
     )
-    assert metrics["select"] == "min_train_loss" and metrics["adopted"] == "skipped"
+    assert metrics["select"] == "min_train_loss" and metrics["adopted"] == best["adopted"]
     curve = np.genfromtxt(tmp_path / "plots/learning_curve.csv", delimiter=",", names=True)
     assert metrics["seeds"][0]["selected_epoch"] == int(np.argmin(curve["train_loss"]))
+
+
+def test_cross_validation_folds_are_stratified_disjoint_and_leave_the_test_part_out(tmp_path: Path) -> None:
+    _, prepared = _own(tmp_path, (1.0,))
+    data = load_prepared(prepared)
+    parts = folds(data, 5, seed=0)
+    pooled = np.concatenate([data.train.x, data.val.x])
+    held = np.concatenate([part.val.x for part in parts])
+    assert len(parts) == 5 and len(held) == len(pooled) == 120
+    assert sorted(map(bytes, held)) == sorted(map(bytes, pooled))  # each pooled series held out once
+    test = set(map(bytes, data.test.x))
+    for part in parts:
+        assert len(part.train.y) + len(part.val.y) == 120 and np.bincount(part.val.y).tolist() == [12, 12]
+        assert not test & set(map(bytes, part.train.x)) and not test & set(map(bytes, part.val.x))
+    assert [p.val.y.tolist() for p in folds(data, 5, seed=0)] == [p.val.y.tolist() for p in parts]
+    few = replace(
+        data,
+        train=Split(data.train.x[:5], np.array([0, 1, 0, 1, 0])),
+        val=Split(data.val.x[:1], np.array([1])),
+    )
+    assert len(folds(few, 5, seed=0)) == 3  # the smaller class has 3 series: 3 folds
 
 
 def test_studies_that_do_not_fit_the_data_are_skipped_and_recorded(tmp_path: Path, monkeypatch) -> None:

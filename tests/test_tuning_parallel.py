@@ -17,7 +17,7 @@ import pytest
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 
 from sounding.config import load_params
-from sounding.tuning import storage_url, study_name
+from sounding.tuning import BudgetLock, storage_url, study_name
 from tests.conftest import SOUNDING, ctrl_c_restored, run_cli, tiny_params, write_params
 
 pytestmark = pytest.mark.slow
@@ -89,14 +89,31 @@ def test_a_batch_trained_in_two_processes_gives_the_study_of_one_process(tmp_pat
 
 
 def test_two_worker_processes_on_postgres_run_exactly_n_trials(tmp_path: Path, postgres_url: str) -> None:
+    import sqlalchemy
+
     root = _setup(tmp_path, **{"tune.n_trials": 6, "tune.epochs": 15})
-    procs = [_tune(root, "--storage", postgres_url) for _ in range(2)]
+    params = load_params(root / "params.yaml", [f"tune.storage={postgres_url}"])
+    sha = json.loads((root / "data/prepared/manifest.json").read_text())["sha256"]
+    budget = BudgetLock(postgres_url, study_name(params, "mlp", sha))
+    waiting = sqlalchemy.text(
+        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+        " AND ((classid::bigint << 32) | objid::bigint) = :k"
+    )
+    engine = sqlalchemy.create_engine(postgres_url, poolclass=sqlalchemy.pool.NullPool)
+    # The test holds the study's budget lock until both processes wait for it: each then asks its first
+    # batch (2 of the 6 trials) before the other can ask again, so both take part however fast either is.
+    with budget, engine.connect() as conn:
+        procs = [_tune(root, "--storage", postgres_url) for _ in range(2)]
+        deadline = time.time() + 120
+        while conn.execute(waiting, {"k": budget.key}).scalar() < 2:
+            assert time.time() < deadline, "the two processes never both waited for the budget lock"
+            assert all(proc.poll() is None for proc in procs), [proc.communicate() for proc in procs]
+            time.sleep(0.2)
     for proc in procs:
         out, _ = proc.communicate(timeout=300)
         assert proc.returncode == 0, out
     trials = _assert_exact(_study(root, "mlp", postgres_url), 6)
-    # Exactly 6 between them; on a fast machine the first process may take all 6 before the second starts.
-    assert 1 <= len({t.user_attrs["worker"] for t in trials}) <= 2
+    assert len({t.user_attrs["worker"] for t in trials}) == 2
 
 
 def test_a_worker_killed_in_the_baseline_trial_fails_it_the_retry_resumes_it_and_it_decides_adoption(

@@ -234,16 +234,18 @@ def tune(
     if not s["enabled"]:
         typer.echo(f"{arch}: tuning disabled (tune.enabled: false); train uses params as they are")
         return
-    if s.get("adopted") == "skipped":
-        typer.echo(f"{arch}: tuning skipped: {s['reason']}")
-        return
     c = s["counts"]
     best = ", ".join(f"{k}={v:.3g}" for k, v in s["params"].items())
     typer.echo(
         f"{arch}: best val/acc {s['value']:.4f} (trial {s['trial']}: {best}); baseline "
         f"{s['baseline_state'] if s['baseline_value'] is None else round(s['baseline_value'], 4)}; "
         f"{c['complete']} complete, {c['pruned']} pruned, {c['failed']} failed; "
-        f"{s['epochs_run']}/{s['epochs_budget']} epochs in {s['wall_s']:.1f} s"
+        + (
+            f"each judged by {s['folds']}-fold cross-validation on {s['val_samples']} samples "
+            f"(train.min_val is {params.train.min_val}) in {s['wall_s']:.1f} s"
+            if s.get("folds")
+            else f"{s['epochs_run']}/{s['epochs_budget']} epochs in {s['wall_s']:.1f} s"
+        )
     )
     needed = f"tune.min_gain={params.tune.min_gain} ({s['min_gain_samples']} samples)"
     if "confirm" in s:

@@ -232,7 +232,8 @@ class TrainParams(Section):
     ``auto``: ``best_val`` when the validation part holds at least ``min_val`` samples, else
     ``min_train_loss`` (a choice among epochs on a few validation samples keeps a lucky epoch; docs/data.md)."""
     min_val: PositiveInt = 100
-    """Validation samples below which ``select: auto`` selects on training loss and tuning is not run."""
+    """Validation samples below which ``select: auto`` selects on training loss and tuning judges trials by
+    cross-validation (``tune.folds``)."""
     patience: PositiveInt | None = None
     """Early stopping: end a fit after this many epochs without a better ``val/acc`` (when weights are
     selected on validation); null: train the whole budget."""
@@ -440,6 +441,12 @@ class TuneParams(Section):
     ``min_gain`` less noise: its mean less one standard error (with two seeds, the smaller gain). The
     study's best won a selection among many noisy scores; these fits did not. A fit that fails counts as
     accuracy 0. 0 adopts on the study's best alone."""
+    folds: Annotated[int, Field(ge=2)] = 5
+    """Folds of the cross-validation that judges trials when the validation part holds fewer than
+    ``train.min_val`` samples (a choice among trials on a handful of validation samples is luck): the
+    training and validation parts are pooled and cut into this many stratified folds (fewer when a class
+    has fewer samples), each fit on the others; a trial's value is the share of the pooled samples the
+    fit that held them out classified right. Such trials are not pruned."""
     storage: str | None = None
     """Optuna storage URL. Default: ``sqlite:///tuning/optuna.db``. PostgreSQL for ``sounding tune`` on
     several machines sharing one study."""

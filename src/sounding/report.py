@@ -136,8 +136,7 @@ def _untuned(row: dict) -> str:
 
 def _tuned(row: dict) -> str:
     """What tuning decided: ``tuned: dropout 0.12, weight_decay 3.1e-05``, ``baseline kept`` (the params'
-    values beat or matched the best trial), ``skipped`` (too few validation samples to rank trials),
-    ``disabled``, or ``–`` (trained without a tuning result)."""
+    values beat or matched the best trial), ``disabled``, or ``–`` (trained without a tuning result)."""
     adopted = row.get("adopted")
     if adopted == "tuned":
         values = ", ".join(f"{k.rsplit('.', 1)[-1]} {v:.2g}" for k, v in (row.get("tuned") or {}).items())
@@ -145,7 +144,6 @@ def _tuned(row: dict) -> str:
     return {
         "baseline": "baseline kept",
         "disabled": "disabled",
-        "skipped": "skipped: validation too small",
     }.get(adopted, "–")
 
 

@@ -4,7 +4,8 @@ One study per architecture, data and search configuration, in an RDB storage (a 
 PostgreSQL for ``sounding tune`` on several machines). Each trial is the same ``training.fit`` as ``sounding
 train`` (with its tuning epochs and without the test set), fed to Optuna's Lightning pruning callback epoch
 by epoch (``PyTorchLightningPruningCallback``), and tracked as a nested MLflow run under one parent run per
-study.
+study. On a validation part too small to rank trials (under ``train.min_val`` samples) a trial is judged by
+k-fold cross-validation on the training and validation parts pooled instead (``tune.folds``), unpruned.
 
 Trials run in batches of ``tune.batch`` through Optuna's ask-and-tell interface, side by side in
 ``compute.workers`` processes, with results that do not depend on the number of processes (``run_study``).
@@ -32,9 +33,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from sounding import parallel
 from sounding import progress as progress_
 from sounding.config import RESULT_COMPUTE, Params, Range, TrainParams
+from sounding.data.prepare import Prepared, Split
 from sounding.errors import BadInput
 from sounding.files import write_json
 
@@ -257,7 +261,7 @@ class BudgetLock:
 
     def __init__(self, url: str, name: str) -> None:
         self.url, self.name, self._held = url, name, False
-        self._key = int(hashlib.sha256(name.encode()).hexdigest()[:15], 16)
+        self.key = int(hashlib.sha256(name.encode()).hexdigest()[:15], 16)
         self._conn = self._file = None
 
     def acquire(self) -> None:
@@ -274,7 +278,7 @@ class BudgetLock:
 
             if self._conn is None:
                 self._conn = sqlalchemy.create_engine(self.url, poolclass=sqlalchemy.pool.NullPool).connect()
-            self._conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": self._key})
+            self._conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": self.key})
         self._held = True
 
     def release(self) -> None:
@@ -290,7 +294,7 @@ class BudgetLock:
         else:
             import sqlalchemy
 
-            self._conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": self._key})
+            self._conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": self.key})
 
     def close(self) -> None:
         self.release()
@@ -393,8 +397,11 @@ def run_trial(job: TrialJob) -> dict[str, Any]:
         ) as run_id:
             start = time.perf_counter()
             try:
-                pruning = PyTorchLightningPruningCallback(trial, monitor="val/acc")
-                outcome["value"] = _val_acc(p, job.arch, data, run_dir, run_id, [pruning])
+                # Cross-validated trials are not pruned: an epoch's val/acc is one fold's few samples.
+                pruning = (
+                    [] if cross_validated(p, data) else [PyTorchLightningPruningCallback(trial, "val/acc")]
+                )
+                outcome["value"] = _val_acc(p, job.arch, data, run_dir, run_id, pruning)
                 # The value Optuna maximised (the selected epoch's val/acc, not the last epoch's), so the
                 # study's best shows in its trial's row of the MLflow UI.
                 tracking.send_steps(p.tracking.uri, run_id, [(0, {"objective": outcome["value"]})])
@@ -412,21 +419,60 @@ def run_trial(job: TrialJob) -> dict[str, Any]:
     return outcome
 
 
+def cross_validated(params: Params, data: Prepared) -> bool:
+    """Whether tuning fits are judged by cross-validation (``tune.folds``) rather than on the validation
+    part: it holds fewer than ``train.min_val`` samples."""
+    return len(data.val.y) < params.train.min_val
+
+
+def judged_samples(params: Params, data: Prepared) -> int:
+    """Samples a tuning fit's accuracy counts: the validation part's, or under cross-validation the
+    training and validation parts' pooled (each is held out once)."""
+    return len(data.val.y) + (len(data.train.y) if cross_validated(params, data) else 0)
+
+
+def folds(data: Prepared, k: int, seed: int) -> list[Prepared]:
+    """The training and validation parts pooled and cut into ``k`` stratified folds (fewer when a class has
+    fewer samples), shuffled by ``seed``: fold i trains on the others and is validated on its own samples.
+    The test part is left out of every fold (a fold's ``test`` is its validation part, never evaluated)."""
+    from sklearn.model_selection import StratifiedKFold
+
+    x = np.concatenate([data.train.x, data.val.x])
+    y = np.concatenate([data.train.y, data.val.y])
+    k = min(k, int(np.bincount(y).min()))  # every fold holds every class at least once
+    cut = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
+    return [
+        replace(data, train=Split(x[fit], y[fit]), val=Split(x[held], y[held]), test=Split(x[held], y[held]))
+        for fit, held in cut.split(x, y)
+    ]
+
+
 def _val_acc(
-    p: Params, arch: str, data: Any, run_dir: Path, run_id: str, callbacks: list | None = None
+    p: Params, arch: str, data: Prepared, run_dir: Path, run_id: str, callbacks: list | None = None
 ) -> float:
-    """The validation accuracy a tuning fit (trial or reference) is judged by; ``ValueError`` when it is
-    not finite, a failure like an exception."""
+    """The validation accuracy a tuning fit (trial or reference) is judged by: its ``val/acc``, or under
+    cross-validation the share of the pooled samples classified right by the fold that held each out
+    (each fold's accuracy logged to ``run_id`` as ``fold/val_acc``, the fold its step). ``ValueError``
+    when it is not finite, a failure like an exception."""
+    from sounding import tracking
     from sounding.training import fit
 
-    value = float(
-        fit(p, arch, p.seed, data, run_dir, run_id, callbacks, progress=False, evaluate=False).metrics[
-            "val/acc"
-        ]
-    )
-    if not math.isfinite(value):
-        raise ValueError(f"val/acc is {value}")
-    return value
+    def accuracy(part: Prepared, fold_dir: Path, rid: str | None, cbs: list | None) -> float:
+        value = float(
+            fit(p, arch, p.seed, part, fold_dir, rid, cbs, progress=False, evaluate=False).metrics["val/acc"]
+        )
+        if not math.isfinite(value):
+            raise ValueError(f"val/acc is {value}")
+        return value
+
+    if not cross_validated(p, data):
+        return accuracy(data, run_dir, run_id, callbacks)
+    right = 0
+    for i, part in enumerate(folds(data, p.tune.folds, p.seed)):
+        value = accuracy(part, run_dir / f"fold{i}", None, None)
+        tracking.send_steps(p.tracking.uri, run_id, [(i, {"fold/val_acc": value})])
+        right += round(value * len(part.val.y))  # float32 ratios back to the counts they stand for
+    return right / judged_samples(p, data)
 
 
 @dataclass(frozen=True)
@@ -654,24 +700,6 @@ def tune(
         summary = {"arch": arch, "enabled": False, "data_sha256": data.sha256, "overrides": {}}
         write_json(out_dir / "best.json", summary)
         return summary
-    if len(data.val.y) < params.train.min_val:
-        # Trials ranked on a handful of samples tie or differ by luck (on 5 validation series every trial
-        # of every architecture scored 1.0): say so and keep the params' values rather than pretend.
-        reason = (
-            f"the validation part holds {len(data.val.y)} samples (train.min_val is {params.train.min_val}): "
-            "too few to rank trials; train uses the params' values"
-        )
-        (out_dir / "plots").mkdir(parents=True, exist_ok=True)
-        summary = {
-            "arch": arch,
-            "enabled": True,
-            "adopted": "skipped",
-            "reason": reason,
-            "data_sha256": data.sha256,
-            "overrides": {},
-        }
-        write_json(out_dir / "best.json", summary)
-        return summary
     space = search_space(params, arch)
     if not space:
         raise BadInput(f"tune.space leaves nothing to tune for {arch}; set at least one range")
@@ -788,7 +816,7 @@ def _summarise(
         )
     # The champion/challenger rule applied to hyperparameters: the params' own values stay unless the
     # best trial beats them on validation by more than noise.
-    n_val = len(data.val.y)
+    n_val = judged_samples(params, data)
     gain = samples_gained(best.value, baseline_value, n_val) if baseline_value is not None else None
     adopted = (
         "baseline" if gain is not None and gain < samples_needed(params.tune.min_gain, n_val) else "tuned"
@@ -809,6 +837,7 @@ def _summarise(
         "baseline_state": baseline_state,
         "baseline_source": baseline_source,
         "val_samples": n_val,
+        "folds": len(folds(data, params.tune.folds, params.seed)) if cross_validated(params, data) else None,
         "gain_samples": gain,
         "min_gain_samples": samples_needed(params.tune.min_gain, n_val),
         "counts": counts,
@@ -888,7 +917,7 @@ def tuned(
 ) -> tuple[Params, dict[str, Any], str]:
     """Params with the tuned values of ``best_path`` applied, after checking they belong to this
     architecture and data. Returns the params, what was applied, and the tuning's decision: ``tuned``,
-    ``baseline`` (the params' values kept), ``skipped`` (validation part too small) or ``disabled``."""
+    ``baseline`` (the params' values kept) or ``disabled``."""
     best_path = Path(best_path)
     try:
         best = json.loads(best_path.read_text())
