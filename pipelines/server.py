@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -89,9 +90,15 @@ def main() -> None:
         parser.error("give the command to run after --")
     with prefect_server(args.port) as url:
         print(f"Prefect server: {url.removesuffix('/api')} (UI)", flush=True)
+        proc = subprocess.Popen(command, env=dict(os.environ, PREFECT_API_URL=url))
+        # SIGTERM (kill, systemd, a container stopping) ends the command, then the server, as Ctrl-C does:
+        # its default action would end this process at once and leave the server running on its port.
+        signal.signal(signal.SIGTERM, lambda *_: proc.terminate())
         try:
-            code = subprocess.call(command, env=dict(os.environ, PREFECT_API_URL=url))
+            code = proc.wait()
         except KeyboardInterrupt:
+            proc.kill()
+            proc.wait()
             code = 130
     sys.exit(code)
 

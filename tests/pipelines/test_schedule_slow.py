@@ -117,3 +117,31 @@ def test_a_run_past_its_timeout_fails_tells_the_webhook_and_the_queued_run_start
     assert (workspace / "out.txt").read_text() == "ok\n"
     assert [p["subject"] for p in posted] == [f"Sounding retrain {timed_out.name}: TimedOut"]
     assert "longer than retrain.timeout_s" in posted[0]["text"]
+
+
+def test_make_scheduler_stopped_by_sigterm_stops_its_command_and_its_prefect_server(tmp_path: Path) -> None:
+    port, home = _free_port(), tmp_path / "prefect-home"
+    env = dict(
+        os.environ,
+        PREFECT_HOME=str(home),
+        PREFECT_API_DATABASE_CONNECTION_URL=f"sqlite+aiosqlite:///{home / 'prefect.db'}",
+    )
+    marker = tmp_path / "command-ran"
+    command = f"import pathlib, time; pathlib.Path({str(marker)!r}).touch(); time.sleep(600)"
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "pipelines.server", "--port", str(port), "--", sys.executable, "-c", command],
+        cwd=Path(__file__).parents[2],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    deadline = time.monotonic() + 120
+    while not marker.exists():  # the server answered and the command started
+        assert launcher.poll() is None and time.monotonic() < deadline, launcher.communicate()
+        time.sleep(0.2)
+    launcher.terminate()
+    out, _ = launcher.communicate(timeout=60)
+    assert launcher.returncode != 0, out  # the command ended by the signal, not by itself
+    with socket.socket() as s:  # the server is gone: its port is free again
+        s.bind(("127.0.0.1", port))
