@@ -158,6 +158,8 @@ def test_a_tiny_validation_part_selects_on_training_loss_and_tunes_by_cross_vali
     assert {t.state.name for t in study.trials} == {"COMPLETE"}
     assert all(round(t.value * 120, 6) == round(t.value * 120) for t in study.trials)
     assert len(list((tmp_path / "tuning/fcn/trials").glob("*/*/fold[0-2]/model.ckpt"))) == 6
+    plots = {path.name for path in (tmp_path / "tuning/fcn/plots").iterdir()}
+    assert "history.png" in plots and "intermediate.png" not in plots  # no epochs reported, none plotted
     metrics = stages.train_architecture(
         params,
         "fcn",

@@ -247,19 +247,21 @@ def tune(
             else f"{s['epochs_run']}/{s['epochs_budget']} epochs in {s['wall_s']:.1f} s"
         )
     )
-    needed = f"tune.min_gain={params.tune.min_gain} ({s['min_gain_samples']} samples)"
+    n = s["min_gain_samples"]
+    needed = f"tune.min_gain={params.tune.min_gain} ({n} sample{'' if n == 1 else 's'})"
+    judged = f"{s['val_samples']} " + ("held-out samples" if s.get("folds") else "validation samples")
     if "confirm" in s:
         c = s["confirm"]
         typer.echo(
             f"{arch}: on fresh seeds {', '.join(map(str, c['seeds']))} the best trial's values gain "
-            f"{', '.join(f'{g:+d}' for g in c['gain_samples'])} of {s['val_samples']} validation samples over the "
+            f"{', '.join(f'{g:+d}' for g in c['gain_samples'])} of {judged} over the "
             f"baseline's (mean {c['mean_gain_samples']:+.1f} ± {c['sem_gain_samples']:.1f}; mean less its standard "
             f"error {c['lower_gain_samples']:+.1f}, {needed} needed): "
             + ("train adopts them" if s["adopted"] == "tuned" else "train keeps the params' values")
         )
     elif s["adopted"] == "baseline":
         typer.echo(
-            f"{arch}: the best trial gains {s['gain_samples']} of {s['val_samples']} validation samples over "
+            f"{arch}: the best trial gains {s['gain_samples']} of {judged} over "
             f"the baseline, fewer than {needed}: train keeps the params' values"
         )
 

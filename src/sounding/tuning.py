@@ -893,10 +893,11 @@ def _plots(study: Any, out_dir: Path) -> list[Path]:
     from sounding import plots
 
     made = []
+    per_epoch = any(t.intermediate_values for t in study.trials)  # cross-validated trials report no epochs
     for name, fn in (
         ("history", ov.plot_optimization_history),
         ("importances", ov.plot_param_importances),
-        ("intermediate", ov.plot_intermediate_values),
+        *([("intermediate", ov.plot_intermediate_values)] if per_epoch else []),
         ("parallel", ov.plot_parallel_coordinate),
     ):
         with warnings.catch_warnings():
