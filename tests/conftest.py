@@ -276,3 +276,23 @@ def prefect_harness():
 
     with prefect_test_harness(server_startup_timeout=90):
         yield
+
+
+def cli_options() -> dict[str, set[str]]:
+    """Each ``sounding`` command (``schedule``, ``models promote``, …) and the option strings it takes
+    (``--params``, ``-S``, ``--set``, …), read from the Typer app."""
+    import typer
+
+    from sounding.cli import app
+
+    found: dict[str, set[str]] = {}
+
+    def walk(group, prefix: str) -> None:
+        for name, command in group.commands.items():
+            if hasattr(command, "commands"):
+                walk(command, f"{prefix}{name} ")
+            else:
+                found[prefix + name] = {opt for param in command.params for opt in getattr(param, "opts", [])}
+
+    walk(typer.main.get_command(app), "")
+    return found

@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import REPO, run_cli
+from tests.conftest import REPO, cli_options, run_cli
 
 
 def test_help_does_not_import_heavy_libraries() -> None:
@@ -27,24 +27,6 @@ def test_help_lists_the_stage_commands() -> None:
         assert command in result.stdout
 
 
-def _options_by_command() -> dict[str, set[str]]:
-    import typer
-
-    from sounding.cli import app
-
-    found: dict[str, set[str]] = {}
-
-    def walk(group, prefix: str) -> None:
-        for name, command in group.commands.items():
-            if hasattr(command, "commands"):
-                walk(command, f"{prefix}{name} ")
-            else:
-                found[prefix + name] = {opt for param in command.params for opt in getattr(param, "opts", [])}
-
-    walk(typer.main.get_command(app), "")
-    return found
-
-
 def test_the_cli_reference_says_which_commands_take_params_and_overrides() -> None:
     """docs/cli.md's first paragraph lists, in backticks, the commands taking ``--params`` and ``-S``, then
     those taking ``--params`` only, then those taking neither: every command is in exactly its group."""
@@ -56,7 +38,7 @@ def test_the_cli_reference_says_which_commands_take_params_and_overrides() -> No
         for part in re.split(r"overrides \(values.*?\)\. |take `--params` but no `-S`\. ", text)
     )
     neither -= {"dvc repro"}
-    options = _options_by_command()
+    options = cli_options()
     assert both | params_only | neither == set(options)
     assert all({"--params", "-S", "--set"} <= options[c] for c in both)
     assert all("--params" in options[c] and "-S" not in options[c] for c in params_only)

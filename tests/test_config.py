@@ -9,7 +9,7 @@ import yaml
 
 from sounding.config import Params, load_params, parse_overrides
 from sounding.errors import BadInput
-from tests.conftest import REPO
+from tests.conftest import REPO, cli_options
 
 
 def test_params_yaml_is_the_documented_defaults() -> None:
@@ -107,18 +107,13 @@ def test_every_dvc_params_key_exists_in_params() -> None:
 
 
 def test_every_dvc_cmd_is_a_real_cli_command_and_writes_its_outs() -> None:
-    from typer.main import get_command
-
-    from sounding.cli import app
-
-    commands = get_command(app).commands
+    commands = cli_options()
     for name, stage in _dvc_stages().items():
         for body in _expand(stage):
             argv = body["cmd"].split()
             assert argv[0] == "sounding" and argv[1] == name, f"stage {name} must call `sounding {name}`"
-            options = {p.opts[0] for p in commands[name].params if p.opts}
             for flag in (a for a in argv if a.startswith("--")):
-                assert flag in options, f"{name}: unknown option {flag}"
+                assert flag in commands[name], f"{name}: unknown option {flag}"
             outs = [next(iter(o)) if isinstance(o, dict) else o for o in body.get("outs", [])]
             outs += [next(iter(m)) for m in body.get("metrics", [])]
             for out in outs:  # each out is passed, itself or as the folder the command writes it into
