@@ -6,6 +6,7 @@ replaced, so tests exercise the same code paths as `make run`.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -17,6 +18,7 @@ from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -296,3 +298,40 @@ def cli_options() -> dict[str, set[str]]:
 
     walk(typer.main.get_command(app), "")
     return found
+
+
+def served_predictions(model_uri: str, x: Any, cwd: Path, tracking_uri: str) -> Any:
+    """``mlflow models serve`` of ``model_uri`` on a free loopback port, as a user starts it, asked over HTTP
+    for the probabilities of the raw inputs ``x``; the server is stopped before returning."""
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    bin_dir = Path(sys.executable).parent
+    env = dict(os.environ, MLFLOW_TRACKING_URI=tracking_uri, PATH=f"{bin_dir}:{os.environ['PATH']}")
+    command = [str(bin_dir / "mlflow"), "models", "serve", "-m", model_uri, "--env-manager", "local"]
+    server = subprocess.Popen(
+        [*command, "-h", "127.0.0.1", "-p", str(port)],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.5)
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/invocations",
+            data=json.dumps({"inputs": np.asarray(x).tolist()}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        return np.array(json.loads(urllib.request.urlopen(request, timeout=30).read())["predictions"])
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

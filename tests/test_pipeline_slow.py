@@ -18,7 +18,7 @@ import yaml
 
 from sounding import tracking
 from sounding.config import load_params
-from tests.conftest import copy_repo, run_cli, run_dvc, tiny_params, write_params
+from tests.conftest import copy_repo, run_cli, run_dvc, served_predictions, tiny_params, write_params
 
 pytestmark = pytest.mark.slow
 BIN = str(Path(sys.executable).parent)
@@ -399,9 +399,6 @@ def test_sigterm_mid_training_closes_the_run_as_killed(tmp_path: Path, figures: 
 
 
 def test_registered_champion_serves_the_same_predictions_as_predict(repo: Path) -> None:
-    import socket
-    import urllib.request
-
     import numpy as np
 
     decisions = json.loads((repo / "reports" / "promotion.json").read_text())["decisions"]
@@ -421,47 +418,6 @@ def test_registered_champion_serves_the_same_predictions_as_predict(repo: Path) 
     )
     expected = np.loadtxt(repo / "p.csv", delimiter=",", skiprows=1)[:, 2:]
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = dict(
-        os.environ, MLFLOW_TRACKING_URI=f"sqlite:///{repo / 'mlflow.db'}", PATH=f"{BIN}:{os.environ['PATH']}"
-    )
-    server = subprocess.Popen(
-        [
-            f"{BIN}/mlflow",
-            "models",
-            "serve",
-            "-m",
-            "models:/sounding-cnn@champion",
-            "--env-manager",
-            "local",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            str(port),
-        ],
-        cwd=repo,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=1)
-                break
-            except OSError:
-                time.sleep(0.5)
-        request = urllib.request.Request(
-            f"http://127.0.0.1:{port}/invocations",
-            data=json.dumps({"inputs": x.tolist()}).encode(),
-            headers={"Content-Type": "application/json"},
-        )
-        served = np.array(json.loads(urllib.request.urlopen(request, timeout=30).read())["predictions"])
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
+    served = served_predictions("models:/sounding-cnn@champion", x, repo, f"sqlite:///{repo / 'mlflow.db'}")
     np.testing.assert_allclose(served, expected, atol=1e-5)
     assert (served.argmax(1) == expected.argmax(1)).all()
