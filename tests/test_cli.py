@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from tests.conftest import REPO, cli_options, run_cli
 
@@ -128,3 +131,20 @@ def test_a_full_disk_exits_74_with_one_line_naming_the_file(tmp_path: Path, monk
     err = capsys.readouterr().err
     assert exited.value.code == cli.EXIT_NO_SPACE == 74 and err.count("\n") == 1, err
     assert err.startswith("error: no space left on the device writing metrics/.mlp.json.partial: free space")
+
+
+@pytest.mark.parametrize(("user", "expected"), [(None, "120"), ("45", "45")])
+def test_retrain_gives_prefects_ephemeral_server_time_to_start_and_keeps_a_user_setting(
+    user: str | None, expected: str
+) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"}
+    if user is not None:
+        env["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = user
+    probe = (
+        "from pathlib import Path; from sounding import cli; cli._retrain_module(Path('params.yaml'), None); "
+        "from prefect.settings import get_current_settings; "
+        "print(get_current_settings().server.ephemeral.startup_timeout_seconds)"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], cwd=REPO, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split()[-1] == expected

@@ -8,6 +8,7 @@ bad-input errors answer at once. ``BadInput`` anywhere becomes a one-paragraph m
 from __future__ import annotations
 
 import errno
+import os
 import re
 import signal
 import sys
@@ -561,11 +562,19 @@ ArchsOpt = Annotated[
 ]
 
 
+EPHEMERAL_STARTUP_S = 120
+"""Seconds ``sounding retrain`` gives Prefect's ephemeral server to start (Prefect's default: 20)."""
+
+
 def _retrain_module(params_path: Path, archs: list[str] | None):
     """``pipelines/retrain.py``, once its ``load`` has checked the params (bad input fails before Prefect
     starts anything)."""
     if not RETRAIN_FLOW.is_file():
         raise BadInput(f"{RETRAIN_FLOW} not found: the Prefect flow runs from a source checkout of Sounding")
+    # Prefect's ephemeral API server must answer within 20 s by default (read when Prefect is imported):
+    # on a machine whose cores were busy with two other runs it took longer, and the flow died with a
+    # traceback before any stage ran. A setting of the user's own is kept.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", str(EPHEMERAL_STARTUP_S))
     from prefect.utilities.importtools import load_script_as_module
 
     module = load_script_as_module(str(RETRAIN_FLOW))
