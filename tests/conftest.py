@@ -305,9 +305,7 @@ def served_predictions(model_uri: str, x: Any, cwd: Path, tracking_uri: str) -> 
     for the probabilities of the raw inputs ``x``; the server is stopped before returning."""
     import urllib.request
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     bin_dir = Path(sys.executable).parent
     env = dict(os.environ, MLFLOW_TRACKING_URI=tracking_uri, PATH=f"{bin_dir}:{os.environ['PATH']}")
     command = [str(bin_dir / "mlflow"), "models", "serve", "-m", model_uri, "--env-manager", "local"]

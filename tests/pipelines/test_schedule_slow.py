@@ -21,17 +21,11 @@ from uuid import UUID
 import pytest
 
 from pipelines.server import prefect_server
-from tests.conftest import SOUNDING
+from tests.conftest import SOUNDING, free_port
 from tests.pipelines.conftest import dvc_repo, flow_params
 
 pytestmark = pytest.mark.slow
 PREFECT = str(Path(sys.executable).parent / "prefect")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _trigger(env: dict, deadline: float) -> UUID:
@@ -56,7 +50,7 @@ def served(workspace: Path, tmp_path: Path, *args: str) -> Iterator[tuple[dict, 
     """A Prefect server and `sounding schedule ARGS` serving the deployment retrain/nightly of
     ``workspace``: the environment that reaches the server, and its URL."""
     home = tmp_path / "prefect-home"
-    with prefect_server(_free_port(), home=home) as url:
+    with prefect_server(free_port(), home=home) as url:
         env = dict(os.environ, PREFECT_API_URL=url, PREFECT_HOME=str(home), PYTHONWARNINGS="ignore")
         with open(tmp_path / "serve.log", "wb") as log:
             serving = subprocess.Popen(
@@ -120,7 +114,7 @@ def test_a_run_past_its_timeout_fails_tells_the_webhook_and_the_queued_run_start
 
 
 def test_make_scheduler_stopped_by_sigterm_stops_its_command_and_its_prefect_server(tmp_path: Path) -> None:
-    port, home = _free_port(), tmp_path / "prefect-home"
+    port, home = free_port(), tmp_path / "prefect-home"
     env = dict(
         os.environ,
         PREFECT_HOME=str(home),
