@@ -32,8 +32,11 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP) ## Create or update the virtual environment
 
-run: $(STAMP) ## Reproduce the whole pipeline from params.yaml (dvc repro; refused while another one runs)
-	sounding repro
+# The stages of dvc.yaml that DVC finds stale, run through DVC by the Prefect flow (Prefect's ephemeral
+# mode: no server to start), independent stages side by side: what `dvc repro` would run and record, with
+# both cores busy (docs/benchmarks.md, figure 9). `sounding repro` is plain `dvc repro`, one stage at a time.
+run: $(STAMP) ## Reproduce the whole pipeline from params.yaml (sounding retrain: dvc.yaml's stages, through DVC)
+	sounding retrain
 
 # One pytest worker per core, both tiers in one session (no tier waits for the other's last test). Whole
 # files go to workers (--dist loadfile): a module's end-to-end fixture (one `dvc repro`) is built once,

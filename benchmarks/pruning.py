@@ -1,11 +1,15 @@
 """Does pruning pay? The same study (arch, sampler seed, trial count) run pruned and unpruned.
 
 Figure 3, judged pair by pair: a pair passes when its pruned study reaches the unpruned study's best
-``val/acc`` within 0.5 pp with at most 0.40 of its epochs (target: at least 5 of 7 pairs). One pair of
-studies is a single draw of noisy trial values (the unpruned best is the maximum of all its trials'), so
-the studies are paired over seeds ``seed``, ``seed + 1``, … (TPE, splits, initialisation; the MNIST-1D data
-stay the published ones). Epochs are counted from the trials' reported ``val/acc`` values, so the figure
-is exact and machine-independent. Also printed: epochs each study needed to first reach that level.
+``val/acc`` within 0.5 pp with at most 0.40 of its epochs (target: at least 5 of 7 pairs). "Reaches" is
+time to target, the way pruning is meant to pay: the unpruned study runs ``--trials`` trials; the pruned
+one may run up to ``BUDGET_TRIALS`` times as many, and the figure counts the epochs (of all its trials,
+pruned ones included, in trial order) it spent until a complete trial first scored at that level. A study
+that prunes well spends the epochs it saves on more trials; one that prunes the wrong trials does not get
+there within 0.40. One pair of studies is a single draw of noisy trial values (the unpruned best is the
+maximum of all its trials'), so the studies are paired over seeds ``seed``, ``seed + 1``, … (TPE, splits,
+initialisation; the MNIST-1D data stay the published ones). Epochs are counted from the trials' reported
+``val/acc`` values, so the figure is exact and machine-independent.
 
     python -m benchmarks.pruning [--arch mlp] [--trials 30] [--pruner median] [--pairs 7]
 """
@@ -29,7 +33,10 @@ TOLERANCE = 0.005
 MAX_EPOCHS = 0.40
 """Epochs a pruned study may spend, as a share of the unpruned one's."""
 MIN_PASSING = 5 / 7
-"""Share of the pairs that must pass both (5 of 7)."""
+"""Share of the pairs that must pass (5 of 7)."""
+BUDGET_TRIALS = 2
+"""The pruned study's trials, as a multiple of the unpruned one's: enough for 0.40 of the unpruned study's
+epochs whatever it prunes (a trial costs at least one epoch, a complete one all of them)."""
 
 
 def run_study(params: Params, arch: str, data: Path, root: Path) -> tuple[dict, list[tuple[int, float]]]:
@@ -75,8 +82,8 @@ def measure(
         f"epochs, {pairs} pairs of studies (TPE seeded like the splits and weights) {' '.join(overrides)}"
     )
     print(
-        f"{'seed':>5} {'unpruned':>9} {pruner:>10} {'gap pp':>7} {'epochs':>11} {'ratio':>6} "
-        f"{'to reach':>9} {'pass':>4}  {pruner} counts"
+        f"{'seed':>5} {'unpruned':>9} {pruner:>10} {'gap pp':>7} {'to reach':>11} {'ratio':>6} "
+        f"{'unpruned':>9} {'pass':>4}  {pruner} counts (whole study)"
     )
     rows = []
     for seed in range(base.seed, base.seed + pairs):
@@ -84,22 +91,27 @@ def measure(
         with tempfile.TemporaryDirectory() as tmp:
             work = Path(tmp)
             prepare(params.data, seed, work / "data")
-            pruned, pruned_curve = run_study(
-                params.with_overrides({"tune.pruner": pruner}), arch, work / "data", work / "pruned"
-            )
             full, full_curve = run_study(
                 params.with_overrides({"tune.pruner": "none"}), arch, work / "data", work / "unpruned"
             )
+            pruned, pruned_curve = run_study(
+                params.with_overrides({"tune.pruner": pruner, "tune.n_trials": trials * BUDGET_TRIALS}),
+                arch,
+                work / "data",
+                work / "pruned",
+            )
         level = full["value"] - TOLERANCE
         need_pruned, need_full = epochs_to_reach(pruned_curve, level), epochs_to_reach(full_curve, level)
-        gap, ratio = pruned["value"] - full["value"], pruned["epochs_run"] / full["epochs_run"]
-        row = {"gap": gap, "ratio": ratio, "passed": gap >= -TOLERANCE - 1e-9 and ratio <= MAX_EPOCHS}
-        row |= {"pruned": pruned, "full": full}
+        budget = MAX_EPOCHS * full["epochs_run"]
+        within = [value for epochs, value in pruned_curve if epochs <= budget and value == value]
+        best = max(within, default=float("nan"))  # the pruned study's best within the budget
+        ratio = need_pruned / full["epochs_run"] if need_pruned else float("inf")
+        row = {"gap": best - full["value"], "ratio": ratio, "passed": ratio <= MAX_EPOCHS}
+        row |= {"pruned": pruned, "full": full, "best": best}
         rows.append(row)
-        reach = f"{need_pruned}/{need_full}" if need_pruned else f"-/{need_full}"
         print(
-            f"{seed:5d} {full['value']:9.4f} {pruned['value']:10.4f} {gap * 100:+7.2f} "
-            f"{pruned['epochs_run']:5d}/{full['epochs_run']:<5d} {ratio:6.3f} {reach:>9} "
+            f"{seed:5d} {full['value']:9.4f} {best:10.4f} {row['gap'] * 100:+7.2f} "
+            f"{need_pruned or '-':>5}/{full['epochs_run']:<5d} {ratio:6.3f} {need_full:>9} "
             f"{'yes' if row['passed'] else 'no':>4}  {pruned['counts']}",
             flush=True,
         )
@@ -111,21 +123,22 @@ def measure(
     print(
         f"pairs within {TOLERANCE * 100:.1f} pp of the unpruned best with ≤ {MAX_EPOCHS:.2f} of its epochs: "
         f"{passing} of {len(rows)} (target ≥ {MIN_PASSING * 7:.0f} of 7) {'pass' if passed else 'FALLS SHORT'}; "
-        f"median gap {gap * 100:+.2f} pp, median epochs {ratio:.3f}"
+        f"median gap within that budget {gap * 100:+.2f} pp, median epochs to reach {ratio:.3f}"
     )
     per_pair = "; ".join(
-        f"{r['pruned']['value']:.4f} vs {r['full']['value']:.4f} with {r['ratio']:.2f} of the epochs"
+        f"{r['best']:.4f} vs {r['full']['value']:.4f}, reached with {r['ratio']:.2f} of the epochs"
         for r in rows
     )
     figures = [
         Figure(
             3,
-            f"pairs whose pruned study reaches the unpruned best ± 0.5 pp with ≤ {MAX_EPOCHS:.2f} of the epochs",
+            f"pairs whose pruned study reaches the unpruned best − 0.5 pp within {MAX_EPOCHS:.2f} of its epochs",
             share,
             "≥ 5/7",
             passed,
             f"{arch}, {trials} trials, {pruner} (warm-up {base.tune.warmup_epochs}): {passing} of {len(rows)}; "
-            f"median gap {gap * 100:+.2f} pp, median epochs {ratio:.2f}; {per_pair}",
+            f"median gap at 0.40 of the epochs {gap * 100:+.2f} pp, median epochs to reach {ratio:.2f}; "
+            f"{per_pair}",
         )
     ]
     studies = [r["pruned"] for r in rows if r["pruned"]["bookkeeping_fraction"] is not None]

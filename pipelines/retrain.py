@@ -80,6 +80,7 @@ from prefect.tasks import exponential_backoff
 from sounding import tracking
 from sounding.config import ARCHS, RetrainParams, load_params
 from sounding.errors import BadInput, ServiceUnavailable
+from sounding.parallel import n_workers
 from sounding.repro import check_workspace_free, hold_workspace
 
 STDERR_LINES = 20
@@ -378,7 +379,12 @@ def run_pipeline(
     with workspace.held(logger, f"sounding retrain (Prefect flow, PID {os.getpid()})"):
         stages = pipeline(workspace.root, targets)
         names = [s.name for s in stages]
-        logger.info("%d stage(s), in dependency order: %s", len(stages), ", ".join(names))
+        logger.info(
+            "%d stage(s), at most %d at once, in dependency order: %s",
+            len(stages),
+            settings.max_workers,
+            ", ".join(names),
+        )
         if not force:
             workspace.stale_at_start = workspace.status(names)
         with ThreadPoolTaskRunner(max_workers=settings.max_workers) as runner:
@@ -430,12 +436,15 @@ def _outcome(futures: dict[str, Any], logger: Any) -> dict[str, str]:
 
 
 def load(params_path: str | Path, archs: list[str] | None = None) -> RetrainParams:
-    """The ``retrain`` params of a run; ``BadInput`` before any work for bad params or architectures."""
+    """The ``retrain`` params of a run; ``BadInput`` before any work for bad params or architectures.
+
+    ``max_workers`` comes bounded by ``compute.workers``, which bounds the processes working side by side:
+    with ``compute.workers: 1`` the stages run one at a time, as under ``dvc repro``."""
     params = load_params(params_path)
     unknown = sorted(set(archs or []) - set(ARCHS))
     if unknown or archs == []:
         raise BadInput(f"unknown architecture(s) {unknown or archs}; allowed: {', '.join(ARCHS)}")
-    return params.retrain
+    return params.retrain.model_copy(update={"max_workers": n_workers(params, params.retrain.max_workers)})
 
 
 def workspace_root(params_path: str | Path) -> Path:

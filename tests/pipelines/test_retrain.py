@@ -233,17 +233,21 @@ def test_a_failed_run_notifies_the_webhook_and_a_run_that_succeeds_publishes_the
     assert leaderboard.type == "markdown" and leaderboard.data == "| arch | test acc |\n| cnn | 0.94 |"
 
 
-def test_independent_stages_run_side_by_side(prefect_harness: None, tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", [2, 1])
+def test_independent_stages_run_side_by_side_up_to_compute_workers(
+    prefect_harness: None, tmp_path: Path, workers: int
+) -> None:
     timed = "date +%s.%N > {0}.txt && sleep 2 && date +%s.%N >> {0}.txt"
     stages = {name: {"cmd": timed.format(name), "outs": [f"{name}.txt"]} for name in ("a", "b")}
     root = dvc_repo(
-        tmp_path / "repo", stages, flow_params(**{"compute.workers": 1, "retrain.max_workers": 2})
+        tmp_path / "repo", stages, flow_params(**{"compute.workers": workers, "retrain.max_workers": 2})
     )
     assert pipeline.retrain(str(root / "params.yaml")) == {"a": "Completed", "b": "Completed"}
     (a_start, a_end), (b_start, b_end) = (
         map(float, (root / f"{name}.txt").read_text().split()) for name in ("a", "b")
     )
-    assert a_start < b_end and b_start < a_end  # each started before the other ended
+    overlapped = a_start < b_end and b_start < a_end  # each started before the other ended
+    assert overlapped == (workers == 2)  # compute.workers: 1 bounds the flow to one stage at a time
 
 
 def test_a_flow_killed_mid_stage_leaves_nothing_half_recorded(tmp_path: Path) -> None:
