@@ -173,12 +173,60 @@ def _failure(about: str, what: str, returncode: int, stderr: list[str]) -> Stage
     return StageFailed(f"{about}: `{what}` {why}; its stderr ends:\n{tail}", returncode)
 
 
+class CoreShares:
+    """This process's CPUs dealt among the stage commands running side by side: each gets an equal share
+    (``len(cpus) // slots``, at least one) for as long as it runs, as its CPU affinity. A stage's
+    ``compute.workers: auto`` counts the CPUs it may run on (``sounding.parallel.available_cores``), so two
+    stages on two cores run their fits in one process each, rather than two worker processes each on the
+    same two cores: measured, four processes on two cores cost a fifth more CPU time than the same fits run
+    one after another (each worker imports torch, Lightning and MLflow, and they share caches), and the
+    GRU's three seeds took longer beside the FCN's than alone (docs/benchmarks.md, figure 9). Where the
+    platform has no CPU affinity (macOS), stages inherit every CPU."""
+
+    def __init__(self, slots: int) -> None:
+        self.free = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_setaffinity") else []
+        self.size = max(1, len(self.free) // max(1, slots))
+        self.lock = threading.Lock()
+
+    @contextmanager
+    def share(self) -> Iterator[set[int] | None]:
+        """A share of the CPUs for one stage, given back when it ends; ``None`` (every CPU) where there is
+        no affinity or no share left (more stages at once than CPUs)."""
+        with self.lock:
+            if len(self.free) < self.size:
+                taken = None
+            else:
+                taken, self.free = set(self.free[: self.size]), self.free[self.size :]
+        try:
+            yield taken
+        finally:
+            if taken:
+                with self.lock:
+                    self.free = sorted(self.free + list(taken))
+
+    @staticmethod
+    @contextmanager
+    def pinned(cores: set[int] | None) -> Iterator[None]:
+        """The calling thread on ``cores`` for the block (Linux: the affinity of a thread, which a process
+        it starts inherits), then back on those it had."""
+        if not cores:
+            yield
+            return
+        previous = os.sched_getaffinity(0)
+        os.sched_setaffinity(0, cores)
+        try:
+            yield
+        finally:
+            os.sched_setaffinity(0, previous)
+
+
 class Workspace:
     """The DVC repository a run works in: DVC's answers about it, one DVC command at a time, and the
     stage commands running in it."""
 
-    def __init__(self, root: Path, tags: dict[str, str], force: bool = False) -> None:
+    def __init__(self, root: Path, tags: dict[str, str], force: bool = False, slots: int = 1) -> None:
         self.root, self.force = root, force
+        self.cores = CoreShares(slots)
         bin_dir = Path(sys.executable).parent
         self.dvc_bin = str(bin_dir / "dvc")
         # The stages' `sounding` is this installation's (as `sounding repro` runs `dvc repro`); their MLflow
@@ -233,8 +281,14 @@ class Workspace:
                 shutil.rmtree(path)
             else:
                 path.unlink(missing_ok=True)
-        for cmd in stage.cmd:
-            logger.info("> %s", cmd)
+        with self.cores.share() as cores:
+            for cmd in stage.cmd:
+                self._run_command(stage, cmd, cores, logger)
+
+    def _run_command(self, stage: Stage, cmd: str, cores: set[int] | None, logger: Any) -> None:
+        """One of ``stage``'s commands, on ``cores`` (``None``: this process's), its output in the log."""
+        logger.info("> %s%s", cmd, f"  (CPUs {sorted(cores)})" if cores else "")
+        with self.cores.pinned(cores):  # the command inherits this thread's CPU affinity
             proc = subprocess.Popen(
                 cmd,
                 shell=True,
@@ -247,15 +301,15 @@ class Workspace:
                 start_new_session=True,  # its own process group: stopped as a whole, and Ctrl-C goes to the flow
                 pass_fds=(self.hold_fd,) if self.hold_fd is not None else (),
             )
-            self.running[proc.pid] = proc
-            if self.stopping:  # `stop` began while this one started: it may not have seen it
-                _signal_group(proc, signal.SIGTERM)
-            try:
-                stderr = _forward(proc, logger)
-            finally:
-                self.running.pop(proc.pid, None)
-            if proc.returncode != 0:
-                raise _failure(f"stage {stage.name}", cmd, proc.returncode, stderr)
+        self.running[proc.pid] = proc
+        if self.stopping:  # `stop` began while this one started: it may not have seen it
+            _signal_group(proc, signal.SIGTERM)
+        try:
+            stderr = _forward(proc, logger)
+        finally:
+            self.running.pop(proc.pid, None)
+        if proc.returncode != 0:
+            raise _failure(f"stage {stage.name}", cmd, proc.returncode, stderr)
 
     def stop(self, logger: Any) -> None:
         """Stop every stage command still running (the run timed out, was cancelled or interrupted):
@@ -368,8 +422,8 @@ def run_pipeline(
     parameters are plain types: a deployment loads this file as a module with no importable name, where
     Prefect could not resolve a class annotation)."""
     logger = get_run_logger()
-    workspace = Workspace(Path(root), tags, force)
     settings = RetrainParams.model_validate(retrain)
+    workspace = Workspace(Path(root), tags, force, slots=settings.max_workers)
     stage_task = run_stage.with_options(
         retries=settings.retries,
         retry_delay_seconds=exponential_backoff(backoff_factor=settings.retry_delay_s)

@@ -13,6 +13,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -234,11 +235,14 @@ def test_a_failed_run_notifies_the_webhook_and_a_run_that_succeeds_publishes_the
 
 
 @pytest.mark.parametrize("workers", [2, 1])
-def test_independent_stages_run_side_by_side_up_to_compute_workers(
+def test_independent_stages_run_side_by_side_up_to_compute_workers_each_on_its_share_of_the_cpus(
     prefect_harness: None, tmp_path: Path, workers: int
 ) -> None:
-    timed = "date +%s.%N > {0}.txt && sleep 2 && date +%s.%N >> {0}.txt"
-    stages = {name: {"cmd": timed.format(name), "outs": [f"{name}.txt"]} for name in ("a", "b")}
+    cpus = f"{sys.executable} -c 'import os; print(*sorted(os.sched_getaffinity(0)))' > {{0}}.cpus"
+    timed = "date +%s.%N > {0}.txt && sleep 2 && date +%s.%N >> {0}.txt && " + cpus
+    stages = {
+        name: {"cmd": timed.format(name), "outs": [f"{name}.txt", f"{name}.cpus"]} for name in ("a", "b")
+    }
     root = dvc_repo(
         tmp_path / "repo", stages, flow_params(**{"compute.workers": workers, "retrain.max_workers": 2})
     )
@@ -248,6 +252,14 @@ def test_independent_stages_run_side_by_side_up_to_compute_workers(
     )
     overlapped = a_start < b_end and b_start < a_end  # each started before the other ended
     assert overlapped == (workers == 2)  # compute.workers: 1 bounds the flow to one stage at a time
+    # Each stage command ran on its share of the CPUs (what its `compute.workers: auto` counts): half of
+    # them each, disjoint, when two run side by side; all of them when one runs at a time.
+    mine = os.sched_getaffinity(0)
+    a, b = ({int(c) for c in (root / f"{name}.cpus").read_text().split()} for name in ("a", "b"))
+    if workers == 2 and len(mine) >= 2:
+        assert len(a) == len(b) == len(mine) // 2 and not a & b and a | b <= mine
+    else:
+        assert a == b == mine
 
 
 def test_a_flow_killed_mid_stage_leaves_nothing_half_recorded(tmp_path: Path) -> None:
