@@ -443,21 +443,26 @@ def run_pipeline(
             workspace.stale_at_start = workspace.status(names)
         with ThreadPoolTaskRunner(max_workers=settings.max_workers) as runner:
             try:
-                futures = _submit_when_ready(stages, runner, stage_task, workspace)
+                futures = _submit_when_ready(stages, runner, stage_task, workspace, settings.max_workers)
             finally:
                 workspace.stop(logger)
     return _outcome(futures, logger)
 
 
-def _submit_when_ready(stages: list[Stage], runner: Any, stage_task: Any, workspace: Workspace) -> dict:
-    """Submit each stage once every stage it depends on has ended (the first ready in ``stages`` order
-    first), so that a worker never sits waiting while another stage could run; wait for them all, in short
+def _submit_when_ready(
+    stages: list[Stage], runner: Any, stage_task: Any, workspace: Workspace, slots: int
+) -> dict:
+    """Submit a stage when a slot is free (``slots`` at once) and every stage it depends on has ended: the
+    first ready in ``stages`` order, chosen when the slot frees (stages submitted ahead would wait in the
+    runner's queue in the order they became ready, so the pretrain → transfer chain, ready late, would start
+    last), so that a worker never sits waiting while another stage could run; wait for them all, in short
     waits, so that a timeout or a cancellation lands at once. The futures, by stage."""
     futures: dict[str, Any] = {}
     waiting, ended = list(stages), set()
     running: dict[concurrent.futures.Future, str] = {}
     while waiting or running:
-        for stage in [s for s in waiting if ended.issuperset(s.upstream)]:
+        ready = [s for s in waiting if ended.issuperset(s.upstream)]
+        for stage in ready[: max(0, slots - len(running))]:
             upstream = [futures[u] for u in stage.upstream]  # ended; a failed one makes this one NotReady
             future = runner.submit(stage_task, {"stage": stage, "workspace": workspace}, wait_for=upstream)
             futures[stage.name], running[future.wrapped_future] = future, stage.name

@@ -262,6 +262,26 @@ def test_independent_stages_run_side_by_side_up_to_compute_workers_each_on_its_s
         assert a == b == mine
 
 
+def test_a_freed_slot_goes_to_the_first_ready_stage_in_dvc_yaml_order(
+    prefect_harness: None, tmp_path: Path
+) -> None:
+    """`late` becomes ready after `first` ends, when `filler_b` has long been ready: listed before it, it
+    gets the slot `first` frees (stages submitted as they became ready would run in that order instead)."""
+    started = "date +%s.%N > {0}.txt && sleep {1}"
+    stages = {
+        "first": {"cmd": started.format("first", 1), "outs": ["first.txt"]},
+        "late": {"cmd": started.format("late", 0), "deps": ["first.txt"], "outs": ["late.txt"]},
+        "filler_a": {"cmd": started.format("filler_a", 3), "outs": ["filler_a.txt"]},
+        "filler_b": {"cmd": started.format("filler_b", 0), "outs": ["filler_b.txt"]},
+    }
+    root = dvc_repo(
+        tmp_path / "repo", stages, flow_params(**{"compute.workers": 2, "retrain.max_workers": 2})
+    )
+    assert set(pipeline.retrain(str(root / "params.yaml")).values()) == {"Completed"}
+    start = {name: float((root / f"{name}.txt").read_text()) for name in stages}
+    assert start["late"] < start["filler_b"]
+
+
 def test_a_flow_killed_mid_stage_leaves_nothing_half_recorded(tmp_path: Path) -> None:
     stages = {
         "first": {"cmd": "echo 1 > first.txt", "outs": ["first.txt"]},
