@@ -174,8 +174,8 @@ def _failure(about: str, what: str, returncode: int, stderr: list[str]) -> Stage
 
 
 class CoreShares:
-    """This process's CPUs dealt among the stage commands running side by side: each gets an equal share
-    (``len(cpus) // slots``, at least one) for as long as it runs, as its CPU affinity. A stage's
+    """This process's CPUs dealt among the stage commands running side by side: each gets one of ``slots``
+    shares (the CPUs dealt round-robin) for as long as it runs, as its CPU affinity. A stage's
     ``compute.workers: auto`` counts the CPUs it may run on (``sounding.parallel.available_cores``), so two
     stages on two cores run their fits in one process each, rather than two worker processes each on the
     same two cores: measured, four processes on two cores cost a fifth more CPU time than the same fits run
@@ -184,8 +184,10 @@ class CoreShares:
     platform has no CPU affinity (macOS), stages inherit every CPU."""
 
     def __init__(self, slots: int) -> None:
-        self.free = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_setaffinity") else []
-        self.size = max(1, len(self.free) // max(1, slots))
+        cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_setaffinity") else []
+        shares = [set(cpus[i :: max(1, slots)]) for i in range(max(1, slots))]
+        self.free = [share for share in shares if share]
+        """The shares not taken: the CPUs dealt round-robin, each in one share (sizes differ by one at most)."""
         self.lock = threading.Lock()
 
     @contextmanager
@@ -193,16 +195,13 @@ class CoreShares:
         """A share of the CPUs for one stage, given back when it ends; ``None`` (every CPU) where there is
         no affinity or no share left (more stages at once than CPUs)."""
         with self.lock:
-            if len(self.free) < self.size:
-                taken = None
-            else:
-                taken, self.free = set(self.free[: self.size]), self.free[self.size :]
+            taken = self.free.pop(0) if self.free else None
         try:
             yield taken
         finally:
             if taken:
                 with self.lock:
-                    self.free = sorted(self.free + list(taken))
+                    self.free.append(taken)
 
     @staticmethod
     @contextmanager

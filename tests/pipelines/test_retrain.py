@@ -252,12 +252,12 @@ def test_independent_stages_run_side_by_side_up_to_compute_workers_each_on_its_s
     )
     overlapped = a_start < b_end and b_start < a_end  # each started before the other ended
     assert overlapped == (workers == 2)  # compute.workers: 1 bounds the flow to one stage at a time
-    # Each stage command ran on its share of the CPUs (what its `compute.workers: auto` counts): half of
-    # them each, disjoint, when two run side by side; all of them when one runs at a time.
+    # Each stage command ran on its share of the CPUs (what its `compute.workers: auto` counts): two
+    # disjoint halves of them when two run side by side; all of them when one runs at a time.
     mine = os.sched_getaffinity(0)
     a, b = ({int(c) for c in (root / f"{name}.cpus").read_text().split()} for name in ("a", "b"))
     if workers == 2 and len(mine) >= 2:
-        assert len(a) == len(b) == len(mine) // 2 and not a & b and a | b <= mine
+        assert not a & b and a | b == mine and abs(len(a) - len(b)) <= 1
     else:
         assert a == b == mine
 
