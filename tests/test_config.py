@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import yaml
 
 from sounding.config import Params, load_params, parse_overrides
 from sounding.errors import BadInput
-from tests.conftest import REPO, cli_options
+from tests.conftest import REPO, cli_options, run_dvc
 
 
 def test_params_yaml_is_the_documented_defaults() -> None:
@@ -128,6 +133,31 @@ def test_dvc_deps_name_existing_code() -> None:
             for dep in body.get("deps", []):
                 if re.match(r"^src/", dep):
                     assert (REPO / dep).exists(), dep
+
+
+def test_python_bytecode_beside_the_code_leaves_a_stage_up_to_date(tmp_path: Path) -> None:
+    """A stage's code deps are folders of Python: importing them writes ``__pycache__`` there (on any
+    machine without PYTHONDONTWRITEBYTECODE), which must not enter what DVC records, or a fresh clone (no
+    bytecode) or another Python would find the stage changed."""
+    (tmp_path / "code").mkdir()
+    (tmp_path / "code" / "step.py").write_text("VALUE = 1\n")
+    (tmp_path / "dvc.yaml").write_text(
+        "stages:\n  step:\n    cmd: python -c 'import step; open(\"out.txt\", \"w\").write(str(step.VALUE))'\n"
+        "    deps: [code]\n    outs: [out.txt]\n"
+    )
+    shutil.copy(REPO / ".dvcignore", tmp_path / ".dvcignore")
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    bin_dir = Path(sys.executable).parent
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    env |= {"PATH": f"{bin_dir}:{env['PATH']}", "PYTHONPATH": str(tmp_path / "code")}
+    for args in (["init", "-q"], ["repro"]):
+        done = subprocess.run([bin_dir / "dvc", *args], cwd=tmp_path, env=env, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+    bytecode = tmp_path / "code" / "__pycache__"
+    assert list(bytecode.glob("step.*.pyc"))  # the case this is about
+    shutil.rmtree(bytecode)  # as in a fresh clone of what this run recorded, or under another Python
+    status = run_dvc("status", cwd=tmp_path)
+    assert "Data and pipelines are up to date." in status.stdout, status.stdout
 
 
 def test_every_param_is_described_and_the_reference_page_is_generated_from_the_code() -> None:
