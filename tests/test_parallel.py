@@ -35,3 +35,13 @@ def test_each_result_reaches_the_caller_as_its_job_ends(tmp_path: Path) -> None:
     results = parallel.run_jobs(tiny_params(**{"compute.workers": 2}), wait_for_marker, jobs, on_done)
     assert results == ["slow: after the fast job's result", "fast"]  # in the jobs' order
     assert arrived == ["fast", "slow: after the fast job's result"]  # in the order they ended
+
+
+def test_auto_workers_count_the_cpu_affinity_or_every_core_where_there_is_none(monkeypatch) -> None:
+    params = tiny_params(**{"compute.workers": "auto", "compute.accelerator": "cpu"})
+    monkeypatch.setattr(parallel.os, "sched_getaffinity", lambda pid: {0, 1, 2}, raising=False)
+    monkeypatch.setattr(parallel.os, "cpu_count", lambda: 8)
+    assert parallel.n_workers(params, 100) == 3  # a taskset or SLURM allocation, not the host's 8
+    monkeypatch.delattr(parallel.os, "sched_getaffinity")  # macOS, Windows
+    assert parallel.n_workers(params, 100) == 8
+    assert parallel.n_workers(params, 2) == 2  # never more than the jobs

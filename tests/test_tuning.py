@@ -422,3 +422,23 @@ def test_ctrl_c_interrupts_a_trial_at_once_but_optunas_bookkeeping_only_when_don
         study.optimize(gate.interruptible(trains), n_trials=1)
     assert [t.state.name for t in study.trials] == ["COMPLETE", "FAIL"]
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the gate restores the handler
+
+
+def test_a_long_study_plots_its_intermediate_values_without_a_legend_per_trial(tmp_path: Path) -> None:
+    import warnings
+
+    from sounding.tuning import LEGEND_TRIALS, _plots
+
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
+
+    def objective(trial: optuna.Trial) -> float:
+        dropout = trial.suggest_float("dropout", 0.0, 0.5)
+        for epoch in range(3):
+            trial.report(0.5 + dropout * epoch / 10, epoch)
+        return 0.5 + dropout / 5
+
+    study.optimize(objective, n_trials=3 * LEGEND_TRIALS)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # "Tight layout not applied": the legend did not fit
+        made = _plots(study, tmp_path)
+    assert {p.name for p in made} >= {"history.png", "intermediate.png", "parallel.png"}

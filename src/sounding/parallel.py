@@ -23,8 +23,11 @@ Result = TypeVar("Result")
 
 
 def available_cores() -> int:
-    """Cores this process may run on (its CPU affinity: a SLURM allocation or ``taskset``, not the host's)."""
-    return len(os.sched_getaffinity(0))
+    """Cores this process may run on: its CPU affinity (a SLURM allocation or ``taskset``, not the host's)
+    where the platform has one (Linux), else every core (macOS and Windows have no ``sched_getaffinity``)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 def worker_gpus(params: Params, workers: int) -> list[str | None]:

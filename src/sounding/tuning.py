@@ -886,6 +886,10 @@ def samples_needed(min_gain: float, n_val: int) -> int:
     return math.ceil(min_gain * n_val - 1e-9)
 
 
+LEGEND_TRIALS = 20
+"""Trials beyond which the intermediate-values plot has no legend (Optuna draws one entry per trial)."""
+
+
 def _plots(study: Any, out_dir: Path) -> list[Path]:
     """Optimisation history, parameter importances, intermediate values, parallel coordinates (PNG)."""
     import optuna.visualization.matplotlib as ov
@@ -909,6 +913,8 @@ def _plots(study: Any, out_dir: Path) -> list[Path]:
                 continue
         fig = ax.figure
         fig.set_size_inches(8, 5)
+        if name == "intermediate" and len(study.trials) > LEGEND_TRIALS and ax.get_legend():
+            ax.get_legend().remove()  # one entry per trial: past a few dozen it covers the plot and the layout
         made.append(plots.save(fig, out_dir / f"{name}.png"))
     return made
 
