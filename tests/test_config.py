@@ -142,7 +142,7 @@ def test_python_bytecode_beside_the_code_leaves_a_stage_up_to_date(tmp_path: Pat
     (tmp_path / "code").mkdir()
     (tmp_path / "code" / "step.py").write_text("VALUE = 1\n")
     (tmp_path / "dvc.yaml").write_text(
-        "stages:\n  step:\n    cmd: python -c 'import step; open(\"out.txt\", \"w\").write(str(step.VALUE))'\n"
+        'stages:\n  step:\n    cmd: python -c \'import step; open("out.txt", "w").write(str(step.VALUE))\'\n'
         "    deps: [code]\n    outs: [out.txt]\n"
     )
     shutil.copy(REPO / ".dvcignore", tmp_path / ".dvcignore")
