@@ -296,3 +296,38 @@ def test_runs_held_until_published_end_finished_with_the_block_or_failed_and_tag
     assert run.info.status == "FINISHED" and tracking.UNPUBLISHED_TAG not in run.data.tags
     figures["faults injected"] += 1
     figures["runs checked"] += 4
+
+
+OPEN_WHEN_TOLD = """
+import sys, time
+from pathlib import Path
+from sounding import tracking
+folder = Path(sys.argv[1])
+(folder / f"ready-{sys.argv[2]}").touch()
+while not (folder / "go").exists():
+    time.sleep(0.005)
+tracking.client(f"sqlite:///{folder / 'mlflow.db'}").search_experiments()
+"""
+
+
+def test_processes_opening_a_new_sqlite_store_at_once_all_get_it(tmp_path: Path) -> None:
+    """Stages starting side by side in a fresh workspace each create the store's client, which creates or
+    upgrades its schema: without one process at a time, all but one failed mid-migration."""
+    import subprocess
+    import sys
+    import time
+
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", OPEN_WHEN_TOLD, str(tmp_path), str(i)], stderr=subprocess.PIPE
+        )
+        for i in range(4)
+    ]
+    while len(list(tmp_path.glob("ready-*"))) < len(procs) and all(p.poll() is None for p in procs):
+        time.sleep(0.01)
+    (tmp_path / "go").touch()
+    errors = [p.communicate(timeout=120)[1].decode()[-300:] for p in procs]
+    assert [p.returncode for p in procs] == [0] * len(procs), errors
+    assert [e.name for e in tracking.client(f"sqlite:///{tmp_path / 'mlflow.db'}").search_experiments()] == [
+        "Default"
+    ]

@@ -289,9 +289,19 @@ def client(uri: str):
 def _client(uri: str):
     from mlflow import MlflowClient
 
-    if uri.startswith("sqlite:///"):
-        _write_ahead_log(Path(uri.removeprefix("sqlite:///")))
-    return MlflowClient(tracking_uri=uri, registry_uri=uri)  # one store holds runs and registry
+    if not uri.startswith("sqlite:///"):
+        return MlflowClient(tracking_uri=uri, registry_uri=uri)  # one store holds runs and registry
+    from filelock import FileLock
+
+    path = Path(uri.removeprefix("sqlite:///"))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Creating the client creates or upgrades the database's schema (Alembic migrations), which MLflow does
+    # not guard against another process doing the same: stages starting side by side on a fresh workspace
+    # failed with "Online migration expected to match one row" or "duplicate column". One at a time; once
+    # the schema is there, the check under the lock is a read.
+    with FileLock(path.with_name(f".{path.name}.schema.lock")):
+        _write_ahead_log(path)
+        return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
 def _write_ahead_log(path: Path) -> None:
@@ -299,7 +309,6 @@ def _write_ahead_log(path: Path) -> None:
     one fsync instead of several, and readers (the UI, other processes) no longer block writers."""
     import sqlite3
 
-    path.parent.mkdir(parents=True, exist_ok=True)
     with closing(sqlite3.connect(path, timeout=60)) as db:
         db.execute("PRAGMA journal_mode=WAL")
 
