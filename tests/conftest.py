@@ -172,10 +172,14 @@ def copy_repo(dest: Path) -> Path:
     return dest
 
 
-def run_dvc(*args: str, cwd: Path, timeout: float = 900) -> subprocess.CompletedProcess:
-    """Run the venv's ``dvc`` with the venv first on PATH (stage commands call ``sounding``)."""
+def run_dvc(
+    *args: str, cwd: Path, timeout: float = 900, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    """Run the venv's ``dvc`` in ``env`` (this process's by default) with the venv first on PATH (stage
+    commands call ``sounding``)."""
     bin_dir = str(Path(sys.executable).parent)
-    env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}")
+    env = env if env is not None else dict(os.environ)
+    env = dict(env, PATH=f"{bin_dir}:{env['PATH']}")
     return subprocess.run(
         [f"{bin_dir}/dvc", *args], cwd=cwd, capture_output=True, text=True, env=env, timeout=timeout
     )

@@ -6,7 +6,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -147,11 +146,10 @@ def test_python_bytecode_beside_the_code_leaves_a_stage_up_to_date(tmp_path: Pat
     )
     shutil.copy(REPO / ".dvcignore", tmp_path / ".dvcignore")
     subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
-    bin_dir = Path(sys.executable).parent
     env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
-    env |= {"PATH": f"{bin_dir}:{env['PATH']}", "PYTHONPATH": str(tmp_path / "code")}
+    env["PYTHONPATH"] = str(tmp_path / "code")
     for args in (["init", "-q"], ["repro"]):
-        done = subprocess.run([bin_dir / "dvc", *args], cwd=tmp_path, env=env, capture_output=True, text=True)
+        done = run_dvc(*args, cwd=tmp_path, env=env)
         assert done.returncode == 0, done.stderr
     bytecode = tmp_path / "code" / "__pycache__"
     assert list(bytecode.glob("step.*.pyc"))  # the case this is about
