@@ -82,6 +82,19 @@ def prepare(
     manifest = stages.prepare(_params(params_path, overrides, tracked=False), out)
     counts = {name: info["shape"]["x"] for name, info in manifest["files"].items()}
     typer.echo(f"prepared {manifest['source']} in {out}: {counts}, sha256 {manifest['sha256'][:12]}")
+    if padded := manifest["args"].get("padded"):
+        typer.echo(_padding(padded))
+
+
+def _padding(padded: dict) -> str:
+    """One line saying which series ``sources.load_ts`` padded, and to what."""
+    files = padded["files"]
+    counts = ", ".join(f"{f['padded']} of {f['series']} in {Path(p).name}" for p, f in files.items())
+    shortest = min(f["shortest"] for f in files.values())
+    return (
+        f"series of {shortest} to {padded['length']} values: padded at the end to {padded['length']} with "
+        f"each channel's mean over the training file ({counts}; manifest.json: args.padded)"
+    )
 
 
 @app.command("example-data")
@@ -97,9 +110,10 @@ def example_data(
     train, test, raw = copy_example(name, out)
     x, x_test, classes = raw.x, raw.x_test, raw.classes or ()
     shape = f"{x.shape[1]} channels of length {x.shape[2]}" if x.ndim == 3 else f"length {x.shape[1]}"
+    padded = f"\n{_padding(raw.args['padded'])}" if "padded" in raw.args else ""
     typer.echo(
         f"copied {train.name} and {test.name} into {out}: {len(x)} train and {len(x_test)} test series "
-        f"({shape}), {len(classes)} classes\n"
+        f"({shape}), {len(classes)} classes{padded}\n"
         "prepare them with:\n"
         f"  sounding prepare -S data.source=ts -S {shlex.quote(f'data.path={train}')} "
         f"-S {shlex.quote(f'data.test_path={test}')}\n"

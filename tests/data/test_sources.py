@@ -32,6 +32,50 @@ def test_a_univariate_bundled_set_reads_as_published() -> None:
     assert raw.args["test_path"].endswith("ItalyPowerDemand_TEST.ts")
 
 
+def test_series_of_different_lengths_are_padded_to_the_longest_with_the_training_channel_means(
+    tmp_path: Path,
+) -> None:
+    """Two channels; the training file's series have 2 and 3 values, the test file's 4: every series is
+    padded at the end to 4 values, each channel with its mean over the training file's values."""
+    header = (
+        "@problemName t\n@univariate false\n@dimensions 2\n@equalLength false\n@classLabel true a b\n@data\n"
+    )
+    (tmp_path / "train.ts").write_text(header + "1,2:10,20:a\n3,4,5:30,40,50:b\n")
+    (tmp_path / "test.ts").write_text(header + "1,2,3,4:5,6,7,8:a\n9,8:7,6:b\n")
+    raw = load_ts(tmp_path / "train.ts", tmp_path / "test.ts")
+    assert raw.x.shape == (2, 2, 4) and raw.x_test is not None and raw.x_test.shape == (2, 2, 4)
+    np.testing.assert_array_equal(raw.x[0], [[1, 2, 3, 3], [10, 20, 30, 30]])  # means 3 and 30
+    np.testing.assert_array_equal(raw.x[1], [[3, 4, 5, 3], [30, 40, 50, 30]])
+    np.testing.assert_array_equal(raw.x_test[1], [[9, 8, 3, 3], [7, 6, 30, 30]])
+    np.testing.assert_array_equal(raw.x_test[0], [[1, 2, 3, 4], [5, 6, 7, 8]])  # the longest: as it is
+    assert raw.args["padded"] == {
+        "length": 4,
+        "fill": [3.0, 30.0],
+        "files": {
+            str(tmp_path / "train.ts"): {"series": 2, "padded": 2, "shortest": 2},
+            str(tmp_path / "test.ts"): {"series": 2, "padded": 1, "shortest": 2},
+        },
+    }
+    # Files of equal-length series read as they are, with nothing padded.
+    assert "padded" not in load_ts(*_bundled("ItalyPowerDemand")).args
+
+
+def test_a_bundled_set_of_unequal_lengths_prepares_padded_and_says_so(tmp_path: Path) -> None:
+    result = run_cli("example-data", "JapaneseVowels", "--out", "raw", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "270 train and 370 test series (12 channels of length 29), 9 classes" in result.stdout
+    assert "series of 7 to 29 values: padded at the end to 29" in result.stdout
+    train, test = (tmp_path / "raw" / f"JapaneseVowels_{part}.ts" for part in ("TRAIN", "TEST"))
+    params = Params().with_overrides(
+        {"data.source": "ts", "data.path": str(train), "data.test_path": str(test)}
+    )
+    manifest = prepare(params.data, params.seed, tmp_path / "prepared")
+    assert load_prepared(tmp_path / "prepared").spec.input_shape == (12, 29)
+    files = manifest["args"]["padded"]["files"]
+    assert files[str(train)] == {"series": 270, "padded": 270, "shortest": 7}
+    assert files[str(test)]["padded"] == 369 and len(manifest["args"]["padded"]["fill"]) == 12
+
+
 def test_a_multichannel_bundled_set_keeps_its_channels(tmp_path: Path) -> None:
     train, test = _bundled("BasicMotions")
     params = Params().with_overrides(
@@ -115,10 +159,13 @@ GOOD_TS = [f"{i},{i + 1},{i + 2}:{'ab'[i % 2]}" for i in range(8)]
 
 BAD_FILES = {
     # id: (source, {file name: content; None for binary noise}, extra overrides, expected message)
-    "ts-ragged": ("ts", {"d.ts": _ts(["1,2,3:a", "1,2:b", "1,2,3,4:a", "4,5:b"], equal="false")}, {},
-                  "series of different lengths are not supported; lengths seen: 2, 3, 4"),
     "ts-ragged-declared-equal": ("ts", {"d.ts": _ts(["1,2,3:a", "1,2:b"])}, {},
-                                 "series of different lengths are not supported; lengths seen: 2, 3"),
+                                 "its header says @equalLength true, but series 1 has 3 values and series 2 2"),
+    "ts-ragged-channels": ("ts", {"d.ts": _ts(["1,2:a", "1,2,3:b"], equal="false"),
+                                  "t.ts": _ts(["1,2:3,4:a", "1,2,5:3,4,6:b"], equal="false").replace(
+                                      "@univariate true", "@univariate false\n@dimensions 2")},
+                           {"data.test_path": "t.ts"},
+                           "its series have 2 channel(s), those of d.ts 1; series with different numbers"),
     "ts-missing-values": ("ts", {"d.ts": _ts([*GOOD_TS, "1,?,3:a", "1,2,NaN:b"])}, {},
                           "2 missing value(s), in series 9, 10 (counting from 1)"),
     "ts-single-class": ("ts", {"d.ts": _ts([f"{i},1,2:a" for i in range(6)])}, {},
@@ -204,14 +251,18 @@ def test_a_bad_file_exits_2_naming_it_and_writes_nothing(
     assert _state(earlier) == before
 
 
-def test_the_console_script_refuses_a_ragged_ts_file_with_exit_2(earlier: Path, tmp_path: Path) -> None:
-    (tmp_path / "d.ts").write_text(BAD_FILES["ts-ragged"][1]["d.ts"])
+def test_the_console_script_refuses_a_ts_file_whose_header_lies_with_exit_2(
+    earlier: Path, tmp_path: Path
+) -> None:
+    (tmp_path / "d.ts").write_text(BAD_FILES["ts-ragged-declared-equal"][1]["d.ts"])
     before = _state(earlier)
     result = run_cli(
         "prepare", "--out", str(earlier), "--params", "params.yaml",
         "-S", "data.source=ts", "-S", "data.path=d.ts", cwd=tmp_path,
     )  # fmt: skip
-    assert result.returncode == 2 and result.stderr.startswith("error: d.ts: series of different lengths")
+    assert result.returncode == 2 and result.stderr.startswith(
+        "error: d.ts: its header says @equalLength true"
+    )
     assert _state(earlier) == before
 
 
@@ -255,7 +306,6 @@ def test_example_data_never_overwrites_a_different_file(tmp_path: Path) -> None:
         copy_example("gunpoint", tmp_path)
     assert (tmp_path / "GunPoint_TRAIN.ts").read_text() == "mine\n"
     assert not (tmp_path / "GunPoint_TEST.ts").exists()
-    with pytest.raises(
-        BadInput, match="JapaneseVowels cannot be prepared: .*different lengths.*JapaneseVowels_eq"
-    ):
-        copy_example("JapaneseVowels", tmp_path)
+    with pytest.raises(BadInput, match="CardanoSentiment cannot be prepared: .*regression target"):
+        copy_example("CardanoSentiment", tmp_path)
+    assert not (tmp_path / "CardanoSentiment_TRAIN.ts").exists()

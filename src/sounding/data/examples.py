@@ -30,8 +30,8 @@ def bundled_sets() -> dict[str, tuple[Path, Path]]:
 def copy_example(name: str, out: str | Path) -> tuple[Path, Path, RawData]:
     """Copy set ``name`` (any case) into ``out``; return the two copies and the set as ``prepare`` reads it.
 
-    A set that ``prepare`` would refuse (series of unequal length, a regression target) is refused here,
-    and nothing is copied; nor is anything overwritten: a different file of the same name is an error."""
+    A set that ``prepare`` would refuse (a regression target) is refused here, and nothing is copied; nor
+    is anything overwritten: a different file of the same name is an error."""
     sets = bundled_sets()
     found = name if name in sets else next((n for n in sets if n.lower() == name.lower()), None)
     if found is None:
@@ -40,8 +40,7 @@ def copy_example(name: str, out: str | Path) -> tuple[Path, Path, RawData]:
     try:
         raw = load_ts(*sources)
     except BadInput as exc:
-        hint = f"; try {found}_eq, its equal-length version" if f"{found}_eq" in sets else ""
-        raise BadInput(f"example set {found} cannot be prepared: {exc}{hint}") from exc
+        raise BadInput(f"example set {found} cannot be prepared: {exc}") from exc
     out = Path(out)
     copies = tuple(out / source.name for source in sources)
     for source, copy in zip(sources, copies, strict=True):

@@ -130,18 +130,65 @@ def _checked_pair(
 
 
 def load_ts(path: Path, test_path: Path | None = None) -> RawData:
-    """Read UCR/UEA ``.ts`` files (format: docs/data.md) with aeon's reader: equal-length series with one
-    channel ([N, L]) or several ([N, C, L]), and class labels of any kind."""
+    """Read UCR/UEA ``.ts`` files (format: docs/data.md) with aeon's reader: series with one channel
+    ([N, L]) or several ([N, C, L]), and class labels of any kind. Series of different lengths (in a file
+    or between the two) are padded at the end to the longest one (``_pad_to_longest``)."""
     x, labels = _read_ts(path)
     x_test = test_labels = None
     if test_path is not None:
         x_test, test_labels = _read_ts(test_path)
-    args = {"path": str(path), "test_path": None if test_path is None else str(test_path)}
+    args: dict[str, Any] = {"path": str(path), "test_path": None if test_path is None else str(test_path)}
+    lengths = {s.shape[-1] for s in x} | ({s.shape[-1] for s in x_test} if x_test is not None else set())
+    if len(lengths) > 1:
+        x, x_test, args["padded"] = _pad_to_longest(path, x, test_path, x_test)
+
+    def squeezed(a: np.ndarray) -> np.ndarray:  # one channel: [N, L]
+        return a[:, 0] if a.shape[1] == 1 else a
+
+    x = squeezed(np.asarray(x))
+    x_test = squeezed(np.asarray(x_test)) if x_test is not None else None
     return _labelled(path, x, labels, test_path, x_test, test_labels, args, "series")
 
 
-def _read_ts(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """Series ([N, L] for one channel, [N, C, L] for several) and their labels as text."""
+def _pad_to_longest(
+    path: Path, x: list[np.ndarray], test_path: Path | None, x_test: list[np.ndarray] | None
+) -> tuple[np.ndarray, np.ndarray | None, dict[str, Any]]:
+    """Pad every series ([C, L_i]) at the end to the longest length of both files, each channel with its
+    mean over the training file's values: after the model's ``channel`` standardisation the padding is 0,
+    and the statistics' means are those of the real values. Returns the arrays [N, C, L] and what was done
+    (``padded`` in the manifest's ``args``, with the fill values, to pad new series the same way)."""
+    parts = {path: x} if x_test is None else {path: x, test_path: x_test}
+    channels = {p: sorted({s.shape[0] for s in series}) for p, series in parts.items()}
+    if channels[path] != channels.get(test_path, channels[path]):
+        raise BadInput(
+            f"{test_path}: its series have {_listed(channels[test_path])} channel(s), those of {path} "
+            f"{_listed(channels[path])}; series with different numbers of channels cannot be padded to one shape"
+        )
+    length = max(s.shape[-1] for series in parts.values() for s in series)
+    fill = np.nanmean(np.concatenate([np.asarray(s, dtype=np.float64) for s in x], axis=-1), axis=-1)
+    padded = {}
+    for p, series in parts.items():
+        out = np.repeat(fill[None, :, None], len(series), axis=0).repeat(length, axis=2)
+        for i, s in enumerate(series):
+            out[i, :, : s.shape[-1]] = s
+        padded[p] = out
+    info = {
+        "length": length,
+        "fill": [float(v) for v in fill],
+        "files": {
+            str(p): {
+                "series": len(series),
+                "padded": sum(s.shape[-1] < length for s in series),
+                "shortest": min(s.shape[-1] for s in series),
+            }
+            for p, series in parts.items()
+        },
+    }
+    return padded[path], (padded[test_path] if x_test is not None else None), info
+
+
+def _read_ts(path: Path) -> tuple[np.ndarray | list[np.ndarray], np.ndarray]:
+    """Series ([N, C, L], or one [C, L_i] array each where their lengths differ) and their labels as text."""
     _require_file(path, (".ts",))
     # Imported here, not at module level: aeon's import (numba) takes seconds.
     from aeon.datasets import load_from_ts_file
@@ -157,21 +204,12 @@ def _read_ts(path: Path) -> tuple[np.ndarray, np.ndarray]:
     if not meta["classlabel"]:
         raise BadInput(f"{path}: has no class labels (@classLabel false); every series needs one")
     if isinstance(x, list):  # aeon's answer for series of unequal length: one [C, L_i] array each
-        lengths = sorted({a.shape[-1] for a in x})
-        seen = (
-            _listed(lengths)
-            if len(lengths) <= 10
-            else f"{lengths[0]} to {lengths[-1]} ({len(lengths)} in all)"
-        )
-        raise BadInput(
-            f"{path}: series of different lengths are not supported; lengths seen: {seen}. "
-            "Resample, pad or truncate every series to one length"
-        )
+        return [np.asarray(a, dtype=np.float64) for a in x], labels
     if x.ndim != 3 or len(x) == 0:
         raise BadInput(
             f"{path}: no series found (a .ts file is a header ending in @data, then one series a line)"
         )
-    return (x[:, 0] if x.shape[1] == 1 else x), labels
+    return x, labels
 
 
 def _unreadable_ts(path: Path, exc: Exception) -> BadInput:
@@ -186,9 +224,8 @@ def _unreadable_ts(path: Path, exc: Exception) -> BadInput:
                 f"and {other}; series of different lengths are not supported"
             )
         return BadInput(
-            f"{path}: series of different lengths are not supported; lengths seen: {min(first, other)}, "
-            f"{max(first, other)} (series 1 has {first} values, series {case} {other}). Resample, pad or "
-            "truncate every series to one length"
+            f"{path}: its header says @equalLength true, but series 1 has {first} values and series {case} "
+            f"{other}; with @equalLength false its series are padded to the longest (docs/data.md)"
         )
     return BadInput(f"{path}: not a readable .ts file (aeon: {_one_line(message)}); see docs/data.md")
 
