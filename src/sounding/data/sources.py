@@ -151,7 +151,10 @@ def load_ts(path: Path, test_path: Path | None = None) -> RawData:
 
 
 def _pad_to_longest(
-    path: Path, x: list[np.ndarray], test_path: Path | None, x_test: list[np.ndarray] | None
+    path: Path,
+    x: np.ndarray | list[np.ndarray],
+    test_path: Path | None,
+    x_test: np.ndarray | list[np.ndarray] | None,
 ) -> tuple[np.ndarray, np.ndarray | None, dict[str, Any]]:
     """Pad every series ([C, L_i]) at the end to the longest length of both files, each channel with its
     mean over the training file's values: after the model's ``channel`` standardisation the padding is 0,
