@@ -135,6 +135,89 @@ def test_min_gain_is_counted_in_validation_samples_at_its_boundary(best_correct:
     )
 
 
+def _finished_study(values: list[int], n_val: int, baseline: bool = True) -> optuna.Study:
+    """A study whose complete trials classified ``values`` of ``n_val`` samples right (trial 0 the
+    baseline), as float32 ratios like real trials."""
+    import numpy as np
+
+    study = optuna.create_study(direction="maximize")
+    dist = optuna.distributions.FloatDistribution(0.0, 0.5)
+    for i, right in enumerate(values):
+        study.add_trial(
+            optuna.trial.create_trial(
+                params={"dropout": i / 100},
+                distributions={"dropout": dist},
+                value=float(np.float32(right / n_val)),
+                user_attrs={"baseline": True} if i == 0 and baseline else {},
+            )
+        )
+    return study
+
+
+@pytest.mark.parametrize(
+    ("values", "min_gain", "why"),
+    [
+        ([38, 40], 0.01, "trial 1 classifies all 40 judged samples right"),  # the best cannot be beaten
+        ([40, 40], 0.01, "trial 0 classifies all 40"),  # the earliest of equal values stays the best
+        (
+            [39, 37],
+            0.05,
+            "the baseline (trial 0) classifies 39 of 40 judged samples right: a trial scoring "
+            "all 40 would gain 1, fewer than tune.min_gain=0.05 (2 samples)",
+        ),
+        ([39, 37], 0.01, None),  # a trial scoring all 40 would gain the 1 sample needed
+        ([38], 0.05, None),  # 40 would gain 2: enough
+        ([], 0.01, None),  # no complete trial: a best.json needs one
+    ],
+)
+def test_a_study_is_settled_when_no_further_trial_can_change_its_outcome(
+    values: list[int], min_gain: float, why: str | None
+) -> None:
+    from sounding.tuning import settled
+
+    reason = settled(tune_params(**{"tune.min_gain": min_gain}), _finished_study(values, 40), 40)
+    assert reason == why if why is None else why in reason
+    # Without a baseline only the best's ceiling settles a study.
+    no_baseline = tune_params(**{"tune.min_gain": min_gain, "tune.baseline": False})
+    reason = settled(no_baseline, _finished_study(values, 40, baseline=False), 40)
+    assert (reason is not None) == (max(values, default=0) == 40)
+
+
+def test_a_study_stops_once_a_trial_classifies_every_judged_sample_right(tmp_path: Path) -> None:
+    """Data a linear model separates at once: the baseline trial scores every held-out sample, so the
+    study stops after the batch that holds it instead of running the rest of its budget."""
+    import numpy as np
+
+    from sounding.data.prepare import prepare
+
+    rng = np.random.default_rng(0)
+    y = np.arange(80) % 2
+    x = (2.0 * y - 1)[:, None] * 3 + rng.normal(scale=0.1, size=(80, 12))
+    np.savez(tmp_path / "easy.npz", x=x.astype(np.float32), y=y)
+    params = tune_params(
+        **{"data.source": "npz", "data.path": str(tmp_path / "easy.npz"), "tune.n_trials": 8}
+    )
+    prepare(params.data, params.seed, tmp_path / "prepared")
+    summary = tune(params, "linear", tmp_path / "prepared", "tuning/linear", progress=False)
+    assert summary["baseline_value"] == 1.0 and summary["adopted"] == "baseline"
+    assert summary["counts"]["complete"] + summary["counts"]["pruned"] == params.tune.batch  # not 8
+    assert summary["settled"].startswith("trial 0 classifies all")
+    assert json.loads(Path("tuning/linear/best.json").read_text())["settled"] == summary["settled"]
+    parent = tracking.client(params.tracking.uri).get_run(
+        _study(params, "linear", tmp_path / "prepared").user_attrs["mlflow_run_id"]
+    )
+    assert parent.data.tags["settled"] == summary["settled"]
+    # A rerun with a larger budget finds it settled too: no trial runs.
+    again = tune(
+        params.with_overrides({"tune.n_trials": 12}),
+        "linear",
+        tmp_path / "prepared",
+        "tuning/linear",
+        progress=False,
+    )
+    assert again["counts"] == summary["counts"] and again["settled"] == summary["settled"]
+
+
 def test_a_best_trial_is_adopted_only_if_its_gain_holds_on_fresh_seeds(prepared: Path) -> None:
     """The best trial (which passed ``min_gain``) and the baseline are trained again on fresh seeds, paired;
     the decision follows their mean gain in validation samples, and each fit is an MLflow run."""

@@ -262,6 +262,11 @@ def tune(
             else f"{s['epochs_run']}/{s['epochs_budget']} epochs in {s['wall_s']:.1f} s"
         )
     )
+    if "settled" in s:
+        typer.echo(
+            f"{arch}: stopped after {c['complete'] + c['pruned']} of tune.n_trials={params.tune.n_trials} "
+            f"trials, as {s['settled']}"
+        )
     n = s["min_gain_samples"]
     needed = f"tune.min_gain={params.tune.min_gain} ({n} sample{'' if n == 1 else 's'})"
     judged = f"{s['val_samples']} " + ("held-out samples" if s.get("folds") else "validation samples")

@@ -411,7 +411,8 @@ class TuneParams(Section):
     enabled: bool = True
     """When false, ``tune`` writes an empty result and ``train`` uses params as they are."""
     n_trials: PositiveInt = 10
-    """Trials per study, counted as complete + pruned (failed ones are retried, not counted)."""
+    """Trials per study, counted as complete + pruned (failed ones are retried, not counted); fewer when no
+    further trial could change the outcome ([tuning.md](tuning.md): `settled`)."""
     timeout: Annotated[float, Field(gt=0)] | None = None
     """Seconds after which no new trial starts (per ``sounding tune`` call); null = no limit."""
     epochs: PositiveInt | None = None

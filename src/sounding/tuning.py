@@ -593,6 +593,32 @@ def _distribution(r: Range):
     return FloatDistribution(r.low, r.high, log=r.log)
 
 
+def settled(params: Params, study: Any, n_val: int) -> str | None:
+    """Why no further trial can change what the study decides, or ``None``. A trial is judged by the share
+    of ``n_val`` samples it classifies right, which cannot pass 1: once a complete trial scores every one,
+    no later trial can replace it as the best (Optuna keeps the earliest of equal values); and once the
+    baseline scores so high that a trial scoring every sample would gain less than ``tune.min_gain`` over
+    it, no trial can be adopted. Either way the trials left in the budget would only cost time."""
+    from optuna.trial import TrialState
+
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if not complete:  # the baseline (or a reference fit) alone decides nothing: a best.json needs a trial
+        return None
+    best = max(complete, key=lambda t: (t.value, -t.number))
+    if round((1.0 - best.value) * n_val) == 0:
+        return f"trial {best.number} classifies all {n_val} judged samples right: no trial can do better"
+    value, state, source = _baseline(params, study)
+    needed = samples_needed(params.tune.min_gain, n_val)
+    if state == "complete" and samples_gained(1.0, value, n_val) < needed:
+        right = round(value * n_val)
+        return (
+            f"the baseline ({source}) classifies {right} of {n_val} judged samples right: a trial scoring "
+            f"all {n_val} would gain {n_val - right}, fewer than tune.min_gain={params.tune.min_gain} "
+            f"({needed} sample{'' if needed == 1 else 's'})"
+        )
+    return None
+
+
 def _launcher_rank() -> int:
     """This process's rank among copies started by srun or torchrun (0 otherwise): copies of ``sounding
     tune`` on a cluster seed their samplers apart, or their random start-up trials would be the same."""
@@ -600,11 +626,19 @@ def _launcher_rank() -> int:
 
 
 def run_study(
-    params: Params, arch: str, study: Any, storage: Any, job: TrialJob, deadline: float | None, progress: bool
-) -> None:
+    params: Params,
+    arch: str,
+    study: Any,
+    storage: Any,
+    job: TrialJob,
+    n_val: int,
+    deadline: float | None,
+    progress: bool,
+) -> str | None:
     """Ask ``tune.batch`` trials at a time, train them side by side (``compute.workers`` processes, each
     its own trial) and tell their outcomes once the whole batch is done; until the study holds
-    ``tune.n_trials`` complete + pruned trials or the deadline passes.
+    ``tune.n_trials`` complete + pruned trials, the deadline passes, or no trial can change the outcome
+    (``settled``, judged on ``n_val`` samples): then returns why.
 
     Why batches: Optuna's sampler and pruner decide from the trials finished so far, so trials running
     side by side would make the search depend on which finished first. A batch is asked from the same
@@ -637,12 +671,13 @@ def run_study(
                     # Stop at the deadline, or when as many trials failed as the budget (a broken objective).
                     late = deadline is not None and time.time() >= deadline
                     late = late or counts["FAIL"] >= t.n_trials
-                    size = t.n_trials - sum(counts[s] for s in COUNTED)
+                    reason = settled(params, study, n_val)
+                    size = 0 if reason else t.n_trials - sum(counts[s] for s in COUNTED)
                     with warnings.catch_warnings():  # heartbeats come from ``_Heartbeats``, not ``optimize``
                         warnings.filterwarnings("ignore", "Heartbeat of storage", UserWarning)
                         asked = [study.ask(distributions) for _ in range(0 if late else min(t.batch, size))]
                 if not asked:
-                    if late or not counts["RUNNING"]:
+                    if late or reason or not counts["RUNNING"]:
                         break
                     time.sleep(1.0)  # another process's trial may still fail and be re-queued
                     continue
@@ -673,6 +708,9 @@ def run_study(
             lock.close()
             if bar is not None:
                 bar.close()
+    # Stopped with budget left, only when the rule is why (not a full budget that also happens to settle).
+    left = t.n_trials - sum(_states(study)[s] for s in COUNTED)
+    return reason if reason and left > 0 else None
 
 
 def tune(
@@ -741,10 +779,13 @@ def tune(
             # Outside the search space the params' values cannot be a trial (a log range has no 0): they
             # are trained once beside the study, and remembered with it for a rerun.
             study.set_user_attr("baseline_value", run_check(CheckJob(job, "baseline", {}, params.seed)))
-        run_study(params, arch, study, storage, job, deadline, progress)
+        n_val = judged_samples(params, data)
+        reason = run_study(params, arch, study, storage, job, n_val, deadline, progress)
         wall_s = time.perf_counter() - start
         study = optuna.load_study(study_name=name, storage=storage)
         summary = _summarise(params, arch, data, study, space, done_before, wall_s)
+        if reason:  # only then: a study that ran its budget writes the best.json it always did
+            summary["settled"] = reason
         if (
             summary["adopted"] == "tuned"
             and summary["baseline_value"] is not None
@@ -780,6 +821,8 @@ def tune(
             step=0,
         )
         c.set_tag(parent, "adopted", summary["adopted"])  # tuned, or baseline: the params' values kept
+        if reason:
+            c.set_tag(parent, "settled", reason)  # why the study ran fewer than tune.n_trials trials
         for name_, value in summary["params"].items():
             c.set_tag(parent, f"best.{name_}", str(value))
         tracking.log_artifacts(params.tracking.uri, parent, [*pngs, out_dir / "best.json"], "tuning")
