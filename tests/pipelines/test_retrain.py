@@ -266,12 +266,14 @@ def test_a_freed_slot_goes_to_the_first_ready_stage_in_dvc_yaml_order(
     prefect_harness: None, tmp_path: Path
 ) -> None:
     """`late` becomes ready after `first` ends, when `filler_b` has long been ready: listed before it, it
-    gets the slot `first` frees (stages submitted as they became ready would run in that order instead)."""
+    gets the slot `first` frees (stages submitted as they became ready would run in that order instead).
+    `filler_a` holds the other slot 5 s longer than `first`: on a loaded machine (three pytest workers on
+    two cores) a 2 s margin was eaten by the stages' own start-ups and `filler_b` got there first."""
     started = "date +%s.%N > {0}.txt && sleep {1}"
     stages = {
         "first": {"cmd": started.format("first", 1), "outs": ["first.txt"]},
         "late": {"cmd": started.format("late", 0), "deps": ["first.txt"], "outs": ["late.txt"]},
-        "filler_a": {"cmd": started.format("filler_a", 3), "outs": ["filler_a.txt"]},
+        "filler_a": {"cmd": started.format("filler_a", 6), "outs": ["filler_a.txt"]},
         "filler_b": {"cmd": started.format("filler_b", 0), "outs": ["filler_b.txt"]},
     }
     root = dvc_repo(
