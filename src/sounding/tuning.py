@@ -605,15 +605,14 @@ def settled(params: Params, study: Any, n_val: int) -> str | None:
     if not complete:  # the baseline (or a reference fit) alone decides nothing: a best.json needs a trial
         return None
     best = max(complete, key=lambda t: (t.value, -t.number))
-    if round((1.0 - best.value) * n_val) == 0:
+    if samples_gained(1.0, best.value, n_val) == 0:
         return f"trial {best.number} classifies all {n_val} judged samples right: no trial can do better"
     value, state, source = _baseline(params, study)
     needed = samples_needed(params.tune.min_gain, n_val)
-    if state == "complete" and samples_gained(1.0, value, n_val) < needed:
-        right = round(value * n_val)
+    if state == "complete" and (gain := samples_gained(1.0, value, n_val)) < needed:
         return (
-            f"the baseline ({source}) classifies {right} of {n_val} judged samples right: a trial scoring "
-            f"all {n_val} would gain {n_val - right}, fewer than tune.min_gain={params.tune.min_gain} "
+            f"the baseline ({source}) classifies {n_val - gain} of {n_val} judged samples right: a trial "
+            f"scoring all {n_val} would gain {gain}, fewer than tune.min_gain={params.tune.min_gain} "
             f"({needed} sample{'' if needed == 1 else 's'})"
         )
     return None
@@ -671,11 +670,15 @@ def run_study(
                     # Stop at the deadline, or when as many trials failed as the budget (a broken objective).
                     late = deadline is not None and time.time() >= deadline
                     late = late or counts["FAIL"] >= t.n_trials
-                    reason = settled(params, study, n_val)
-                    size = 0 if reason else t.n_trials - sum(counts[s] for s in COUNTED)
+                    size = t.n_trials - sum(counts[s] for s in COUNTED)
+                    # Budget left that no trial could use to change the outcome: ask none, and say why.
+                    reason = settled(params, study, n_val) if size > 0 else None
                     with warnings.catch_warnings():  # heartbeats come from ``_Heartbeats``, not ``optimize``
                         warnings.filterwarnings("ignore", "Heartbeat of storage", UserWarning)
-                        asked = [study.ask(distributions) for _ in range(0 if late else min(t.batch, size))]
+                        asked = [
+                            study.ask(distributions)
+                            for _ in range(0 if late or reason else min(t.batch, size))
+                        ]
                 if not asked:
                     if late or reason or not counts["RUNNING"]:
                         break
@@ -708,9 +711,7 @@ def run_study(
             lock.close()
             if bar is not None:
                 bar.close()
-    # Stopped with budget left, only when the rule is why (not a full budget that also happens to settle).
-    left = t.n_trials - sum(_states(study)[s] for s in COUNTED)
-    return reason if reason and left > 0 else None
+    return reason
 
 
 def tune(
