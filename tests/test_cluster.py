@@ -20,7 +20,16 @@ import torch
 from sounding.config import load_params
 from sounding.errors import BadInput
 from sounding.training import make_trainer, process_rank
-from tests.conftest import REPO, SOUNDING, free_port, mlflow_server, run_cli, tiny_params, write_params
+from tests.conftest import (
+    REPO,
+    SOUNDING,
+    free_port,
+    mlflow_server,
+    prepare_in,
+    run_cli,
+    tiny_params,
+    write_params,
+)
 
 BIN = Path(sys.executable).parent
 
@@ -178,7 +187,7 @@ def _torchrun_train(root: Path) -> subprocess.CompletedProcess:
 
 def _ddp_root(tmp_path: Path, **overrides: object) -> Path:
     write_params(tmp_path / "params.yaml", _ddp(**{"compute.devices": 2, **overrides}))
-    assert run_cli("prepare", cwd=tmp_path).returncode == 0
+    prepare_in(tmp_path)
     return tmp_path
 
 

@@ -12,7 +12,16 @@ import pytest
 
 from sounding.data.prepare import verify
 from sounding.repro import _stage_holders
-from tests.conftest import SOUNDING, copy_repo, mlflow_server, run_cli, run_dvc, tiny_params, write_params
+from tests.conftest import (
+    SOUNDING,
+    copy_repo,
+    mlflow_server,
+    prepare_in,
+    run_cli,
+    run_dvc,
+    tiny_params,
+    write_params,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -57,7 +66,7 @@ def test_four_trainings_logging_to_one_mlflow_server_lose_no_metric(
     epochs = 10
     with mlflow_server(f"sqlite:///{tmp_path / 'server.db'}", tmp_path) as (url, log):
         write_params(tmp_path / "params.yaml", tiny_params(**{"tracking.uri": url, "train.epochs": epochs}))
-        assert run_cli("prepare", "--params", str(tmp_path / "params.yaml"), cwd=tmp_path).returncode == 0
+        prepare_in(tmp_path)
         jobs = []
         for seed in range(4):
             work = tmp_path / f"job-{seed}"

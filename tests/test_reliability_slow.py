@@ -15,7 +15,15 @@ import pytest
 import torch
 
 from sounding import tracking
-from tests.conftest import SOUNDING, free_port, mlflow_server, run_cli, tiny_params, write_params
+from tests.conftest import (
+    SOUNDING,
+    free_port,
+    mlflow_server,
+    prepare_in,
+    run_cli,
+    tiny_params,
+    write_params,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -27,7 +35,7 @@ def test_repeated_kill_9_never_leaves_a_torn_checkpoint_and_training_still_compl
     random moments land during writes. Every ``last.ckpt`` left behind must load, and the run continues."""
     epochs = 600
     params = write_params(tmp_path / "params.yaml", tiny_params(**{"train.epochs": epochs}))
-    run_cli("prepare", "--params", str(params), cwd=tmp_path, check=True)
+    prepare_in(tmp_path, params)
     rng, kills, last_epoch, last_write = random.Random(0), 0, -1, 0
     for _ in range(4):
         proc = subprocess.Popen([SOUNDING, "train", "mlp", "-q"], cwd=tmp_path, stdout=subprocess.DEVNULL)
@@ -64,7 +72,7 @@ def test_a_checkpoint_of_another_store_s_run_starts_a_new_run_holding_every_epoc
     """Train, then the same command against a fresh store: the checkpoint's run is not there, so a new run
     is started and given every epoch of the checkpoint's history (not an MlflowException on every rerun)."""
     write_params(tmp_path / "params.yaml", tiny_params(**{"train.epochs": 4}))
-    run_cli("prepare", cwd=tmp_path, check=True)
+    prepare_in(tmp_path)
     for store in ("a.db", "b.db"):
         result = run_cli("train", "mlp", "-q", "-S", f"tracking.uri=sqlite:///{store}", cwd=tmp_path)
         assert result.returncode == 0, result.stdout + result.stderr[-3000:]
@@ -89,7 +97,7 @@ def test_a_tracking_server_lost_mid_training_exits_69_and_a_rerun_once_it_is_bac
     url = f"http://127.0.0.1:{port}"
     write_params(tmp_path / "params.yaml", tiny_params(**{"tracking.uri": url, "train.epochs": epochs}))
     with mlflow_server(backend, tmp_path, port=port):
-        run_cli("prepare", cwd=tmp_path, check=True)
+        prepare_in(tmp_path)
         training = subprocess.Popen(
             [SOUNDING, "train", "mlp", "-q"],
             cwd=tmp_path,
@@ -144,7 +152,7 @@ def test_a_disk_that_fills_up_after_training_exits_74_and_leaves_the_last_output
         pytest.skip(f"a tmpfs cannot be mounted here: {mounted.stderr.decode().strip()}")
     try:
         write_params(tmp_path / "params.yaml", tiny_params(**{"train.n_seeds": 1}))
-        run_cli("prepare", cwd=tmp_path, check=True)
+        prepare_in(tmp_path)
         outputs = ["--model-dir", "disk/models/mlp", "--metrics", "disk/metrics/mlp.json",
                    "--results", "disk/results/mlp.json", "--plots", "disk/plots/mlp"]  # fmt: skip
         run_cli("train", "mlp", "-q", *outputs, cwd=tmp_path, check=True)

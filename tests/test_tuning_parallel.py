@@ -18,7 +18,7 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback
 
 from sounding.config import load_params
 from sounding.tuning import BudgetLock, storage_url, study_name
-from tests.conftest import SOUNDING, ctrl_c_restored, run_cli, tiny_params, write_params
+from tests.conftest import SOUNDING, ctrl_c_restored, prepare_in, run_cli, tiny_params, write_params
 
 pytestmark = pytest.mark.slow
 
@@ -27,7 +27,7 @@ def _setup(tmp_path: Path, **overrides: object) -> Path:
     tmp_path.mkdir(parents=True, exist_ok=True)
     settings = {"tune.startup_trials": 2, "tune.warmup_epochs": 2, "tune.heartbeat_s": 1, "tune.grace_s": 3}
     write_params(tmp_path / "params.yaml", tiny_params(**{**settings, **overrides}))
-    assert run_cli("prepare", "--out", "data/prepared", cwd=tmp_path).returncode == 0
+    prepare_in(tmp_path)
     return tmp_path
 
 

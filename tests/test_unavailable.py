@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import run_cli, tiny_params, write_params
+from tests.conftest import prepare_in, run_cli, tiny_params, write_params
 
 CREDENTIALS = "sounding" + ":" + "secret"  # built, so no tracked line holds a user:password URL
 MASKED = "sounding" + ":***"
@@ -44,7 +44,7 @@ def test_a_service_that_does_not_answer_exits_69_naming_it(
 ) -> None:
     port = _closed_port()
     write_params(tmp_path / "params.yaml", tiny_params())
-    assert run_cli("prepare", "--out", "data/prepared", cwd=tmp_path).returncode == 0
+    prepare_in(tmp_path)
     before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
     start = time.perf_counter()
     result = run_cli(*(a.format(port=port) for a in args), cwd=tmp_path)
@@ -65,7 +65,7 @@ def test_ctrl_c_while_a_server_never_answers_stops_the_command_within_seconds(tm
     from tests.conftest import SOUNDING, ctrl_c_restored
 
     write_params(tmp_path / "params.yaml", tiny_params())
-    assert run_cli("prepare", "--out", "data/prepared", cwd=tmp_path).returncode == 0
+    prepare_in(tmp_path)
     with socket.socket() as silent:
         silent.bind(("127.0.0.1", 0))
         silent.listen()
