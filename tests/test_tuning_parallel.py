@@ -164,9 +164,9 @@ def test_an_interrupted_tune_reruns_into_the_same_study_keeping_its_completed_tr
     tmp_path: Path, figures: Counter[str]
 ) -> None:
     # Interrupted once two trials have finished training (each writes its model.ckpt; the first is then
-    # surely COMPLETE): two trials of the same length are still to run when the Ctrl-C arrives, however
+    # surely COMPLETE): a third trial of the same length is still to run when the Ctrl-C arrives, however
     # loaded the machine.
-    n = 4
+    n = 3
     root = _setup(tmp_path, **{"tune.n_trials": n, "tune.epochs": 200, "tune.pruner": "none"})
     first = _tune(root)
     deadline = time.time() + 300
