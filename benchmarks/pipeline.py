@@ -5,8 +5,9 @@
    and the accuracies reached; target ≤ 15 minutes. In a fresh clone the tuning stages are up to date:
    their outputs are committed (docs/experiments.md), so DVC runs every other stage.
 5: then a no-op `dvc repro` ÷ that run (median of 5), and its absolute time; targets < 0.05, < 1 s.
-   Beside it, DVC's floor: the same median in a project of one stage (one param, one output), so what the
-   pipeline's 18 stages add is read against what any `dvc repro` costs on this machine.
+   Beside it, DVC's floor: the same median in a project of one stage (one param, one output), timed
+   alternately with the pipeline's, so what the 18 stages add is read against what any `dvc repro` costs
+   on this machine at that moment.
 3: each tuning study's bookkeeping (wall time − its trials' fit time) ÷ its wall time, from
    `tuning/ARCH/best.json` (the committed studies of the defaults); target ≤ 0.02.
 9: the same `make run` in a second fresh clone whose params.yaml says `compute.workers: 1` (one process:
@@ -66,29 +67,34 @@ def timed_run(root: Path, env: dict[str, str]) -> tuple[float, dict[str, float],
     return time.perf_counter() - start, stages, cpu_seconds() - cpu
 
 
-def noop_seconds(root: Path, env: dict[str, str], times: int = 5) -> float:
-    """Median wall time of ``times`` `dvc repro` in ``root`` that must run no stage."""
-    seconds = []
-    for _ in range(times):
-        start = time.perf_counter()
-        out = subprocess.run(["dvc", "repro"], cwd=root, env=env, capture_output=True, text=True, check=True)
-        seconds.append(time.perf_counter() - start)
-        assert "Running stage" not in out.stdout, out.stdout
-    return statistics.median(seconds)
+def noop_once(root: Path, env: dict[str, str]) -> float:
+    """Wall time of one `dvc repro` in ``root``, which must run no stage."""
+    start = time.perf_counter()
+    out = subprocess.run(["dvc", "repro"], cwd=root, env=env, capture_output=True, text=True, check=True)
+    seconds = time.perf_counter() - start
+    assert "Running stage" not in out.stdout, out.stdout
+    return seconds
 
 
-def dvc_floor(env: dict[str, str]) -> float:
-    """The no-op `dvc repro` of a DVC project of one stage (one param, one output), median of 5."""
+def one_stage_project(root: Path, env: dict[str, str]) -> Path:
+    """A DVC project of one stage (one param, one output), run once: DVC's floor for a no-op."""
+    (root / "params.yaml").write_text("a: 1\n")
+    (root / "dvc.yaml").write_text(
+        "stages:\n  one:\n    cmd: echo 1 > out.txt\n    params: [a]\n    outs: [out.txt]\n"
+    )
+    subprocess.run(["git", "init", "-q"], cwd=root, check=True)
+    for args in (["init", "-q"], ["config", "core.analytics", "false"], ["repro", "-q"]):
+        subprocess.run(["dvc", *args], cwd=root, env=env, check=True, capture_output=True)
+    return root
+
+
+def noop_seconds(root: Path, env: dict[str, str], times: int = 5) -> tuple[float, float]:
+    """Medians of ``times`` no-op `dvc repro` in ``root`` and in a one-stage project, alternating, so that
+    both see the same host: its speed drifts by as much as the stages cost (docs/benchmarks.md, figure 5)."""
     with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp)
-        (root / "params.yaml").write_text("a: 1\n")
-        (root / "dvc.yaml").write_text(
-            "stages:\n  one:\n    cmd: echo 1 > out.txt\n    params: [a]\n    outs: [out.txt]\n"
-        )
-        subprocess.run(["git", "init", "-q"], cwd=root, check=True)
-        for args in (["init", "-q"], ["config", "core.analytics", "false"], ["repro", "-q"]):
-            subprocess.run(["dvc", *args], cwd=root, env=env, check=True, capture_output=True)
-        return noop_seconds(root, env)
+        floor_root = one_stage_project(Path(tmp), env)
+        pairs = [(noop_once(root, env), noop_once(floor_root, env)) for _ in range(times)]
+    return statistics.median(p for p, _ in pairs), statistics.median(f for _, f in pairs)
 
 
 def serial_run(env: dict[str, str]) -> tuple[float, float]:
@@ -111,8 +117,7 @@ def measure(keep: Path | None = None) -> list[Figure]:
         subprocess.run(["git", "clone", "-q", str(REPO), str(root)], check=True)
         print(f"machine: {machine()}")
         total, stages, cpu = timed_run(root, env)
-        noop = noop_seconds(root, env)
-        floor = dvc_floor(env)
+        noop, floor = noop_seconds(root, env)
         accuracy = {
             arch: json.loads((root / "metrics" / f"{arch}.json").read_text())["test_acc"]
             for arch in ("linear", "mlp", "cnn", "rnn")
