@@ -16,7 +16,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import chdir, closing, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -41,17 +41,63 @@ MLFLOW_VARIABLES = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MLFLOW_EXPERI
 """Variables that would replace the ``tracking.*`` params of a test's commands."""
 
 
+@pytest.fixture(scope="session")
+def _empty_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An empty MLflow sqlite store (``mlflow.db``), created once per pytest worker.
+
+    Creating a store runs MLflow's schema migrations (about 2 s of CPU), which 64 tests paid each
+    (docs/benchmarks.md, "The test suite"). Tests start from a copy instead; those about a store that does
+    not exist yet are marked ``fresh_store``."""
+    from sounding import tracking
+
+    path = tmp_path_factory.mktemp("empty-store") / "mlflow.db"
+    with chdir(path.parent):  # MLflow places the Default experiment's artifacts in ./mlruns
+        tracking.client(f"sqlite:///{path}").search_experiments()
+    return path
+
+
+def _seed_store(empty: Path, folder: Path) -> Path:
+    """Copy ``empty`` to ``folder/mlflow.db``, as if MLflow had created it there: the Default experiment's
+    artifact location is the absolute ``mlruns`` folder of where the store was created."""
+    import sqlite3
+
+    path = folder / "mlflow.db"
+    with closing(sqlite3.connect(empty)) as source, closing(sqlite3.connect(path)) as copy:
+        source.backup(copy)
+        copy.execute(
+            "UPDATE experiments SET artifact_location = replace(artifact_location, ?, ?)",
+            (str(empty.parent), str(folder)),
+        )
+        copy.commit()
+    return path
+
+
 @pytest.fixture(autouse=True)
-def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Every test runs in its own folder; nothing reaches beyond 127.0.0.1. ``mlflow.set_tracking_uri``
-    exports ``MLFLOW_TRACKING_URI`` to the process's environment, so a test's store would otherwise reach
-    the commands of the next test in this worker (a module's end-to-end fixture runs before this one)."""
+def _isolated(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[None]:
+    """Every test runs in its own folder, with an empty MLflow store (``mlflow.db``) unless it is marked
+    ``fresh_store``; nothing reaches beyond 127.0.0.1. ``mlflow.set_tracking_uri`` exports
+    ``MLFLOW_TRACKING_URI`` to the process's environment, so a test's store would otherwise reach the
+    commands of the next test in this worker (a module's end-to-end fixture runs before this one)."""
     monkeypatch.chdir(tmp_path)
     for name in MLFLOW_VARIABLES:
         monkeypatch.delenv(name, raising=False)
+    store = None
+    if request.node.get_closest_marker("fresh_store") is None:
+        store = _seed_store(request.getfixturevalue("_empty_store"), tmp_path)
+        seeded = store.stat().st_mtime_ns
     yield
     for name in MLFLOW_VARIABLES:
         os.environ.pop(name, None)
+    # A store the test never opened (no write-ahead log beside it) goes: pytest keeps the last runs' folders.
+    if (
+        store
+        and store.exists()
+        and store.stat().st_mtime_ns == seeded
+        and not store.with_name("mlflow.db-wal").exists()
+    ):
+        store.unlink()
 
 
 FIGURES: Counter[str] = Counter()
@@ -174,9 +220,12 @@ def make_npz(
 def copy_repo(dest: Path) -> Path:
     """A git repository holding this project's pipeline files, for end-to-end DVC runs."""
     dest.mkdir(parents=True, exist_ok=True)
-    for name in ("dvc.yaml", "params.yaml", ".dvc", ".dvcignore", ".gitignore", "src", "data/raw"):
+    for name in ("dvc.yaml", "params.yaml", ".dvcignore", ".gitignore", "src", "data/raw"):
         src = REPO / name
         (shutil.copytree if src.is_dir() else shutil.copy)(src, dest / name)
+    (dest / ".dvc").mkdir()
+    for name in ("config", ".gitignore"):  # as cloned: no cache, no state
+        shutil.copy(REPO / ".dvc" / name, dest / ".dvc" / name)
     subprocess.run(["git", "init", "-q"], cwd=dest, check=True)
     subprocess.run(["git", "add", "-A"], cwd=dest, check=True)
     subprocess.run(

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from sounding import tracking
 from sounding.baselines import evaluate
@@ -101,6 +102,7 @@ def test_cli_writes_metrics_and_one_tracked_run_per_baseline(tmp_path: Path, par
     assert params_of["baseline/logreg"]["model.random_state"] == str(params.seed)
 
 
+@pytest.mark.fresh_store
 def test_cli_without_prepared_data_exits_2_and_writes_nothing(tmp_path: Path, params) -> None:
     write_params(tmp_path / "params.yaml", params)
     result = run_cli("baselines", cwd=tmp_path)

@@ -71,6 +71,7 @@ def test_unknown_architecture_exits_2_listing_the_allowed(tmp_path: Path) -> Non
     assert "unknown architecture 'transformer'; allowed: linear, mlp, cnn, rnn" in result.stderr
 
 
+@pytest.mark.fresh_store
 def test_missing_prepared_data_exits_2(tmp_path: Path) -> None:
     result = run_cli("train", "cnn", "--params", str(REPO / "params.yaml"), cwd=tmp_path)
     assert result.returncode == 2 and "run `sounding prepare` first" in result.stderr
@@ -81,6 +82,7 @@ def test_bad_option_is_a_usage_error() -> None:
     assert run_cli("train", "cnn", "--no-such-flag").returncode == 2
 
 
+@pytest.mark.fresh_store
 def test_an_output_that_cannot_be_written_exits_2_before_any_work(tmp_path: Path) -> None:
     (tmp_path / "blocker").write_text("a file where a folder must be")
     for args in (

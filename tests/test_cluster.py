@@ -152,6 +152,7 @@ def test_mlflow_environment_variables_configure_the_client_and_an_override_still
     assert load_params(path, ["tracking.uri=sqlite:///x.db"]).tracking.uri == "sqlite:///x.db"
 
 
+@pytest.mark.fresh_store
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks a machine without a GPU")
 def test_train_on_a_gpu_that_is_not_there_exits_2_before_tracking(tmp_path: Path, prepared: Path) -> None:
     write_params(tmp_path / "params.yaml", tiny_params())

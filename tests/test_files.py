@@ -9,6 +9,8 @@ import pytest
 
 from sounding import files
 
+pytestmark = pytest.mark.fresh_store  # the tests compare every file of their folder
+
 
 def _state(root: Path) -> dict[str, str]:
     return {str(p.relative_to(root)): p.read_text() for p in sorted(root.rglob("*")) if p.is_file()}

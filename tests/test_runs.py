@@ -35,6 +35,7 @@ def test_a_bad_duration_is_refused_naming_the_allowed_forms(text: str) -> None:
         parse_duration(text)
 
 
+@pytest.mark.fresh_store
 def test_a_bad_duration_exits_2_before_touching_the_store(tmp_path: Path) -> None:
     result = run_cli("runs", "cleanup", "--older-than", "2 hours", "--params", str(REPO / "params.yaml"))
     assert result.returncode == 2 and "Traceback" not in result.stderr

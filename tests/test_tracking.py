@@ -310,6 +310,18 @@ tracking.client(f"sqlite:///{folder / 'mlflow.db'}").search_experiments()
 """
 
 
+def test_each_test_starts_with_an_empty_store_as_mlflow_would_create_it_in_its_folder(tmp_path: Path) -> None:
+    """tests/conftest.py copies one store per worker instead of creating one per test (docs/development.md)."""
+    (default,) = tracking.client(f"sqlite:///{tmp_path / 'mlflow.db'}").search_experiments()
+    assert default.name == "Default" and default.artifact_location == str(tmp_path / "mlruns" / "0")
+
+
+@pytest.mark.fresh_store
+def test_a_test_marked_fresh_store_starts_without_one(tmp_path: Path) -> None:
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+@pytest.mark.fresh_store
 def test_processes_opening_a_new_sqlite_store_at_once_all_get_it(tmp_path: Path) -> None:
     """Stages starting side by side in a fresh workspace each create the store's client, which creates or
     upgrades its schema: without one process at a time, most failed mid-migration."""
