@@ -72,9 +72,22 @@ def test_unknown_architecture_exits_2_listing_the_allowed(tmp_path: Path) -> Non
 
 
 @pytest.mark.fresh_store
-def test_missing_prepared_data_exits_2(tmp_path: Path) -> None:
-    result = run_cli("train", "cnn", "--params", str(REPO / "params.yaml"), cwd=tmp_path)
-    assert result.returncode == 2 and "run `sounding prepare` first" in result.stderr
+@pytest.mark.parametrize(
+    "command",
+    [["train", "cnn"], ["tune", "cnn"], ["baselines"], ["depth"], ["gan"], ["transfer"], ["register"]],
+)
+def test_missing_prepared_data_exits_2_before_importing_torch(tmp_path: Path, command: list[str]) -> None:
+    result = run_cli(
+        *command, "--params", str(REPO / "params.yaml"), cwd=tmp_path, env={"PYTHONPROFILEIMPORTTIME": "1"}
+    )
+    assert (
+        result.returncode == 2
+        and "data/prepared/manifest.json not found: run `sounding prepare` first" in (result.stderr)
+    )
+    imported = {
+        line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines() if "import time:" in line
+    }
+    assert "sounding.config" in imported and "torch" not in imported  # the answer is not 3-5 s of start-up
     assert not (tmp_path / "mlflow.db").exists()
 
 
@@ -113,7 +126,9 @@ def test_a_folder_without_write_permission_is_named(tmp_path: Path, monkeypatch)
     check_writable(tmp_path / "results" / "cnn.json")  # a folder to create, in one that may be written
 
 
-def test_a_full_disk_exits_74_with_one_line_naming_the_file(tmp_path: Path, monkeypatch, capsys) -> None:
+def test_a_full_disk_exits_74_with_one_line_naming_the_file(
+    tmp_path: Path, prepared: Path, monkeypatch, capsys
+) -> None:
     import errno
 
     import pytest

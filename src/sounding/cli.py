@@ -49,6 +49,14 @@ def _params(path: Path, overrides: list[str] | None, tracked: bool = True) -> Pa
     return params
 
 
+def _check_prepared(data: Path) -> None:
+    """Refuse a missing or unreadable prepared folder before the command imports torch and Lightning (3-5 s
+    of start-up); its files are verified against the manifest when they are loaded."""
+    from sounding.data.prepare import read_manifest
+
+    read_manifest(data)
+
+
 _held: list[int] = []  # workspace holds of this process (``repro.hold_for_command``), released at exit
 
 
@@ -149,6 +157,7 @@ def train(
     check_writable(model_dir, metrics, results, plots)
     extra = [f"train.n_seeds={seeds}"] if seeds is not None else []
     params = _params(params_path, (overrides or []) + extra)
+    _check_prepared(data)
     from sounding import stages
 
     result = stages.train_architecture(
@@ -199,6 +208,7 @@ def baselines(
     _hold("sounding baselines")
     check_writable(metrics, results)
     params = _params(params_path, overrides)
+    _check_prepared(data)
     from sounding import headline
     from sounding.baselines import run_baselines
     from sounding.tracking import held_until_published
@@ -243,6 +253,7 @@ def tune(
     extra = [f"tune.{k}={v}" for k, v in options.items() if v is not None]
     extra += [f"compute.workers={workers}"] if workers is not None else []
     params = _params(params_path, (overrides or []) + extra)
+    _check_prepared(data)
     from sounding.tuning import tune as run_tuning
 
     s = run_tuning(params, arch, data, out, progress=not quiet)
@@ -300,6 +311,7 @@ def depth(
     _hold("sounding depth")
     check_writable(metrics, results, plots)
     params = _params(params_path, overrides)
+    _check_prepared(data)
     from sounding import headline
     from sounding.depth import run_depth_study
     from sounding.tracking import held_until_published
@@ -335,6 +347,7 @@ def gan(
     _hold("sounding gan")
     check_writable(model_dir, metrics, results, plots)
     params = _params(params_path, overrides)
+    _check_prepared(data)
     judge = judge or Path("models") / params.gan.judge
     from sounding import headline
     from sounding.generative import train_gan
@@ -409,6 +422,7 @@ def transfer(
     _hold("sounding transfer")
     check_writable(metrics, results, plots)
     params = _params(params_path, overrides)
+    _check_prepared(data)
     from sounding import headline
     from sounding.tracking import held_until_published
     from sounding.transfer import run_transfer
@@ -448,6 +462,7 @@ def register(
     _hold("sounding register")
     check_writable(out)
     params = _params(params_path, overrides)
+    _check_prepared(data)
     from sounding.registry import register_all
 
     report = register_all(params, results, data, out)
