@@ -80,10 +80,8 @@ def test_missing_prepared_data_exits_2_before_importing_torch(tmp_path: Path, co
     result = run_cli(
         *command, "--params", str(REPO / "params.yaml"), cwd=tmp_path, env={"PYTHONPROFILEIMPORTTIME": "1"}
     )
-    assert (
-        result.returncode == 2
-        and "data/prepared/manifest.json not found: run `sounding prepare` first" in (result.stderr)
-    )
+    assert result.returncode == 2, result.stderr
+    assert "data/prepared/manifest.json not found: run `sounding prepare` first" in result.stderr
     imported = {
         line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines() if "import time:" in line
     }
