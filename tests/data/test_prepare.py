@@ -17,6 +17,7 @@ from tests.conftest import make_npz
 
 
 def test_default_is_exactly_the_published_mnist1d(tmp_path: Path) -> None:
+    """The published benchmark's samples, split and order, in float32 (what the networks train on)."""
     from mnist1d.data import get_dataset_args, make_dataset
 
     params = Params()
@@ -30,9 +31,27 @@ def test_default_is_exactly_the_published_mnist1d(tmp_path: Path) -> None:
     assert sorted(idx.tolist()) == list(range(4000))  # train and val partition the published train set
     for name, x_key, y_key in (("train", "x", "y"), ("val", "x", "y"), ("test", "x_test", "y_test")):
         part = parts[name]
-        np.testing.assert_array_equal(part["x"], published[x_key][part["idx"]])
+        np.testing.assert_array_equal(part["x"], published[x_key][part["idx"]].astype(np.float32))
         np.testing.assert_array_equal(part["y"], published[y_key][part["idx"]])
     assert manifest["num_classes"] == 10 and manifest["layout"] == "sequence"
+
+
+@pytest.mark.parametrize("direction", [np.inf, -np.inf])
+def test_mnist1d_files_do_not_depend_on_the_cpus_exp(
+    params: Params, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, direction: float
+) -> None:
+    """Another CPU's ``numpy.exp`` (AVX-512 has its own) moves the generator's float64 values a few ULPs:
+    the prepared files, and so the data sha256 and everything DVC reruns, stay the same."""
+    from mnist1d.data import ObjectView, make_dataset
+
+    args = ObjectView(dict(params.data.mnist1d.model_dump(mode="json")))
+    reference = prepare(params.data, params.seed, tmp_path / "here")
+    here = make_dataset(args)["x"]
+    exp = np.exp
+    monkeypatch.setattr(np, "exp", lambda x, *a, **k: np.nextafter(exp(x, *a, **k), direction))
+    assert not np.array_equal(make_dataset(args)["x"], here)  # the nudge reaches the generator's float64
+    assert prepare(params.data, params.seed, tmp_path / "elsewhere")["sha256"] == reference["sha256"]
+    assert reference["files"]["train.npz"]["dtype"]["x"] == "float32"
 
 
 def test_validation_split_is_stratified_and_deterministic(params: Params, tmp_path: Path) -> None:

@@ -54,8 +54,22 @@ def _mnist1d(params: DataParams) -> RawData:
     args = params.mnist1d.model_dump(mode="json")
     data = make_dataset(ObjectView(dict(args, padding=list(args["padding"]))))
     return RawData(
-        x=data["x"], y=data["y"], x_test=data["x_test"], y_test=data["y_test"], layout="sequence", args=args
+        x=_same_on_every_cpu(data["x"]),
+        y=data["y"],
+        x_test=_same_on_every_cpu(data["x_test"]),
+        y_test=data["y_test"],
+        layout="sequence",
+        args=args,
     )
+
+
+def _same_on_every_cpu(x: np.ndarray) -> np.ndarray:
+    """Generated float64 values rounded to float32, the precision the networks train in. The generator's
+    last bits depend on the CPU: scipy's Gaussian filter (MNIST-1D's correlated noise) builds its kernel
+    with ``numpy.exp``, which has an AVX-512 implementation of its own, so a CPU without AVX-512 wrote other
+    bytes, another data sha256, and a fresh clone there reran every stage. Differences a few ULPs deep
+    vanish in float32 (a value would need to lie within 1e-16 of a float32 rounding boundary)."""
+    return x.astype(np.float32)
 
 
 def _digits() -> RawData:
