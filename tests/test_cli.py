@@ -89,6 +89,29 @@ def test_missing_prepared_data_exits_2_before_importing_torch(tmp_path: Path, co
     assert not (tmp_path / "mlflow.db").exists()
 
 
+@pytest.mark.fresh_store
+@pytest.mark.parametrize(
+    ("command", "message"),
+    [
+        (["train", "cnn", "--tuned", "best.json"], "best.json not found: run `sounding tune cnn` first"),
+        (["transfer"], "models/pretrained/cnn/model.safetensors not found: run `sounding pretrain` first"),
+        (["transfer", "-S", "transfer.source=nets/{arch}.pt"], "transfer.source: nets/cnn.pt not found"),
+    ],
+)
+def test_a_missing_input_file_exits_2_before_importing_torch(
+    prepared: Path, tmp_path: Path, command: list[str], message: str
+) -> None:
+    result = run_cli(
+        *command, "--params", str(REPO / "params.yaml"), cwd=tmp_path, env={"PYTHONPROFILEIMPORTTIME": "1"}
+    )
+    assert result.returncode == 2 and message in result.stderr, result.stderr[-2000:]
+    imported = {
+        line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines() if "import time:" in line
+    }
+    assert "sounding.config" in imported and "torch" not in imported
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "results").exists()
+
+
 def test_bad_option_is_a_usage_error() -> None:
     assert run_cli("train", "cnn", "--no-such-flag").returncode == 2
 

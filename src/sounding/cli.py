@@ -57,6 +57,27 @@ def _check_prepared(data: Path) -> None:
     read_manifest(data)
 
 
+def _check_exists(path: Path, remedy: str) -> None:
+    """Refuse an input file that is not there before the command imports torch and Lightning (5-8 s of
+    start-up); what it holds is checked when it is read."""
+    if not path.is_file():
+        raise BadInput(f"{path} not found: {remedy}")
+
+
+def _check_backbones(params: Params, pretrained: Path) -> None:
+    """``_check_exists`` for the files ``transfer.source`` names, one per architecture of ``transfer.archs``
+    (MLflow URIs are checked where they are read)."""
+    for arch in params.transfer.archs:
+        where = params.transfer.source.replace("{arch}", arch)
+        if where == "pretrain":
+            _check_exists(
+                pretrained / arch / "model.safetensors",
+                "run `sounding pretrain` first, or set transfer.source to an MLflow URI or a checkpoint file",
+            )
+        elif not where.startswith(("models:/", "runs:/")) and not Path(where).is_file():
+            raise BadInput(f"transfer.source: {where} not found")
+
+
 _held: list[int] = []  # workspace holds of this process (``repro.hold_for_command``), released at exit
 
 
@@ -158,6 +179,8 @@ def train(
     extra = [f"train.n_seeds={seeds}"] if seeds is not None else []
     params = _params(params_path, (overrides or []) + extra)
     _check_prepared(data)
+    if tuned is not None:
+        _check_exists(tuned, f"run `sounding tune {arch}` first")
     from sounding import stages
 
     result = stages.train_architecture(
@@ -423,6 +446,7 @@ def transfer(
     check_writable(metrics, results, plots)
     params = _params(params_path, overrides)
     _check_prepared(data)
+    _check_backbones(params, pretrained)
     from sounding import headline
     from sounding.tracking import held_until_published
     from sounding.transfer import run_transfer
