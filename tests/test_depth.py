@@ -30,9 +30,24 @@ def test_grad_norms_are_listed_input_first() -> None:
     assert names == ["backbone.input", "backbone.hidden.0", "backbone.hidden.1", "head"]
 
 
-def test_grid_is_the_full_product(params: Params) -> None:
+def test_grid_is_the_full_product_with_one_network_at_depth_2(params: Params) -> None:
     configs = grid(params)
-    assert len(configs) == 3 * 2 * 4 * 2 and len({c.name for c in configs}) == len(configs)
+    # depths 2, 8, 32 × residual or not × 4 inits × 2 clips, less depth 2's residual twins
+    assert len(configs) == (1 + 2 + 2) * 4 * 2 and len({c.name for c in configs}) == len(configs)
+    assert not any(c.residual for c in configs if c.depth == 2)
+    assert {c.residual for c in configs if c.depth == 8} == {False, True}
+
+
+def test_a_2_layer_mlp_is_the_same_network_with_or_without_residual_connections() -> None:
+    x = torch.randn(8, 40)
+    nets = []
+    for residual in (False, True):
+        torch.manual_seed(0)
+        nets.append(MLP((40,), 10, depth=2, residual=residual))
+    assert torch.equal(nets[0](x), nets[1](x))
+    residual, plain = MLP((40,), 10, depth=3, residual=True), MLP((40,), 10, depth=3, residual=False)
+    plain.load_state_dict(residual.state_dict())
+    assert not torch.equal(residual(x), plain(x))  # from depth 3 on, the skip connection changes the net
 
 
 def test_stage_writes_metrics_plots_and_runs(params: Params, prepared: Path, tmp_path: Path) -> None:
