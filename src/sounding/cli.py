@@ -64,20 +64,6 @@ def _check_exists(path: Path, remedy: str) -> None:
         raise BadInput(f"{path} not found: {remedy}")
 
 
-def _check_backbones(params: Params, pretrained: Path) -> None:
-    """``_check_exists`` for the files ``transfer.source`` names, one per architecture of ``transfer.archs``
-    (MLflow URIs are checked where they are read)."""
-    for arch in params.transfer.archs:
-        where = params.transfer.source.replace("{arch}", arch)
-        if where == "pretrain":
-            _check_exists(
-                pretrained / arch / "model.safetensors",
-                "run `sounding pretrain` first, or set transfer.source to an MLflow URI or a checkpoint file",
-            )
-        elif not where.startswith(("models:/", "runs:/")) and not Path(where).is_file():
-            raise BadInput(f"transfer.source: {where} not found")
-
-
 _held: list[int] = []  # workspace holds of this process (``repro.hold_for_command``), released at exit
 
 
@@ -446,7 +432,8 @@ def transfer(
     check_writable(metrics, results, plots)
     params = _params(params_path, overrides)
     _check_prepared(data)
-    _check_backbones(params, pretrained)
+    for arch in params.transfer.archs:  # a missing weights file, before torch is imported
+        params.transfer.source_for(arch, pretrained)
     from sounding import headline
     from sounding.tracking import held_until_published
     from sounding.transfer import run_transfer

@@ -523,6 +523,25 @@ class TransferParams(Section):
     """The ``pretrain`` stage's dataset, in the form of ``data``. Default: a larger MNIST-1D generated with
     another seed and more noise, shear and scale variation than the target, so there is a domain shift."""
 
+    def source_for(self, arch: str, pretrained_dir: str | Path) -> str:
+        """What ``source`` names for ``arch``: an MLflow model URI, or the path of a weights file that exists
+        (``pretrain``: the ``pretrain`` stage's ``PRETRAINED_DIR/ARCH/model.safetensors``). Raises
+        ``BadInput`` for a missing file; what a file or URI holds is checked where it is read."""
+        where = self.source.replace("{arch}", arch)
+        if where.startswith(("models:/", "runs:/")):
+            return where
+        if where == "pretrain":
+            path = Path(pretrained_dir) / arch / "model.safetensors"
+            if not path.is_file():
+                raise BadInput(
+                    f"{path} not found: run `sounding pretrain` first, or set transfer.source to an MLflow "
+                    "URI or a checkpoint file"
+                )
+            return str(path)
+        if not Path(where).is_file():
+            raise BadInput(f"transfer.source: {where} not found")
+        return where
+
     @field_validator("archs", "budgets")
     @classmethod
     def _unique(cls, values: list) -> list:

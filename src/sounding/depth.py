@@ -20,6 +20,7 @@ from torch import nn
 
 from sounding.config import Params
 from sounding.models.nets.base import weight_matrices
+from sounding.models.nets.mlp import hidden_layers
 
 
 def experiment(params: Params) -> str:
@@ -62,7 +63,7 @@ def grid(params: Params) -> list[DepthConfig]:
     at depth 2 (and below) there is one configuration, plain, not two that train the same net twice."""
     d = params.depth
     configs = (
-        DepthConfig(depth, residual and depth > 2, init, clip)
+        DepthConfig(depth, residual and hidden_layers(depth) > 0, init, clip)
         for depth, residual, init, clip in itertools.product(d.depths, d.residual, d.inits, d.clip)
     )
     return list(dict.fromkeys(configs))
@@ -72,7 +73,7 @@ def _with_shared_starts(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The rows as the plots draw them: a plain row of depth 2 also starts each residual line (the same
     network, ``grid``), so that both lines begin where they do."""
     residual = any(r["residual"] for r in rows)
-    return rows + [{**r, "residual": True} for r in rows if residual and r["depth"] <= 2]
+    return rows + [{**r, "residual": True} for r in rows if residual and hidden_layers(r["depth"]) == 0]
 
 
 def layer_grad_norms(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
@@ -118,8 +119,9 @@ def run_depth_study(
         tracking.experiment_id(params.tracking.uri, experiment(params))
     with progress_.bar(len(jobs), "depth study", "config", enabled=progress) as bar:
         rows = parallel.run_jobs(params, train_config, jobs, on_done=lambda _: bar.update(1))
-    plots.depth_summary(_with_shared_starts(rows), plots_dir / "accuracy_vs_depth.png")
-    plots.depth_ratio_summary(_with_shared_starts(rows), plots_dir / "init_gradient_ratio.png")
+    drawn = _with_shared_starts(rows)
+    plots.depth_summary(drawn, plots_dir / "accuracy_vs_depth.png")
+    plots.depth_ratio_summary(drawn, plots_dir / "init_gradient_ratio.png")
     summary = {"configs": rows, "n_diverged": sum(r["diverged"] for r in rows)}
     write_json(results_path, summary)
     return summary

@@ -137,17 +137,8 @@ def load_backbone(params: Params, arch: str, spec: DataSpec, pretrained_dir: str
     """
     from sounding.models.factory import build_net, check_state_compatible
 
-    where = params.transfer.source.replace("{arch}", arch)
-    if where == "pretrain":
-        folder = Path(pretrained_dir) / arch
-        if not (folder / "model.safetensors").is_file():
-            raise BadInput(
-                f"{folder}/model.safetensors not found: run `sounding pretrain` first, or set "
-                "transfer.source to an MLflow URI or a checkpoint file"
-            )
-        net, config = _load_safetensors(folder / "model.safetensors", folder / "config.json")
-        where = str(folder / "model.safetensors")
-    elif where.startswith(("models:/", "runs:/")):
+    where = params.transfer.source_for(arch, pretrained_dir)
+    if where.startswith(("models:/", "runs:/")):
         net, config = _load_mlflow(where, params.tracking.uri)
     else:
         net, config = _load_file(Path(where))
@@ -208,8 +199,6 @@ def _load_file(path: Path) -> tuple[Any, dict]:
     from sounding.config import TRANSFER_FILE_SUFFIXES
     from sounding.models.factory import net_from_state
 
-    if not path.is_file():
-        raise BadInput(f"transfer.source: {path} not found")
     suffix = path.suffix.lower()
     if suffix == ".safetensors":
         return _load_safetensors(path, path.parent / "config.json")

@@ -957,8 +957,9 @@ def _plots(study: Any, out_dir: Path) -> list[Path]:
                 continue
         fig = ax.figure
         fig.set_size_inches(8, 5)
-        if name == "intermediate" and len(study.trials) > LEGEND_TRIALS and ax.get_legend():
-            ax.get_legend().remove()  # one entry per trial: past a few dozen it covers the plot and the layout
+        legend = ax.get_legend()
+        if name == "intermediate" and len(study.trials) > LEGEND_TRIALS and legend:
+            legend.remove()  # one entry per trial: past a few dozen it covers the plot and the layout
         made.append(plots.save(fig, out_dir / f"{name}.png"))
     return made
 

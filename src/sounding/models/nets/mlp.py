@@ -10,14 +10,20 @@ from torch import nn
 from sounding.models.nets.base import Classifier, init_weights
 
 
+def hidden_layers(depth: int) -> int:
+    """Hidden layers of an MLP of ``depth`` linear layers: the ones a residual connection goes round (the
+    input layer and the head have none)."""
+    return max(0, depth - 2)
+
+
 class MLPBackbone(nn.Module):
-    """Flatten → Linear(in, hidden) → ReLU, then ``depth - 2`` hidden layers ``h ← [h +] relu(W h)``."""
+    """Flatten → Linear(in, hidden) → ReLU, then ``hidden_layers(depth)`` layers ``h ← [h +] relu(W h)``."""
 
     def __init__(self, in_features: int, hidden: int, depth: int, residual: bool, dropout: float) -> None:
         super().__init__()
         self.residual = residual
         self.input = nn.Linear(in_features, hidden)
-        self.hidden = nn.ModuleList(nn.Linear(hidden, hidden) for _ in range(depth - 2))
+        self.hidden = nn.ModuleList(nn.Linear(hidden, hidden) for _ in range(hidden_layers(depth)))
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
