@@ -136,7 +136,7 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
 
 
 def tiny_params(**overrides: object) -> Params:
-    """Defaults shrunk to seconds: a 600-sample MNIST-1D, 3 epochs of batches of 100 (no step minimum), one seed, a local sqlite
+    """Defaults shrunk to seconds: a 600-sample MNIST-1D, 3 epochs of batches of 100 (no step minimum, nor for the GAN), one seed, a local sqlite
     store, weights selected and trials ranked on its 48 validation samples; tuning
     runs 3 trials of 3 epochs and confirms nothing on fresh seeds; transfer pretrains 2 epochs on 600 source samples and each fit is 6 steps;
     one process (the tests of fits side by side ask for more: tests/test_parallel_slow.py)."""
@@ -145,6 +145,7 @@ def tiny_params(**overrides: object) -> Params:
         "data.mnist1d.num_samples": 600,
         "train.epochs": 3,
         "train.min_steps": 0,  # 3 epochs are the point
+        "gan.min_steps": 0,
         "train.min_batches": 1,  # batches of 100, as on the full set
         "train.min_val": 10,  # the tiny set's 48 validation samples stand for a real validation part
         "train.n_seeds": 1,

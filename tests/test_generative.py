@@ -116,6 +116,23 @@ def test_stage_writes_model_metrics_plots(params: Params, prepared: Path, tmp_pa
     assert (tmp_path / "plots" / "samples.png").is_file() and (tmp_path / "plots" / "curves.png").is_file()
 
 
+def test_a_small_set_gets_several_passes_an_epoch_for_the_generator_step_minimum(
+    params: Params, prepared: Path, tmp_path: Path
+) -> None:
+    # 432 training series in batches of 100: 5 steps a pass; 2 epochs of 15 steps make the 30.
+    small = params.with_overrides({"gan.epochs": 2, "gan.min_steps": 30, "gan.samples_per_class": 5})
+    summary = train_gan(
+        small,
+        prepared,
+        _judge(prepared, tmp_path / "judge"),
+        tmp_path / "models",
+        tmp_path / "gan.json",
+        tmp_path / "plots",
+        progress=False,
+    )
+    assert summary["epochs"] == 2 and summary["generator_steps"] == 30
+
+
 def test_another_judge_does_not_resume_figures_measured_by_the_first(
     params: Params, prepared: Path, tmp_path: Path
 ) -> None:

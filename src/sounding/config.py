@@ -318,7 +318,11 @@ class GanParams(Section):
     """Decay per generator step of the weight average that is sampled, measured and shipped; 0: the latest
     weights."""
     epochs: PositiveInt = 150
-    """Training epochs."""
+    """Training epochs (quality is measured at the end of each)."""
+    min_steps: Annotated[int, Field(ge=0)] = 5000
+    """Generator steps at least: on a small training set an epoch is several passes over it. The weight
+    average keeps ``ema ** steps`` of its initial weights, so it needs thousands of steps to move (MNIST-1D
+    gets 5,400 from its 36 batches in 150 epochs)."""
     samples_per_class: Annotated[int, Field(ge=2)] = 100
     """Fixed validation noise: samples generated per class each epoch to measure quality."""
 

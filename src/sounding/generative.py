@@ -182,6 +182,11 @@ def train_gan(
     )
     # The judge is part of the fingerprint: the per-epoch figures in a checkpoint were measured by one judge,
     # and resuming them under another would mix two instruments in one report.
+    # A small set gets an epoch of several passes (back-to-back permutations) for ``gan.min_steps``
+    # generator steps; a batch is at most the whole set, so it holds no series twice when it is that.
+    n_train = len(data.train.y)
+    batch = min(params.train.batch_size, n_train)
+    epoch_samples = max(n_train, -(-g.min_steps // g.epochs) * batch)
     judge_sha256 = sha256_file(Path(judge_dir) / "model.safetensors")
     fp = (
         params.section_hash("gan", "train.batch_size", *RESULT_COMPUTE)
@@ -194,7 +199,7 @@ def train_gan(
         fitted = train_system(
             params,
             system,
-            TrainingBatches(data, params.train.batch_size, params.seed),
+            TrainingBatches(data, batch, params.seed, epoch_samples=epoch_samples),
             run_dir,
             params.seed,
             max_epochs=g.epochs,
@@ -219,6 +224,7 @@ def train_gan(
             "collapsed_classes": collapsed,
             "references": references,
             "epochs": len(history),
+            "generator_steps": len(history) * -(-epoch_samples // batch),
             "train_time_s": fitted.history.train_time_s,
             "data_sha256": data.sha256,
             "judge_sha256": judge_sha256,
