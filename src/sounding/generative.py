@@ -180,13 +180,13 @@ def train_gan(
         samples_per_class=g.samples_per_class,
         seed=params.seed,
     )
-    # The judge is part of the fingerprint: the per-epoch figures in a checkpoint were measured by one judge,
-    # and resuming them under another would mix two instruments in one report.
     # A small set gets an epoch of several passes (back-to-back permutations) for ``gan.min_steps``
     # generator steps; a batch is at most the whole set, so it holds no series twice when it is that.
     n_train = len(data.train.y)
     batch = min(params.train.batch_size, n_train)
     epoch_samples = max(n_train, -(-g.min_steps // g.epochs) * batch)
+    # The judge is part of the fingerprint: the per-epoch figures in a checkpoint were measured by one judge,
+    # and resuming them under another would mix two instruments in one report.
     judge_sha256 = sha256_file(Path(judge_dir) / "model.safetensors")
     fp = (
         params.section_hash("gan", "train.batch_size", *RESULT_COMPUTE)
