@@ -23,14 +23,27 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
-$(STAMP): pyproject.toml
+UV := uv==0.13.9
+# Some pip configurations print one line per missing local index; keep the log readable.
+PIP_QUIET := { grep -v 'is ignored: it is neither' || true; }
+
+# torch through pip, whose configuration may point at a local CPU wheel (uv reads none of it); then the
+# pinned rest through uv, .pyc compiled as pip would: about 50 s where pip alone took about 3 minutes
+# (docs/development.md).
+$(STAMP): pyproject.toml requirements.lock
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	@echo "installing into $(VENV) (torch 2.13.0 CPU first; about 2 minutes on a fresh machine)"
-	@# Some pip configurations print one line per missing local index; keep the log readable.
-	@$(BIN)/pip install -q --disable-pip-version-check -e '.[dev]' 2>&1 | { grep -v 'is ignored: it is neither' || true; }
+	@echo "installing into $(VENV) (torch 2.13.0 CPU first; about a minute on a fresh machine)"
+	@$(BIN)/pip install -q --disable-pip-version-check '$(UV)' torch==2.13.0 2>&1 | $(PIP_QUIET)
+	@$(BIN)/uv pip install -q --python $(BIN)/python --compile-bytecode -r requirements.lock -e '.[dev]'
 	@touch $(STAMP)
 
 venv: $(STAMP) ## Create or update the virtual environment
+
+lock: ## Re-pin requirements.lock to what pip resolves from pyproject.toml (after changing a dependency)
+	rm -rf .venv-lock && $(PYTHON) -m venv .venv-lock
+	.venv-lock/bin/pip install -q --disable-pip-version-check -e '.[dev]' 2>&1 | $(PIP_QUIET)
+	{ sed -n 1,2p requirements.lock; .venv-lock/bin/pip freeze --exclude-editable | grep -v '^torch=='; } > requirements.lock.new
+	mv requirements.lock.new requirements.lock && rm -rf .venv-lock
 
 # The stages of dvc.yaml that DVC finds stale, run through DVC by the Prefect flow (Prefect's ephemeral
 # mode: no server to start), independent stages side by side: what `dvc repro` would run and record, with
@@ -74,4 +87,4 @@ clean: ## Remove caches and resume checkpoints (never DVC-tracked data, models o
 	rm -rf checkpoints .pytest_cache .ruff_cache .hypothesis benchmarks/out
 	find . -name __pycache__ -type d -not -path './$(VENV)/*' -prune -exec rm -rf {} +
 
-.PHONY: help venv run test test-fast bench lint ui mlflow-server scheduler clean
+.PHONY: help venv lock run test test-fast bench lint ui mlflow-server scheduler clean

@@ -61,3 +61,36 @@ def test_the_check_names_an_import_whose_dependency_is_removed() -> None:
     assert {"scipy", "optuna_integration", "yaml", "sklearn"} <= set(modules)  # the scan sees them
     missing = undeclared(modules, declared() - {"scipy"})
     assert missing == ["scipy (scipy), imported by src/sounding/registry.py"]
+
+
+def locked(text: str) -> dict[str, str]:
+    """``requirements.lock``'s pins: distribution name → version."""
+    pins = (line.split("==") for line in text.splitlines() if line and not line.startswith("#"))
+    return {_normalise(name): version for name, version in pins}
+
+
+def unmet(requirements: list[str], pins: dict[str, str]) -> list[str]:
+    """The requirements (pyproject.toml's strings) that no pin satisfies, torch aside (pip installs it
+    from pyproject's own pin: `make venv`)."""
+    from packaging.requirements import Requirement
+
+    found = []
+    for text in requirements:
+        req = Requirement(text)
+        name = _normalise(req.name)
+        if name != "torch" and not req.specifier.contains(pins.get(name, "0.0.0.dev0"), prereleases=True):
+            found.append(f"{text} (locked: {pins.get(name, 'missing')})")
+    return found
+
+
+def test_the_lock_pins_a_version_of_every_dependency_that_pyproject_allows() -> None:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    requirements = [*project["dependencies"], *project["optional-dependencies"]["dev"]]
+    pins = locked((ROOT / "requirements.lock").read_text())
+    assert unmet(requirements, pins) == [], "pyproject.toml and requirements.lock disagree: run `make lock`"
+    assert "torch" not in pins and pins["lightning"] == "2.6.6" and pins["mlflow"] == "3.17.2"
+    # A changed pin is named with what the lock holds.
+    assert unmet(["optuna==5.1.0", "newpkg>=1"], pins) == [
+        "optuna==5.1.0 (locked: 5.0.0)",
+        "newpkg>=1 (locked: missing)",
+    ]
