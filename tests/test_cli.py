@@ -30,6 +30,30 @@ def test_help_lists_the_stage_commands() -> None:
         assert command in result.stdout
 
 
+def test_every_option_help_survives_rich_markup() -> None:
+    """Typer renders help through rich, which drops ``[anything]`` as a markup tag: a default written in
+    brackets in a help text ("Model output folder [models/ARCH].") vanished from ``--help``. Defaults
+    that are computed go in ``show_default`` instead, which the rendered help shows."""
+    import typer
+
+    from sounding.cli import app
+
+    def options(group, prefix: str):
+        for name, command in group.commands.items():
+            if hasattr(command, "commands"):
+                yield from options(command, f"{prefix}{name} ")
+            else:
+                for param in command.params:
+                    yield prefix + name, param
+
+    bracketed = [
+        (cmd, p.name) for cmd, p in options(typer.main.get_command(app), "") if "[" in (p.help or "")
+    ]
+    assert not bracketed, f"help texts with [brackets] that rich drops: {bracketed}"
+    shown = run_cli("train", "--help", env={"COLUMNS": "200"}).stdout
+    assert "[default: (models/ARCH)]" in shown, shown
+
+
 def test_the_cli_reference_says_which_commands_take_params_and_overrides() -> None:
     """docs/cli.md's first paragraph lists, in backticks, the commands taking ``--params`` and ``-S``, then
     those taking ``--params`` only, then those taking neither: every command is in exactly its group."""

@@ -140,12 +140,16 @@ def example_data(
 def train(
     arch: Annotated[str, typer.Argument(help=f"Architecture: {', '.join(ARCHS)}.")],
     data: Annotated[Path, typer.Option(help="Prepared data folder.")] = Path("data/prepared"),
-    model_dir: Annotated[Path | None, typer.Option(help="Model output folder [models/ARCH].")] = None,
-    metrics: Annotated[
-        Path | None, typer.Option(help="Headline metrics JSON, DVC's [metrics/ARCH.json].")
+    model_dir: Annotated[
+        Path | None, typer.Option(help="Model output folder.", show_default="models/ARCH")
     ] = None,
-    results: Annotated[Path | None, typer.Option(help="Full results JSON [results/ARCH.json].")] = None,
-    plots: Annotated[Path | None, typer.Option(help="Plots folder [plots/ARCH].")] = None,
+    metrics: Annotated[
+        Path | None, typer.Option(help="Headline metrics JSON, DVC's.", show_default="metrics/ARCH.json")
+    ] = None,
+    results: Annotated[
+        Path | None, typer.Option(help="Full results JSON.", show_default="results/ARCH.json")
+    ] = None,
+    plots: Annotated[Path | None, typer.Option(help="Plots folder.", show_default="plots/ARCH")] = None,
     seeds: Annotated[int | None, typer.Option(help="Number of seeds (overrides train.n_seeds).")] = None,
     tuned: Annotated[
         Path | None, typer.Option(help="A `sounding tune` result (best.json) to train with.")
@@ -240,7 +244,7 @@ def baselines(
 def tune(
     arch: Annotated[str, typer.Argument(help=f"Architecture: {', '.join(ARCHS)}.")],
     data: Annotated[Path, typer.Option(help="Prepared data folder.")] = Path("data/prepared"),
-    out: Annotated[Path | None, typer.Option(help="Result folder [tuning/ARCH].")] = None,
+    out: Annotated[Path | None, typer.Option(help="Result folder.", show_default="tuning/ARCH")] = None,
     storage: Annotated[
         str | None, typer.Option(help="Optuna storage URL (overrides tune.storage), e.g. postgresql://…")
     ] = None,
@@ -342,7 +346,7 @@ def gan(
     data: Annotated[Path, typer.Option(help="Prepared data folder.")] = Path("data/prepared"),
     judge: Annotated[
         Path | None,
-        typer.Option(help="Trained classifier folder used as the judge. [default: models/GAN.JUDGE]"),
+        typer.Option(help="Trained classifier folder used as the judge.", show_default="models/GAN.JUDGE"),
     ] = None,
     model_dir: Annotated[Path, typer.Option(help="Generator output folder.")] = Path("models/gan"),
     metrics: Annotated[Path, typer.Option(help=HEADLINE)] = Path("metrics/gan.json"),
