@@ -120,6 +120,10 @@ def test_missing_prepared_data_exits_2_before_importing_torch(tmp_path: Path, co
         (["train", "cnn", "--tuned", "best.json"], "best.json not found: run `sounding tune cnn` first"),
         (["transfer"], "models/pretrained/cnn/model.safetensors not found: run `sounding pretrain` first"),
         (["transfer", "-S", "transfer.source=nets/{arch}.pt"], "transfer.source: nets/cnn.pt not found"),
+        (
+            ["gan"],
+            "models/cnn/model.safetensors not found: the judge is a trained classifier: run `sounding train cnn`",
+        ),
     ],
 )
 def test_a_missing_input_file_exits_2_before_importing_torch(

@@ -362,6 +362,12 @@ def gan(
     params = _params(params_path, overrides)
     _check_prepared(data)
     judge = judge or Path("models") / params.gan.judge
+    for name in ("model.safetensors", "config.json"):
+        _check_exists(
+            judge / name,
+            f"the judge is a trained classifier: run `sounding train {params.gan.judge}` first (gan.judge), "
+            "or pass --judge a folder that `sounding train` wrote",
+        )
     from sounding import headline
     from sounding.generative import train_gan
     from sounding.tracking import held_until_published
