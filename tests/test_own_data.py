@@ -84,10 +84,10 @@ def test_small_sets_get_small_batches_and_several_passes_an_epoch() -> None:
 
 def test_a_small_batch_learns_at_a_rate_scaled_to_it() -> None:
     p = Params()  # lr 0.01 at batches of 100, lr_scaling sqrt
-    assert learning_rate(p, 3600) == 0.01  # MNIST-1D: unchanged
-    assert learning_rate(p, 36) == pytest.approx(0.002)  # batches of 4: 0.01 × √(4/100)
-    assert learning_rate(p.with_overrides({"train.lr_scaling": "linear"}), 36) == pytest.approx(0.0004)
-    assert learning_rate(p.with_overrides({"train.lr_scaling": "none"}), 36) == 0.01
+    assert learning_rate(p, batch_size(p, 3600)) == 0.01  # MNIST-1D's batches of 100: unchanged
+    assert learning_rate(p, batch_size(p, 36)) == pytest.approx(0.002)  # batches of 4: 0.01 × √(4/100)
+    assert learning_rate(p.with_overrides({"train.lr_scaling": "linear"}), 4) == pytest.approx(0.0004)
+    assert learning_rate(p.with_overrides({"train.lr_scaling": "none"}), 4) == 0.01
 
 
 def test_served_probabilities_on_raw_inputs_equal_those_at_test_time(tmp_path: Path, monkeypatch) -> None:
@@ -115,7 +115,7 @@ def test_served_probabilities_on_raw_inputs_equal_those_at_test_time(tmp_path: P
     assert torch.allclose(net.scaler.mean.flatten().double(), train.mean((0, 2)), rtol=1e-5)
     assert torch.allclose(net.scaler.std.flatten().double(), train.std((0, 2), correction=0), rtol=1e-5)
     system = LitClassifier.load_from_checkpoint(tmp_path / "models/fcn/model.ckpt", weights_only=True)
-    assert system.hparams.lr == metrics["lr"] == learning_rate(params, len(data.train.y)) < params.train.lr
+    assert system.hparams.lr == metrics["lr"] == learning_rate(params, 27) < params.train.lr
     with torch.no_grad():
         at_test = system.net.eval()(torch.as_tensor(data.test.x)).softmax(-1).numpy()
     mlflow.set_tracking_uri(params.tracking.uri)

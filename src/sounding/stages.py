@@ -164,7 +164,7 @@ def _summary(
         "epochs": params.train.epochs,
         "passes_per_epoch": passes_per_epoch(params, len(data.train.y)),
         "batch_size": batch_size(params, len(data.train.y)),
-        "lr": learning_rate(params, len(data.train.y)),
+        "lr": learning_rate(params, batch_size(params, len(data.train.y))),
         "select": select,
         "data_sha256": data.sha256,
         "model_uri": model_uri,
