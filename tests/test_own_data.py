@@ -18,7 +18,7 @@ from sounding.data.prepare import Split, load_prepared, prepare
 from sounding.errors import BadInput
 from sounding.models.factory import build_net, load_net
 from sounding.models.nets.base import Standardize
-from sounding.training import batch_size, learning_rate, passes_per_epoch, selection
+from sounding.training import batch_size, build_system, learning_rate, passes_per_epoch, selection
 from sounding.tuning import folds
 from tests.conftest import run_cli, tiny_params, write_params
 
@@ -88,6 +88,13 @@ def test_a_small_batch_learns_at_a_rate_scaled_to_it() -> None:
     assert learning_rate(p, batch_size(p, 36)) == pytest.approx(0.002)  # batches of 4: 0.01 × √(4/100)
     assert learning_rate(p.with_overrides({"train.lr_scaling": "linear"}), 4) == pytest.approx(0.0004)
     assert learning_rate(p.with_overrides({"train.lr_scaling": "none"}), 4) == 0.01
+
+
+def test_the_module_learns_at_the_rate_of_the_batch_it_trains_in(prepared: Path) -> None:
+    data = load_prepared(prepared)
+    p = Params()
+    assert build_system(p, "mlp", data, batch=36).hparams.lr == pytest.approx(0.006)  # transfer's 1% budget
+    assert build_system(p, "mlp", data).hparams.lr == learning_rate(p, batch_size(p, len(data.train.y)))
 
 
 def test_served_probabilities_on_raw_inputs_equal_those_at_test_time(tmp_path: Path, monkeypatch) -> None:
