@@ -348,24 +348,32 @@ def prefect_harness():
         yield
 
 
-def cli_options() -> dict[str, set[str]]:
-    """Each ``sounding`` command (``schedule``, ``models promote``, …) and the option strings it takes
-    (``--params``, ``-S``, ``--set``, …), read from the Typer app."""
+def cli_commands() -> dict[str, Any]:
+    """Each ``sounding`` command (``schedule``, ``models promote``, …) and its Click command, read from the
+    Typer app."""
     import typer
 
     from sounding.cli import app
 
-    found: dict[str, set[str]] = {}
+    found: dict[str, Any] = {}
 
     def walk(group, prefix: str) -> None:
         for name, command in group.commands.items():
             if hasattr(command, "commands"):
                 walk(command, f"{prefix}{name} ")
             else:
-                found[prefix + name] = {opt for param in command.params for opt in getattr(param, "opts", [])}
+                found[prefix + name] = command
 
     walk(typer.main.get_command(app), "")
     return found
+
+
+def cli_options() -> dict[str, set[str]]:
+    """Each ``sounding`` command and the option strings it takes (``--params``, ``-S``, ``--set``, …)."""
+    return {
+        name: {opt for param in command.params for opt in getattr(param, "opts", [])}
+        for name, command in cli_commands().items()
+    }
 
 
 def served_predictions(model_uri: str, x: Any, cwd: Path, tracking_uri: str) -> Any:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, cli_options, run_cli
+from tests.conftest import REPO, cli_commands, cli_options, run_cli
 
 
 def test_help_does_not_import_heavy_libraries() -> None:
@@ -34,20 +34,11 @@ def test_every_option_help_survives_rich_markup() -> None:
     """Typer renders help through rich, which drops ``[anything]`` as a markup tag: a default written in
     brackets in a help text ("Model output folder [models/ARCH].") vanished from ``--help``. Defaults
     that are computed go in ``show_default`` instead, which the rendered help shows."""
-    import typer
-
-    from sounding.cli import app
-
-    def options(group, prefix: str):
-        for name, command in group.commands.items():
-            if hasattr(command, "commands"):
-                yield from options(command, f"{prefix}{name} ")
-            else:
-                for param in command.params:
-                    yield prefix + name, param
-
     bracketed = [
-        (cmd, p.name) for cmd, p in options(typer.main.get_command(app), "") if "[" in (p.help or "")
+        (name, p.name)
+        for name, command in cli_commands().items()
+        for p in command.params
+        if "[" in (p.help or "")
     ]
     assert not bracketed, f"help texts with [brackets] that rich drops: {bracketed}"
     shown = run_cli("train", "--help", env={"COLUMNS": "200"}).stdout
