@@ -18,7 +18,7 @@ from sounding.data.prepare import Split, load_prepared, prepare
 from sounding.errors import BadInput
 from sounding.models.factory import build_net, load_net
 from sounding.models.nets.base import Standardize
-from sounding.training import batch_size, passes_per_epoch, selection
+from sounding.training import batch_size, build_system, learning_rate, passes_per_epoch, selection
 from sounding.tuning import folds
 from tests.conftest import run_cli, tiny_params, write_params
 
@@ -82,6 +82,21 @@ def test_small_sets_get_small_batches_and_several_passes_an_epoch() -> None:
     assert selection(p.with_overrides({"train.select": "best_val"}), 5) == "best_val"
 
 
+def test_a_small_batch_learns_at_a_rate_scaled_to_it() -> None:
+    p = Params()  # lr 0.01 at batches of 100, lr_scaling sqrt
+    assert learning_rate(p, batch_size(p, 3600)) == 0.01  # MNIST-1D's batches of 100: unchanged
+    assert learning_rate(p, batch_size(p, 36)) == pytest.approx(0.002)  # batches of 4: 0.01 × √(4/100)
+    assert learning_rate(p.with_overrides({"train.lr_scaling": "linear"}), 4) == pytest.approx(0.0004)
+    assert learning_rate(p.with_overrides({"train.lr_scaling": "none"}), 4) == 0.01
+
+
+def test_the_module_learns_at_the_rate_of_the_batch_it_trains_in(prepared: Path) -> None:
+    data = load_prepared(prepared)
+    p = Params()
+    assert build_system(p, "mlp", data, batch=36).hparams.lr == pytest.approx(0.006)  # transfer's 1% budget
+    assert build_system(p, "mlp", data).hparams.lr == learning_rate(p, batch_size(p, len(data.train.y)))
+
+
 def test_served_probabilities_on_raw_inputs_equal_those_at_test_time(tmp_path: Path, monkeypatch) -> None:
     """Channels 1000× apart: the saved model standardises raw inputs itself, in predict and in MLflow."""
     import mlflow
@@ -89,7 +104,7 @@ def test_served_probabilities_on_raw_inputs_equal_those_at_test_time(tmp_path: P
     from sounding.models.classifier import LitClassifier
 
     monkeypatch.chdir(tmp_path)
-    params, prepared = _own(tmp_path, (1.0, 1000.0))
+    params, prepared = _own(tmp_path, (1.0, 1000.0), **{"train.min_batches": 4})  # batches of 27: lr scaled
     data = load_prepared(prepared)
     assert data.spec.standardize == "channel"
     metrics = stages.train_architecture(
@@ -107,6 +122,7 @@ def test_served_probabilities_on_raw_inputs_equal_those_at_test_time(tmp_path: P
     assert torch.allclose(net.scaler.mean.flatten().double(), train.mean((0, 2)), rtol=1e-5)
     assert torch.allclose(net.scaler.std.flatten().double(), train.std((0, 2), correction=0), rtol=1e-5)
     system = LitClassifier.load_from_checkpoint(tmp_path / "models/fcn/model.ckpt", weights_only=True)
+    assert system.hparams.lr == metrics["lr"] == learning_rate(params, 27) < params.train.lr
     with torch.no_grad():
         at_test = system.net.eval()(torch.as_tensor(data.test.x)).softmax(-1).numpy()
     mlflow.set_tracking_uri(params.tracking.uri)

@@ -195,7 +195,12 @@ def test_a_study_stops_once_a_trial_classifies_every_judged_sample_right(tmp_pat
     x = (2.0 * y - 1)[:, None] * 3 + rng.normal(scale=0.1, size=(80, 12))
     np.savez(tmp_path / "easy.npz", x=x.astype(np.float32), y=y)
     params = tune_params(
-        **{"data.source": "npz", "data.path": str(tmp_path / "easy.npz"), "tune.n_trials": 8}
+        **{
+            "data.source": "npz",
+            "data.path": str(tmp_path / "easy.npz"),
+            "tune.n_trials": 8,
+            "train.lr_scaling": "none",  # 3 epochs of one batch of 72: separated at 0.01, not yet at 0.0085
+        }
     )
     prepare(params.data, params.seed, tmp_path / "prepared")
     summary = tune(params, "linear", tmp_path / "prepared", "tuning/linear", progress=False)

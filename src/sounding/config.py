@@ -210,7 +210,13 @@ class TrainParams(Section):
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"
     """``adam``, ``adamw`` (decoupled weight decay) or ``sgd`` (momentum 0.9)."""
     lr: Annotated[float, Field(gt=0)] = 1e-2
-    """Learning rate."""
+    """Learning rate of batches of ``batch_size``; a smaller batch (a small set, ``min_batches``) learns at
+    a rate scaled by ``lr_scaling``."""
+    lr_scaling: Literal["sqrt", "linear", "none"] = "sqrt"
+    """How ``lr`` follows a batch smaller than ``batch_size``: ``sqrt`` multiplies it by √(batch ÷
+    batch_size) (the square-root rule for Adam-like optimizers), ``linear`` by batch ÷ batch_size (SGD's
+    rule), ``none`` keeps it. MNIST-1D's batches of 100 keep 0.01; ArrowHead's 32 series, in batches of 4,
+    train at 0.002."""
     lr_schedule: Literal["constant", "cosine"] = "constant"
     """``cosine`` decays the learning rate to zero over ``epochs``."""
     weight_decay: NonNegative = 5e-4

@@ -143,7 +143,7 @@ def _summary(
     adopted: str | None,
 ) -> dict[str, Any]:
     """``train_architecture``'s results: test metrics as mean ± std over seeds, and each seed's row."""
-    from sounding.training import passes_per_epoch
+    from sounding.training import batch_size, learning_rate, passes_per_epoch
 
     model_uri = per_seed[0].pop("model_uri")
     for row in per_seed[1:]:
@@ -163,6 +163,8 @@ def _summary(
         "processes": processes,
         "epochs": params.train.epochs,
         "passes_per_epoch": passes_per_epoch(params, len(data.train.y)),
+        "batch_size": batch_size(params, len(data.train.y)),
+        "lr": learning_rate(params, batch_size(params, len(data.train.y))),
         "select": select,
         "data_sha256": data.sha256,
         "model_uri": model_uri,

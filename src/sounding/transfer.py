@@ -264,14 +264,14 @@ def _fit(
 
     t = params.transfer
     scale = {"scratch": 1.0, "linear_probe": 0.0, "finetune": t.backbone_lr_scale}[strategy]
+    n = len(data.train.y)
+    batch = min(params.train.batch_size, n)
     L.seed_everything(seed, verbose=False)
-    system = build_system(params, backbone.arch, data, backbone_lr_scale=scale)
+    system = build_system(params, backbone.arch, data, batch, backbone_lr_scale=scale)
     if strategy != "scratch":
         system.net.backbone.load_state_dict(backbone.state)
         if backbone.head is not None:
             system.net.head.load_state_dict(backbone.head)
-    n = len(data.train.y)
-    batch = min(params.train.batch_size, n)
     # Every budget's epoch is the same number of steps: a 1% budget is seen many times an epoch.
     datamodule = TensorDataModule(data, batch, seed, epoch_samples=max(1, t.steps // t.evals) * batch)
     fitted = train_system(
