@@ -485,6 +485,8 @@ class TuneParams(Section):
 TransferArch = Literal["mlp", "cnn", "rnn", "fcn"]
 """Architectures whose backbone holds weights that can be pretrained (``linear``'s has none)."""
 TRANSFER_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth")
+MLFLOW_MODEL_URI_PREFIXES = ("models:/", "runs:/")
+"""How an MLflow model URI starts: a registered model (``models:/``) or a run's logged one (``runs:/``)."""
 
 
 class TransferParams(Section):
@@ -538,7 +540,7 @@ class TransferParams(Section):
         (``pretrain``: the ``pretrain`` stage's ``PRETRAINED_DIR/ARCH/model.safetensors``). Raises
         ``BadInput`` for a missing file; what a file or URI holds is checked where it is read."""
         where = self.source.replace("{arch}", arch)
-        if where.startswith(("models:/", "runs:/")):
+        if where.startswith(MLFLOW_MODEL_URI_PREFIXES):
             return where
         if where == "pretrain":
             path = Path(pretrained_dir) / arch / "model.safetensors"
@@ -562,7 +564,7 @@ class TransferParams(Section):
     @field_validator("source")
     @classmethod
     def _known_source(cls, source: str) -> str:
-        if source == "pretrain" or source.startswith(("models:/", "runs:/")):
+        if source == "pretrain" or source.startswith(MLFLOW_MODEL_URI_PREFIXES):
             return source
         if source.lower().endswith(TRANSFER_FILE_SUFFIXES):
             return source

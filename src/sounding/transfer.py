@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from sounding.config import Params
+from sounding.config import MLFLOW_MODEL_URI_PREFIXES, Params
 from sounding.data.module import TensorDataModule
 from sounding.data.prepare import DataSpec, Prepared
 from sounding.errors import BadInput, Incompatible
@@ -138,7 +138,7 @@ def load_backbone(params: Params, arch: str, spec: DataSpec, pretrained_dir: str
     from sounding.models.factory import build_net, check_state_compatible
 
     where = params.transfer.source_for(arch, pretrained_dir)
-    if where.startswith(("models:/", "runs:/")):
+    if where.startswith(MLFLOW_MODEL_URI_PREFIXES):
         net, config = _load_mlflow(where, params.tracking.uri)
     else:
         net, config = _load_file(Path(where))
