@@ -801,33 +801,46 @@ def tune(
         summary["storage"] = public_url(url)
         write_json(out_dir / "best.json", summary)
         pngs = _plots(study, out_dir / "plots")
-        c = tracking.client(params.tracking.uri)
-        tracking.log_metrics(
-            params.tracking.uri,
-            parent,
-            {
-                "best_val_acc": summary["value"],
-                **(
-                    {"baseline_val_acc": summary["baseline_value"]}
-                    if summary["baseline_value"] is not None
-                    else {}
-                ),
-                **(
-                    {"confirm_lower_gain_samples": summary["confirm"]["lower_gain_samples"]}
-                    if "confirm" in summary
-                    else {}
-                ),
-                **{f"trials_{k}": v for k, v in summary["counts"].items()},
-            },
-            step=0,
-        )
-        c.set_tag(parent, "adopted", summary["adopted"])  # tuned, or baseline: the params' values kept
-        if reason:
-            c.set_tag(parent, "settled", reason)  # why the study ran fewer than tune.n_trials trials
-        for name_, value in summary["params"].items():
-            c.set_tag(parent, f"best.{name_}", str(value))
-        tracking.log_artifacts(params.tracking.uri, parent, [*pngs, out_dir / "best.json"], "tuning")
+        # Every worker process of a shared study ends here and writes the same parent run: one at a time,
+        # since MLflow's SQL stores insert a tag absent when read, and two processes inserting it at once
+        # fail the second (UNIQUE constraint, seen on tests/test_tuning_parallel.py's two workers).
+        with BudgetLock(url, "setup"):
+            _publish_summary(params, parent, summary, reason, [*pngs, out_dir / "best.json"])
     return summary
+
+
+def _publish_summary(
+    params: Params, parent: str, summary: dict[str, Any], reason: str | None, files: list[Path]
+) -> None:
+    """The study's outcome on its parent MLflow run: metrics, the ``adopted`` tag and the best values."""
+    from sounding import tracking
+
+    c = tracking.client(params.tracking.uri)
+    tracking.log_metrics(
+        params.tracking.uri,
+        parent,
+        {
+            "best_val_acc": summary["value"],
+            **(
+                {"baseline_val_acc": summary["baseline_value"]}
+                if summary["baseline_value"] is not None
+                else {}
+            ),
+            **(
+                {"confirm_lower_gain_samples": summary["confirm"]["lower_gain_samples"]}
+                if "confirm" in summary
+                else {}
+            ),
+            **{f"trials_{k}": v for k, v in summary["counts"].items()},
+        },
+        step=0,
+    )
+    c.set_tag(parent, "adopted", summary["adopted"])  # tuned, or baseline: the params' values kept
+    if reason:
+        c.set_tag(parent, "settled", reason)  # why the study ran fewer than tune.n_trials trials
+    for name_, value in summary["params"].items():
+        c.set_tag(parent, f"best.{name_}", str(value))
+    tracking.log_artifacts(params.tracking.uri, parent, files, "tuning")
 
 
 def _summarise(
