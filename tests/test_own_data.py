@@ -93,7 +93,8 @@ def test_a_small_batch_learns_at_a_rate_scaled_to_it() -> None:
 def test_the_module_learns_at_the_rate_of_the_batch_it_trains_in(prepared: Path) -> None:
     data = load_prepared(prepared)
     p = Params()
-    assert build_system(p, "mlp", data, batch=40).hparams.lr == pytest.approx(0.01 * 0.4**0.5)  # transfer's 1%: 40 labels
+    # The transfer study's 1% budget: one batch of its 40 labels.
+    assert build_system(p, "mlp", data, batch=40).hparams.lr == pytest.approx(0.01 * 0.4**0.5)
     assert build_system(p, "mlp", data).hparams.lr == learning_rate(p, batch_size(p, len(data.train.y)))
 
 
