@@ -289,6 +289,7 @@ def test_tune_writes_best_params_counts_plots_and_nested_mlflow_runs(prepared: P
     assert best["counts"]["complete"] + best["counts"]["pruned"] == 3 and best["counts"]["failed"] == 0
     assert 0 < best["value"] <= 1 and best["value"] >= best["baseline_value"]
     assert best["adopted"] == "tuned"
+    assert best["storage"] == "sqlite:///tuning/optuna.db"  # as given: no folder of this machine
     assert 0 < best["fit_s"] < best["wall_s"]
     for name in ("history", "importances", "intermediate", "parallel"):
         assert Path(f"tuning/mlp/plots/{name}.png").stat().st_size > 1000

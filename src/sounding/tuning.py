@@ -798,7 +798,9 @@ def tune(
             if checked["lower_gain_samples"] < summary["min_gain_samples"]:
                 summary.update(adopted="baseline", overrides={})
             summary["confirm"] = {**checked, "wall_s": time.perf_counter() - began}
-        summary["storage"] = public_url(url)
+        # As configured, password masked; the default sqlite file as the path it was given (relative in
+        # the DVC stage), so a committed best.json names no folder of the machine that ran it.
+        summary["storage"] = public_url(params.tune.storage or f"sqlite:///{out_dir.parent / 'optuna.db'}")
         write_json(out_dir / "best.json", summary)
         pngs = _plots(study, out_dir / "plots")
         # Every worker process of a shared study ends here and writes the same parent run: one at a time,
