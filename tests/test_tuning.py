@@ -248,6 +248,10 @@ def test_a_best_trial_is_adopted_only_if_its_gain_holds_on_fresh_seeds(prepared:
     fits = sorted((r.data.tags["confirm"], int(r.data.params["seed"])) for r in runs)
     assert fits == sorted((role, s) for role in ("baseline", "best") for s in c["seeds"])
     assert {r.info.status for r in runs} == {"FINISHED"}
+    # A rerun (or another worker of the study) reads the confirmation from the study: no fit again.
+    again = tune(params, "mlp", prepared, "tuning/mlp", progress=False)
+    assert again["confirm"] == c and again["adopted"] == summary["adopted"]
+    assert len(client.search_runs([runs[0].info.experiment_id], "tags.confirm != ''")) == len(runs)
 
 
 @pytest.mark.parametrize(

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+from mlflow import MlflowClient
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 
 from sounding.config import load_params
@@ -91,7 +92,10 @@ def test_a_batch_trained_in_two_processes_gives_the_study_of_one_process(tmp_pat
 def test_two_worker_processes_on_postgres_run_exactly_n_trials(tmp_path: Path, postgres_url: str) -> None:
     import sqlalchemy
 
-    root = _setup(tmp_path, **{"tune.n_trials": 6, "tune.epochs": 15})
+    # min_gain 0: the best trial (never below the baseline) is always confirmed on 2 fresh seeds.
+    root = _setup(
+        tmp_path, **{"tune.n_trials": 6, "tune.epochs": 15, "tune.min_gain": 0.0, "tune.confirm_seeds": 2}
+    )
     params = load_params(root / "params.yaml", [f"tune.storage={postgres_url}"])
     sha = json.loads((root / "data/prepared/manifest.json").read_text())["sha256"]
     budget = BudgetLock(postgres_url, study_name(params, "mlp", sha))
@@ -112,8 +116,16 @@ def test_two_worker_processes_on_postgres_run_exactly_n_trials(tmp_path: Path, p
     for proc in procs:
         out, _ = proc.communicate(timeout=300)
         assert proc.returncode == 0, out
-    trials = _assert_exact(_study(root, "mlp", postgres_url), 6)
+    study = _study(root, "mlp", postgres_url)
+    trials = _assert_exact(study, 6)
     assert len({t.user_attrs["worker"] for t in trials}) == 2
+    # Each best trial a worker ended with is confirmed once (2 seeds × baseline and best), not once per
+    # worker: the two may end on different bests when one finishes while the other's last trial runs.
+    confirmed = [key for key in study.user_attrs if key.startswith("confirm: ")]
+    client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    runs = client.search_runs(experiments, "tags.confirm != ''")
+    assert confirmed and len(runs) == 4 * len(confirmed), (confirmed, len(runs))
 
 
 def test_a_worker_killed_in_the_baseline_trial_fails_it_the_retry_resumes_it_and_it_decides_adoption(

@@ -64,9 +64,11 @@ def study_name(params: Params, arch: str, data_sha256: str) -> str:
     return f"{arch}-{data_sha256[:12]}-{search[:8]}"
 
 
-def storage_url(params: Params, tuning_root: str | Path = "tuning") -> str:
-    """The study storage: ``tune.storage``, else ``tuning/optuna.db`` (an absolute sqlite URL)."""
-    return params.tune.storage or f"sqlite:///{(Path(tuning_root) / 'optuna.db').resolve()}"
+def storage_url(params: Params, tuning_root: str | Path = "tuning", resolve: bool = True) -> str:
+    """The study storage: ``tune.storage``, else ``tuning/optuna.db`` as a sqlite URL: absolute to open
+    it, or (``resolve=False``) the path as given, for files that must not name the machine's folders."""
+    default = Path(tuning_root) / "optuna.db"
+    return params.tune.storage or f"sqlite:///{default.resolve() if resolve else default}"
 
 
 def public_url(url: str) -> str:
@@ -256,8 +258,11 @@ def _make_sampler(params: Params):
 
 
 class BudgetLock:
-    """Serialises "count the trials, then start one" across workers: an advisory lock on PostgreSQL, a
-    file lock beside the sqlite database. Held from the count until the new trial is RUNNING."""
+    """Serialises work across the worker processes of one storage: an advisory lock on PostgreSQL, a file
+    lock beside the sqlite database. Named for its first use, a study's "count the trials, then start one"
+    (held from the count until the new trial is RUNNING); the same lock, under the study's name, makes one
+    worker confirm its best (``confirmed``), and under ``SHARED`` guards what all studies of a storage
+    share."""
 
     def __init__(self, url: str, name: str) -> None:
         self.url, self.name, self._held = url, name, False
@@ -308,6 +313,10 @@ class BudgetLock:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+SHARED = "shared"
+"""The lock of a whole storage: creating its schema and a study, and writing a study's parent MLflow run."""
 
 
 @dataclass(frozen=True)
@@ -524,12 +533,32 @@ def run_check(job: CheckJob) -> float | None:
         return None
 
 
+def confirm_seeds(params: Params) -> list[int]:
+    """The fresh seeds of ``confirm``: ``tune.confirm_seeds`` of them, after the training seeds."""
+    return [params.seed + params.train.n_seeds + i for i in range(params.tune.confirm_seeds)]
+
+
+def confirmed(params: Params, job: TrialJob, study: Any, summary: dict[str, Any], space: dict) -> dict:
+    """``confirm`` of the best trial once per study, trial and seeds: the first worker process of a shared
+    study to get here fits them, under the study's lock, and leaves the result on the study; the other
+    workers, and a rerun of the stage, read it there instead of fitting the same seeds again."""
+    key = f"confirm: trial {summary['trial']}, seeds {confirm_seeds(params)}"
+    with BudgetLock(job.storage, job.study):
+        checked = study.user_attrs.get(key)  # read under the lock: another worker may have just set it
+        if checked is None:
+            began = time.perf_counter()
+            checked = confirm(params, job, _overrides(space, summary["params"]), summary["val_samples"])
+            checked["wall_s"] = time.perf_counter() - began
+            study.set_user_attr(key, checked)
+    return checked
+
+
 def confirm(params: Params, job: TrialJob, overrides: dict[str, Any], n_val: int) -> dict[str, Any]:
     """The best trial's values (``overrides``) and the baseline's, trained again side by side on
     ``tune.confirm_seeds`` fresh seeds; the validation samples the best gains on each, paired by seed, their
     mean, its standard error, and the mean less one standard error (``lower_gain_samples``: with two seeds,
     the smaller gain), which decides."""
-    seeds = [params.seed + params.train.n_seeds + i for i in range(params.tune.confirm_seeds)]
+    seeds = confirm_seeds(params)
     jobs = [
         CheckJob(job, role, values, s)
         for s in seeds
@@ -751,7 +780,7 @@ def tune(
     (out_dir / "plots").mkdir(parents=True, exist_ok=True)  # a DVC out, even when there is nothing to plot
     # Schema, study, baseline trial and parent run are created once, under a lock and before any worker
     # starts: processes creating one fresh storage or study at once crash (sqlite and PostgreSQL alike).
-    with BudgetLock(url, "setup"):
+    with BudgetLock(url, SHARED):
         storage = _make_storage(params, url)
         study = optuna.create_study(
             study_name=name,
@@ -793,20 +822,18 @@ def tune(
             and params.tune.confirm_seeds
         ):
             # The best won a selection among noisy scores: adopt it only if its gain holds on fresh seeds.
-            began = time.perf_counter()
-            checked = confirm(params, job, _overrides(space, summary["params"]), summary["val_samples"])
-            if checked["lower_gain_samples"] < summary["min_gain_samples"]:
+            summary["confirm"] = confirmed(params, job, study, summary, space)
+            if summary["confirm"]["lower_gain_samples"] < summary["min_gain_samples"]:
                 summary.update(adopted="baseline", overrides={})
-            summary["confirm"] = {**checked, "wall_s": time.perf_counter() - began}
         # As configured, password masked; the default sqlite file as the path it was given (relative in
         # the DVC stage), so a committed best.json names no folder of the machine that ran it.
-        summary["storage"] = public_url(params.tune.storage or f"sqlite:///{out_dir.parent / 'optuna.db'}")
+        summary["storage"] = public_url(storage_url(params, out_dir.parent, resolve=False))
         write_json(out_dir / "best.json", summary)
         pngs = _plots(study, out_dir / "plots")
         # Every worker process of a shared study ends here and writes the same parent run: one at a time,
         # since MLflow's SQL stores insert a tag absent when read, and two processes inserting it at once
         # fail the second (UNIQUE constraint, seen on tests/test_tuning_parallel.py's two workers).
-        with BudgetLock(url, "setup"):
+        with BudgetLock(url, SHARED):
             _publish_summary(params, parent, summary, reason, [*pngs, out_dir / "best.json"])
     return summary
 
