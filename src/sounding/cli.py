@@ -99,6 +99,8 @@ def prepare(
     typer.echo(f"prepared {manifest['source']} in {out}: {counts}, sha256 {manifest['sha256'][:12]}")
     if padded := manifest["args"].get("padded"):
         typer.echo(_padding(padded))
+    for note in manifest.get("notes", []):
+        typer.echo(f"{note} (manifest.json: notes)")
 
 
 def _padding(padded: dict) -> str:

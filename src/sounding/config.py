@@ -74,10 +74,10 @@ class DataParams(Section):
     images), or your file at ``path``: ``npz``, ``ts`` (UCR/UEA .ts) or ``table`` (CSV or Parquet);
     formats: docs/data.md."""
     val_fraction: Fraction = 0.1
-    """Share of the training part held out, stratified, for validation."""
+    """Share of the training part held out, stratified, for validation (at least one series per class)."""
     test_fraction: Fraction = 0.2
     """Share held out for testing when the source has no test split of its own (digits, npz without
-    x_test, ts or table without ``test_path``)."""
+    x_test, ts or table without ``test_path``); at least one series per class."""
     path: str = "data/raw/dataset.npz"
     """The file read by the npz, ts and table sources."""
     test_path: str | None = None

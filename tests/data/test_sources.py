@@ -127,6 +127,29 @@ def test_a_table_without_a_test_file_gets_a_carved_test_part(tmp_path: Path) -> 
     assert len(load_prepared(tmp_path / "out").test.y) == 6  # data.test_fraction 0.2, stratified
 
 
+def test_a_small_set_holds_out_one_series_per_class_where_the_fractions_hold_fewer(tmp_path: Path) -> None:
+    """40 series of 10 classes (a UCR set's size): 0.2 of them is 8 test series and 0.1 of the other 30 is
+    3 validation series, too few to stratify; each part gets one series per class, and `prepare` says so."""
+    path = tmp_path / "own.csv"
+    _table(n=40, labels=[f"c{i % 10}" for i in range(40)]).to_csv(path, index=False)
+    params = write_params(
+        tmp_path / "params.yaml", Params().with_overrides({"data.source": "table", "data.path": str(path)})
+    )
+    result = run_cli("prepare", "--params", str(params), "--out", "out", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    counts = {name: info["class_counts"] for name, info in manifest["files"].items()}
+    assert counts == {"train.npz": [2] * 10, "val.npz": [1] * 10, "test.npz": [1] * 10}
+    assert manifest["notes"] == [
+        "test part: 0.2 of 40 series is 8, fewer than the 10 classes: held out 10, one per class",
+        "validation part: 0.1 of 30 series is 3, fewer than the 10 classes: held out 10, one per class",
+    ]
+    assert f"{manifest['notes'][1]} (manifest.json: notes)" in result.stdout
+    _table(n=120, labels=[f"c{i % 10}" for i in range(120)]).to_csv(path, index=False)  # 24, then 10: enough
+    assert run_cli("prepare", "--params", str(params), "--out", "out", cwd=tmp_path).returncode == 0
+    assert "notes" not in json.loads((tmp_path / "out" / "manifest.json").read_text())
+
+
 def test_numeric_labels_are_numbered_in_numeric_order_wherever_their_column_is(tmp_path: Path) -> None:
     path = tmp_path / "own.csv"
     frame = _table(labels=[(10, 2, 1)[i % 3] for i in range(24)])

@@ -5,7 +5,8 @@ Layout of a prepared folder::
     train.npz  val.npz  test.npz    arrays x, y and idx (row index in the source's train or test part)
     manifest.json                   sha256, shapes, dtypes and class counts of each file, the source and
                                     its arguments, the layout, the class names (``classes``: label i is
-                                    ``classes[i]``), and ``sha256``: one hash of all three files
+                                    ``classes[i]``), ``sha256``: one hash of all three files, and
+                                    ``notes`` when a part held out was raised to one series per class
 
 The manifest is written last, so a prepare killed mid-way leaves files that fail verification rather
 than files that silently feed training.
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,8 +61,9 @@ class Prepared:
 
 def _stratified_split(
     y: np.ndarray, fraction: float, seed: int, what: str, raw: RawData
-) -> tuple[np.ndarray, np.ndarray]:
-    """Indices (kept, held out), each sorted so kept rows stay in source order."""
+) -> tuple[np.ndarray, np.ndarray, str | None]:
+    """Indices (kept, held out), each sorted so kept rows stay in source order, and a note when the part
+    held out was raised to one series per class (``fraction`` of a small set holds fewer than that)."""
     from sklearn.model_selection import train_test_split
 
     where = f"{raw.args['path']}: " if "path" in raw.args else ""  # a user's file
@@ -76,19 +79,32 @@ def _stratified_split(
             f"{where}cannot carve a stratified {what} split: classes {rare} have fewer than 2 samples "
             f"(labels must cover every class in [0, {len(counts)}) with at least 2 samples each)"
         )
+    # What scikit-learn holds out for a float fraction; a stratified part needs a series of every class,
+    # and so does the rest (every class has 2 or more, so holding out one of each always leaves one).
+    size: float | int = fraction
+    note = None
+    if (held := math.ceil(fraction * len(y))) < len(counts):
+        size = len(counts)
+        note = (
+            f"{what} part: {fraction} of {len(y)} series is {held}, fewer than the {len(counts)} classes: "
+            f"held out {size}, one per class"
+        )
     try:
-        kept, held = train_test_split(np.arange(len(y)), test_size=fraction, stratify=y, random_state=seed)
+        kept, held_out = train_test_split(np.arange(len(y)), test_size=size, stratify=y, random_state=seed)
     except ValueError as exc:
         raise BadInput(f"{where}cannot carve a stratified {what} split of {fraction}: {exc}") from exc
-    return np.sort(kept), np.sort(held)
+    return np.sort(kept), np.sort(held_out), note
 
 
 def split_source(
     raw: RawData, params: DataParams, seed: int
-) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """(x, y, idx) per split: val carved from train, test as published or carved when absent."""
+) -> tuple[dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]], list[str]]:
+    """(x, y, idx) per split: val carved from train, test as published or carved when absent; and the
+    notes of parts raised to one series per class."""
+    notes = []
     if raw.x_test is None:
-        kept, held = _stratified_split(raw.y, params.test_fraction, seed, "test", raw)
+        kept, held, note = _stratified_split(raw.y, params.test_fraction, seed, "test", raw)
+        notes.append(note)
         x, y, x_test, y_test = raw.x[kept], raw.y[kept], raw.x[held], raw.y[held]
         test_idx = held
         source_idx = kept
@@ -96,19 +112,21 @@ def split_source(
         x, y, x_test, y_test = raw.x, raw.y, raw.x_test, raw.y_test
         test_idx = np.arange(len(y_test))
         source_idx = np.arange(len(y))
-    train, val = _stratified_split(y, params.val_fraction, seed, "validation", raw)
-    return {
+    train, val, note = _stratified_split(y, params.val_fraction, seed, "validation", raw)
+    notes.append(note)
+    splits = {
         "train": (x[train], y[train], source_idx[train]),
         "val": (x[val], y[val], source_idx[val]),
         "test": (x_test, y_test, test_idx),
     }
+    return splits, [n for n in notes if n]
 
 
 def prepare(params: DataParams, seed: int, out_dir: str | Path) -> dict:
     """Load the source, split it, write the three files and the manifest; return the manifest."""
     out_dir = Path(out_dir)
     raw = load_source(params)
-    splits = split_source(raw, params, seed)
+    splits, notes = split_source(raw, params, seed)
     classes = list(raw.classes) if raw.classes is not None else [str(c) for c in range(int(raw.y.max()) + 1)]
     num_classes = len(classes)
     for leftover in out_dir.glob(".*.tmp"):  # a killed earlier run's unfinished writes (atomic_write)
@@ -135,6 +153,8 @@ def prepare(params: DataParams, seed: int, out_dir: str | Path) -> dict:
         "files": files,
         "sha256": _combined_hash(files),
     }
+    if notes:  # only then: the manifest of a set that needs none keeps its bytes (and DVC its hash)
+        manifest["notes"] = notes
     write_json(out_dir / "manifest.json", manifest)
     return manifest
 
