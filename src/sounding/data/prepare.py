@@ -162,12 +162,20 @@ def prepare(params: DataParams, seed: int, out_dir: str | Path) -> dict:
 def _save_npz(path: Path, **arrays: np.ndarray) -> None:
     """``np.savez``, byte for byte reproducible: numpy stamps each zip entry with the current time, so the
     same data got a new sha256 on every run and everything downstream retrained. Entries here carry a
-    fixed timestamp; ``np.load`` reads the file as any other .npz."""
+    fixed timestamp; ``np.load`` reads the file as any other .npz.
+
+    Nor is every entry forced to zip64 as numpy forces it: Python 3.11.2 and 3.11.7 write those headers
+    differently, so the same data had two sha256 and a fresh clone on the other Python reran every stage,
+    tuning included. Told the size ahead, ``zipfile`` writes zip64 records only for an entry over 2 GiB."""
     with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
         for name, array in arrays.items():
+            array = np.asanyarray(array)
             entry = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
-            with archive.open(entry, "w", force_zip64=True) as fh:
-                np.lib.format.write_array(fh, np.asanyarray(array), allow_pickle=False)
+            entry.file_size = (
+                array.nbytes + 4096
+            )  # the .npy header is smaller; the true size is written after
+            with archive.open(entry, "w") as fh:
+                np.lib.format.write_array(fh, array, allow_pickle=False)
 
 
 def _combined_hash(files: dict) -> str:
