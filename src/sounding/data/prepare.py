@@ -101,10 +101,9 @@ def split_source(
 ) -> tuple[dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]], list[str]]:
     """(x, y, idx) per split: val carved from train, test as published or carved when absent; and the
     notes of parts raised to one series per class."""
-    notes = []
+    test_note = None
     if raw.x_test is None:
-        kept, held, note = _stratified_split(raw.y, params.test_fraction, seed, "test", raw)
-        notes.append(note)
+        kept, held, test_note = _stratified_split(raw.y, params.test_fraction, seed, "test", raw)
         x, y, x_test, y_test = raw.x[kept], raw.y[kept], raw.x[held], raw.y[held]
         test_idx = held
         source_idx = kept
@@ -112,14 +111,13 @@ def split_source(
         x, y, x_test, y_test = raw.x, raw.y, raw.x_test, raw.y_test
         test_idx = np.arange(len(y_test))
         source_idx = np.arange(len(y))
-    train, val, note = _stratified_split(y, params.val_fraction, seed, "validation", raw)
-    notes.append(note)
+    train, val, val_note = _stratified_split(y, params.val_fraction, seed, "validation", raw)
     splits = {
         "train": (x[train], y[train], source_idx[train]),
         "val": (x[val], y[val], source_idx[val]),
         "test": (x_test, y_test, test_idx),
     }
-    return splits, [n for n in notes if n]
+    return splits, [note for note in (test_note, val_note) if note]
 
 
 def prepare(params: DataParams, seed: int, out_dir: str | Path) -> dict:
@@ -171,9 +169,8 @@ def _save_npz(path: Path, **arrays: np.ndarray) -> None:
         for name, array in arrays.items():
             array = np.asanyarray(array)
             entry = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
-            entry.file_size = (
-                array.nbytes + 4096
-            )  # the .npy header is smaller; the true size is written after
+            # An upper bound (the .npy header is under 4096 bytes); the true size is written after.
+            entry.file_size = array.nbytes + 4096
             with archive.open(entry, "w") as fh:
                 np.lib.format.write_array(fh, array, allow_pickle=False)
 
