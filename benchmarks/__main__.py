@@ -29,6 +29,7 @@ SUITE = [
     "threads",
     "pipeline",
     "arch_cost",
+    "startup",
 ]
 """Modules in the order of the figures they produce; each has ``measure() -> list[Figure]``."""
 

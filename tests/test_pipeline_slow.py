@@ -155,6 +155,7 @@ NOT_RESULTS = {
     "src/sounding/cli.py": "the command line; each stage's options are in its cmd",
     "src/sounding/errors.py": "exception classes",
     "src/sounding/repro.py": "the workspace lock",
+    "src/sounding/startup.py": "fewer garbage-collection passes while the process imports",
 }
 """Package modules a stage imports that shape none of its outputs, so they are not its deps."""
 STARTED_BY = {"src/sounding/tracking.py": ["src/sounding/tracking_writer.py"]}

@@ -20,6 +20,7 @@ import typer
 from sounding.config import ARCHS, Params, load_params
 from sounding.errors import BadInput, ServiceUnavailable
 from sounding.files import check_writable, published_together, write_json, write_json_folder
+from sounding.startup import defer_full_collections
 
 app = typer.Typer(
     help="Sounding: train, tune, compare and ship neural-network architectures reproducibly.",
@@ -717,6 +718,7 @@ someone must free space first."""
 def main() -> None:
     """Console entry point: run the app, turning bad input into exit code 2, a service that does not
     answer into 69 and a full disk into 74."""
+    defer_full_collections()  # before the heavy imports: sounding.startup
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         app()  # click's standalone mode: usage errors exit 2, Ctrl-C exits 1 ("Aborted!")

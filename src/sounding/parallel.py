@@ -17,6 +17,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wai
 from typing import Any, TypeVar
 
 from sounding.config import Params
+from sounding.startup import defer_full_collections
 
 Job = TypeVar("Job")
 Result = TypeVar("Result")
@@ -76,6 +77,7 @@ def _init_worker(gpus: Any, stop: Any, threads: int, tags: dict[str, str]) -> No
     KeyboardInterrupt inside a running job, whose MLflow run then ends KILLED; an idle worker ignores
     them and is shut down by the pool (an interrupt in the pool's own loop would break the pool, which
     then kills every worker, mid-cleanup)."""
+    defer_full_collections()  # before torch and the jobs' imports: sounding.startup
     global _stop
     _stop = stop
     if gpus is not None:

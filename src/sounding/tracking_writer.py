@@ -21,6 +21,7 @@ import json
 import signal
 import sys
 
+from sounding.startup import defer_full_collections
 from sounding.tracking import HELD, LOST, client, log_steps, lost_reason, unreachable
 
 
@@ -47,6 +48,7 @@ def handle(op: str, uri: str, run_id: str, payload, failed: set[str]) -> None:
 
 
 def main() -> None:
+    defer_full_collections()  # before MLflow's imports: sounding.startup
     # Ctrl-C reaches the whole process group: the parent decides, and this child writes what it was given
     # and exits when the parent closes its end.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
