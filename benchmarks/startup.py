@@ -31,7 +31,7 @@ def measure(pairs: int = 5) -> list[Figure]:
     value = ratio(deferred, default)
     detail = (
         f"{statistics.median(deferred):.2f} s vs {statistics.median(default):.2f} s "
-        f"(import lightning, mlflow, sounding.stages), {len(deferred)} pairs"
+        f"({IMPORTS}), {len(deferred)} pairs"
     )
     print(f"deferred ÷ default: {value:.3f}; {detail}")
     name = "a stage process's imports, full GC passes deferred ÷ Python's defaults"

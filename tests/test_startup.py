@@ -14,7 +14,6 @@ from sounding.startup import FULL_PASS_EVERY
 from tests.conftest import tiny_params
 
 FULL_PASSES = """
-import ast
 import gc
 passes = []
 gc.callbacks.append(lambda phase, info: phase == "stop" and info["generation"] == 2 and passes.append(1))
