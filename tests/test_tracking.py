@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from sounding import tracking
@@ -60,6 +62,21 @@ def test_section_params_keep_the_named_sections_under_their_full_names(params: P
 
 def test_flatten() -> None:
     assert tracking.flatten({"a": {"b": 1, "c": [1, 2]}, "d": {}}) == {"a.b": "1", "a.c": "[1, 2]", "d": "{}"}
+
+
+def test_a_float32_figure_becomes_the_decimal_it_stands_for_and_any_other_number_stays() -> None:
+    assert tracking.as_number(float(np.float32(0.932))) == 0.932  # not 0.9319999814033508
+    assert tracking.as_number(float(np.float32(2.0e-5))) == 2.0e-5
+    assert tracking.as_number(float(np.float32(3))) == 3.0
+    assert tracking.as_number(0.1 + 0.2) == 0.30000000000000004  # a float64 result is kept whole
+    assert tracking.as_number(1e300) == 1e300 and math.isnan(tracking.as_number(float("nan")))
+
+
+def test_metrics_are_stored_as_the_decimals_they_stand_for(params: Params) -> None:
+    uri = params.tracking.uri
+    with tracking.tracked_run(params, "x", {}) as run_id:
+        tracking.log_metrics(uri, run_id, {"val/acc": float(np.float32(0.932)), "time_s": 1 / 3}, step=0)
+    assert _run(params, run_id).data.metrics == {"val/acc": 0.932, "time_s": 1 / 3}
 
 
 def test_metrics_handed_to_the_writer_process_are_stored_before_the_run_ends(params: Params) -> None:

@@ -113,7 +113,7 @@ class History(Callback):
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.train_time_s += time.perf_counter() - self._epoch_start
         pl_module.log("time_s", self.train_time_s)  # to the loggers, as the epoch's other figures
-        row = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+        row = {k: tracking.as_number(float(v)) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
         self.rows.append({**row, "epoch": trainer.current_epoch, "time_s": self.train_time_s})
 
     def state_dict(self) -> dict[str, Any]:
@@ -545,7 +545,7 @@ def fit(
         trainer.loggers = []
         with denormals_flushed():  # the arithmetic of the fit's validation
             test = trainer.test(system, datamodule=datamodule, verbose=False)[0]
-        metrics.update({k: float(v) for k, v in test.items()})
+        metrics.update({k: tracking.as_number(float(v)) for k, v in test.items()})
     if rows:
         metrics.update({k: v for k, v in rows[selected].items() if k.startswith(("val/", "train/"))})
     metrics["selected_epoch"] = float(selected)

@@ -291,7 +291,8 @@ def _fit(
 def _test_accuracy(system: Any, data: Prepared) -> float:
     with torch.no_grad():
         logits = system.net.eval()(torch.as_tensor(data.test.x, device=system.device))
-    return float((logits.argmax(1).cpu() == torch.as_tensor(data.test.y)).float().mean())
+    # A count over the total in Python's float: the exact share (0.932), not a float32 mean's 0.93199998.
+    return int((logits.argmax(1).cpu() == torch.as_tensor(data.test.y)).sum()) / len(data.test.y)
 
 
 def zero_shot(params: Params, backbone: Backbone, data: Prepared) -> float | None:

@@ -480,7 +480,7 @@ def _val_acc(
     for i, part in enumerate(folds(data, p.tune.folds, p.seed)):
         value = accuracy(part, run_dir / f"fold{i}", None, None)
         tracking.send_steps(p.tracking.uri, run_id, [(i, {"fold/val_acc": value})])
-        right += round(value * len(part.val.y))  # float32 ratios back to the counts they stand for
+        right += round(value * len(part.val.y))  # ratios back to the counts they stand for
     return right / judged_samples(p, data)
 
 
@@ -961,9 +961,9 @@ def _baseline(params: Params, study: Any) -> tuple[float | None, str, str | None
 
 
 def samples_gained(best: float, baseline: float, n_val: int) -> int:
-    """Validation samples the best trial classified right beyond the baseline. Accuracies arrive as float32
-    ratios of counts (268/400 is 0.6700000166893005), so their difference is rounded back to the count it
-    stands for before it is compared: 268 − 264 is 4 samples, not 3.9999…"""
+    """Validation samples the best trial classified right beyond the baseline. Accuracies are ratios of
+    counts (268/400 is 0.67), and a difference of two in floating point is not exact, so it is rounded back
+    to the count it stands for before it is compared: 268 − 264 is 4 samples, not 3.9999…"""
     return round((best - baseline) * n_val)
 
 
