@@ -189,15 +189,14 @@ def test_a_tampered_registry_artifact_never_runs(
 
     _train_and_register(params, prepared, tmp_path)
     client = tracking.client(params.tracking.uri)
-    run_id = client.get_logged_model(
-        client.get_model_version("sounding-mlp", "1").source.removeprefix("models:/")
-    ).source_run_id
     np.savez(tmp_path / "good.npz", x=np.zeros((2, 40), dtype=np.float32))
     markers, uris = {}, {}
     for n, (tampering, tamper) in enumerate(TAMPERINGS.items()):
-        logged = log_pyfunc(
-            run_id, params.tracking.uri, tmp_path / "models/mlp", np.zeros((2, 40), "float32")
-        )
+        # Its own run each: a run that holds these weights keeps the model it has (log_pyfunc).
+        with tracking.tracked_run(params, f"tampered-{n}", {}) as run_id:
+            logged = log_pyfunc(
+                run_id, params.tracking.uri, tmp_path / "models/mlp", np.zeros((2, 40), "float32")
+            )
         uris[tampering] = f"models:/tampered/{mlflow.register_model(logged, 'tampered').version}"
         folder = client.get_logged_model(logged.removeprefix("models:/")).artifact_location
         markers[tampering] = tmp_path / f"pwned-{n}"

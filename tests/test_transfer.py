@@ -161,6 +161,26 @@ def test_loads_a_registered_model_by_alias_and_a_run_uri(params: Params, tmp_pat
         load_backbone(_with_source("models:/sounding-{arch}@nobody"), "cnn", SPEC, tmp_path)
 
 
+def test_a_run_that_holds_the_weights_keeps_its_model_and_new_weights_are_logged(
+    params: Params, tmp_path: Path
+) -> None:
+    """A rerun stage that resumed a finished run logs the same weights again: the run keeps one model."""
+    import mlflow
+
+    from sounding import tracking
+    from sounding.serving import log_pyfunc
+
+    _saved(tmp_path / "cnn")
+    example = np.zeros((2, 40), dtype=np.float32)
+    with tracking.tracked_run(params, "pretrained", {"stage": "test"}) as run_id:
+        first = log_pyfunc(run_id, params.tracking.uri, tmp_path / "cnn", example)
+        again = log_pyfunc(run_id, params.tracking.uri, tmp_path / "cnn", example)
+        _saved(tmp_path / "mlp", "mlp")  # other weights
+        other = log_pyfunc(run_id, params.tracking.uri, tmp_path / "mlp", example)
+    logged = mlflow.search_logged_models(filter_string=f"source_run_id = '{run_id}'", output_format="list")
+    assert again == first and other != first and len(logged) == 2
+
+
 # --- Refusals -------------------------------------------------------------------------------------------
 
 

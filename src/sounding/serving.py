@@ -53,25 +53,35 @@ with warnings.catch_warnings(record=True):
 
 
 def log_pyfunc(run_id: str, uri: str, model_dir: Path, example: np.ndarray) -> str:
-    """Log ``model_dir/{model.safetensors, config.json}`` as a pyfunc model of the run; return its URI."""
+    """Log ``model_dir/{model.safetensors, config.json}`` as a pyfunc model of the run; return its URI.
+    A run that holds these weights already (a rerun stage that resumed the finished run: same fit, same
+    weights) keeps its model: logging it again would give the run a second copy."""
     import mlflow
     from mlflow.models import Model, infer_signature
 
     from sounding import tracking
+    from sounding.files import sha256_file
     from sounding.models import factory
 
+    tracking.use_store(uri)
+    experiment_id = mlflow.MlflowClient().get_run(run_id).info.experiment_id
+    digest = sha256_file(model_dir / "model.safetensors")
+    for logged in mlflow.search_logged_models(
+        experiment_ids=[experiment_id], filter_string=f"source_run_id = '{run_id}'", output_format="list"
+    ):
+        if logged.tags.get("weights_sha256") == digest:
+            return logged.model_uri
     net, _ = factory.load_net(model_dir / "model.safetensors", model_dir / "config.json")
     import torch
 
     with torch.no_grad():
         output = net(torch.as_tensor(example)).softmax(-1).numpy()
-    tracking.use_store(uri)
     entry = Path(__file__).parent / "models" / "pyfunc_entry.py"
     # ``Model.log`` with the run's id, as ``mlflow.pyfunc.log_model`` calls it, rather than that function
     # under ``mlflow.start_run(run_id=…)``: leaving that block ends the run FINISHED, and the run's end is
     # ``tracking.tracked_run``'s to decide (not before its stage's outputs are published). With no active
     # run, the logged model goes to the active experiment: the run's.
-    mlflow.set_experiment(experiment_id=mlflow.MlflowClient().get_run(run_id).info.experiment_id)
+    mlflow.set_experiment(experiment_id=experiment_id)
     info = Model.log(
         artifact_path=None,  # MLflow 3 names a model (``name``), not a path
         name="model",
@@ -86,6 +96,7 @@ def log_pyfunc(run_id: str, uri: str, model_dir: Path, example: np.ndarray) -> s
         pip_requirements=PIP_REQUIREMENTS,
         flavor_name="pyfunc.ModelFromCode",  # what ``log_model`` passes for a model from code
         run_id=run_id,
+        tags={"weights_sha256": digest},
     )
     return info.model_uri
 
