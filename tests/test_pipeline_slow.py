@@ -298,6 +298,20 @@ def test_every_architecture_run_has_the_same_metric_keys_and_tags(repo: Path) ->
     assert {"plots/learning_curves.png", "plots/confusion.png", "plots/grad_norms.png"} <= artifacts
 
 
+def test_every_run_logs_the_params_that_shaped_it_not_the_whole_params_file(repo: Path) -> None:
+    """Training, tuning, transfer, depth, GAN and baseline runs alike: at most one architecture's network
+    settings, and none of the sections that shape no fit (registry, retraining, tracking)."""
+    client = tracking.client(f"sqlite:///{repo / 'mlflow.db'}")
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    stages = {r.data.tags.get("stage") for r in runs}
+    assert {"train", "tune", "transfer", "depth", "baselines"} <= stages, stages
+    for run in runs:
+        keys = set(run.data.params)
+        networks = {k.split(".")[1] for k in keys if k.startswith("models.")}
+        assert len(networks) <= 1, (run.info.run_name, networks)
+        assert not {k.split(".")[0] for k in keys} & {"registry", "retrain", "tracking"}, run.info.run_name
+
+
 def test_registered_pyfunc_loads_without_pickle_and_predicts(repo: Path) -> None:
     import mlflow
     import numpy as np

@@ -165,7 +165,11 @@ def train_config(job: ConfigJob) -> dict[str, Any]:
         "data_sha256": data.sha256,
         "config": config.name,
     }
-    with tracking.resumable_run(p, run_dir, config.name, tags, experiment=experiment(p)) as run_id:
+    # The params that shaped the fit, the configuration's overrides included, not the whole file.
+    logged = tracking.section_params(p, "seed", "data", "train", "models.mlp", "compute")
+    with tracking.resumable_run(
+        p, run_dir, config.name, tags, logged_params=logged, experiment=experiment(p)
+    ) as run_id:
         try:
             result = fit(p, "mlp", params.seed, data, run_dir, run_id=run_id, progress=False)
             history, acc, diverged = result.history, result.metrics["test/acc"], False

@@ -195,7 +195,10 @@ def train_gan(
     run_dir = Path(checkpoints) / "gan" / fp
     tags = {"stage": "train", "arch": "gan", "seed": str(params.seed), "data_sha256": data.sha256}
     plots_dir, model_dir = Path(plots_dir), Path(model_dir)
-    with tracking.resumable_run(params, run_dir, f"gan-seed{params.seed}", tags) as run_id:
+    logged = tracking.section_params(params, "seed", "data", "gan", "train.batch_size", "compute")
+    with tracking.resumable_run(
+        params, run_dir, f"gan-seed{params.seed}", tags, logged_params=logged
+    ) as run_id:
         fitted = train_system(
             params,
             system,

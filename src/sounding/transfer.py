@@ -379,8 +379,12 @@ def run_transfer(
     fits = progress_.bar(
         len(backbones) * len(budgets) * len(seeds) * len(STRATEGIES), "transfer", "fit", progress
     )
+    # Each run logs what shaped it (an architecture's fits, its network too), not the whole file.
+    logged = tracking.section_params(params, "seed", "data", "transfer", "train", "compute")
     with (
-        tracking.tracked_run(params, "transfer", tags, experiment=experiment(params)) as parent,
+        tracking.tracked_run(
+            params, "transfer", tags, logged_params=logged, experiment=experiment(params)
+        ) as parent,
         tempfile.TemporaryDirectory() as workdir,
     ):
         jobs, keys = [], []
@@ -411,6 +415,7 @@ def run_transfer(
                         params,
                         f"{arch}-{strategy}-{budget:g}",
                         child_tags,
+                        logged_params=logged | tracking.section_params(params, f"models.{arch}"),
                         experiment=experiment(params),
                         parent_run_id=parent,
                     ) as child:

@@ -796,7 +796,12 @@ def tune(
         parent = study.user_attrs.get("mlflow_run_id")
         if parent is None:
             tags = {"stage": "tune", "arch": arch, "study": name}
-            with tracking.tracked_run(params, f"{arch}-tune", tags, experiment=experiment(params)) as rid:
+            logged = tracking.section_params(
+                params, "seed", "data", "train", f"models.{arch}", "tune", "compute"
+            )
+            with tracking.tracked_run(
+                params, f"{arch}-tune", tags, logged_params=logged, experiment=experiment(params)
+            ) as rid:
                 parent = rid
             study.set_user_attr("mlflow_run_id", parent)
     deadline = time.time() + params.tune.timeout if params.tune.timeout else None
